@@ -3,6 +3,9 @@
 //! The data model below is what the rest of the program sees; how the probes are
 //! sent and matched lives in the engine and socket files of this module.
 
+mod pending;
+pub use pending::{Error, Family, Tracer, resolve, reverse_name};
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,409 @@
+//! Command-line flags: Go-style single-dash spellings of the seed accepted next to GNU ones,
+//! parsed by clap into validated settings.
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dist-traceroute",
+    version,
+    about = "Distributed traceroute: one master holds slaves and targets, config-less slaves trace and report",
+    long_about = "Distributed traceroute and network-path monitor.\n\n\
+        The master holds the allowed slaves (dt-slaves.json) and the targets (dt-targets.json), \
+        serves them over HTTP on port 8990 and stores every result in SQLite. Slaves fetch their \
+        targets from the master, trace each one every minute and post the paths back.\n\n\
+        Flags take Go's spelling (-master=host, -master host) as well as GNU's (--master host). \
+        Invoked through a link named dist-traceroute-master or dist-traceroute-slave, the program \
+        acts as that subcommand."
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master: serve config to slaves and store their results.
+    Master(MasterArgs),
+    /// Run a slave: fetch targets from the master, trace them, report the paths.
+    Slave(SlaveArgs),
+    /// Trace one host now and print the path (like traceroute).
+    Trace(TraceArgs),
+    /// Start a master on the built-in example config and a local slave, to look around.
+    Demo(DemoArgs),
+}
+
+/// Log level names of the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Warnings and errors.
+    Warn,
+    /// Plus one line per notable event.
+    Info,
+    /// Everything.
+    Debug,
+}
+
+impl LogLevel {
+    /// The `log` crate filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+/// Flags of `master`.
+#[derive(Debug, Args)]
+pub struct MasterArgs {
+    /// Allowed slaves file (seed: -config)
+    #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
+    pub config: PathBuf,
+    /// Targets file served to the slaves
+    #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
+    pub targets: PathBuf,
+    /// Logfile location
+    #[arg(long, value_name = "/path/to/file", default_value = "./dt-master.log")]
+    pub log: PathBuf,
+    /// Log level
+    #[arg(long, value_name = "warn, info, debug", default_value = "info")]
+    pub loglevel: LogLevel,
+    /// Address to listen on: HOST:PORT, :PORT or PORT (default: all IPv4 and IPv6 interfaces)
+    #[arg(long, value_name = "addr", default_value = ":8990", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// SQLite file holding every result
+    #[arg(long, value_name = "filename", default_value = "./dt-results.db")]
+    pub db: PathBuf,
+    /// How often the config files are checked for edits
+    #[arg(long, value_name = "duration", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// Flags of `slave`.
+#[derive(Debug, Args)]
+pub struct SlaveArgs {
+    /// Set the hostname/IP of the master server
+    #[arg(long, value_name = "hostname")]
+    pub master: Option<String>,
+    /// Set the listening port of the master server
+    #[arg(long = "master-port", value_name = "port", default_value_t = 8990)]
+    pub master_port: u16,
+    /// Unique name of this slave used on master for authentication and storage of results
+    #[arg(long, value_name = "name")]
+    pub name: Option<String>,
+    /// Shared secret for slave on master
+    #[arg(long, value_name = "secret")]
+    pub passwd: Option<String>,
+    /// Logfile location
+    #[arg(long, value_name = "/path/to/file", default_value = "./dt-slave.log")]
+    pub log: PathBuf,
+    /// Log level
+    #[arg(long, value_name = "warn, info, debug", default_value = "info")]
+    pub loglevel: LogLevel,
+    /// Generate fake results, e.g. when run without root permissions
+    #[arg(long = "zDebugResults")]
+    pub z_debug_results: bool,
+    /// How often every target is traced
+    #[arg(long, value_name = "duration", default_value = "1m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// How often the config is fetched from the master
+    #[arg(long = "config-interval", value_name = "duration", default_value = "1m", value_parser = parse_duration)]
+    pub config_interval: Duration,
+    /// How many targets are traced at the same time
+    #[arg(long, value_name = "n", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+}
+
+/// Flags of `trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Host name or address to trace
+    pub host: String,
+    /// Highest TTL probed
+    #[arg(short = 'm', long = "max-hops", default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=255))]
+    pub max_hops: u8,
+    /// Probes per hop
+    #[arg(short = 'q', long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub queries: u8,
+    /// Wait for a reply: seconds (0.5) or a duration (500ms)
+    #[arg(short = 'w', long = "wait", value_name = "timeout", default_value = "1", value_parser = parse_seconds)]
+    pub wait: Duration,
+    /// Probe protocol: udp, icmp or tcp
+    #[arg(short = 'P', long = "protocol", default_value = "udp", value_parser = parse_protocol)]
+    pub protocol: crate::trace::Protocol,
+    /// Destination port (UDP base port or TCP port)
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// Use IPv4
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Print addresses only, no reverse DNS
+    #[arg(short = 'n')]
+    pub numeric: bool,
+    /// Flow number (chooses one ECMP branch)
+    #[arg(long, default_value_t = 0)]
+    pub flow: u16,
+    /// Print the result as the JSON a slave sends
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address the demo master listens on
+    #[arg(long, value_name = "addr", default_value = "127.0.0.1:8990", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Folder for the demo's config files, database and logs
+    #[arg(long, value_name = "dir", default_value = "./dt-demo")]
+    pub dir: PathBuf,
+    /// How often the demo slave traces every target
+    #[arg(long, value_name = "duration", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Fake results even when real traces are possible
+    #[arg(long = "zDebugResults")]
+    pub z_debug_results: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 30s, 1m, 500ms)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 60.0 => Ok(Duration::from_secs_f64(secs)),
+        Ok(_) => Err("must be between 0 and 60 seconds".into()),
+        Err(_) => parse_duration(s),
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<crate::trace::Protocol, String> {
+    crate::trace::Protocol::parse(s).ok_or_else(|| format!("'{s}' is not one of udp, icmp, tcp"))
+}
+
+/// Parses `HOST:PORT`, `[V6]:PORT`, `:PORT` or `PORT`; no host means every interface.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let any = |port: &str| -> Result<SocketAddr, String> {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("'{port}' is not a port number"))?;
+        Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
+    };
+    if let Some(port) = s.strip_prefix(':') {
+        return any(port);
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return any(s);
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+/// Which subcommand a program name stands for (`dist-traceroute-master` → `master`).
+pub fn subcommand_of_program(argv0: &std::ffi::OsStr) -> Option<&'static str> {
+    let name = std::path::Path::new(argv0).file_name()?.to_str()?;
+    let name = name.strip_suffix(".exe").unwrap_or(name);
+    match name {
+        "dist-traceroute-master" => Some("master"),
+        "dist-traceroute-slave" => Some("slave"),
+        _ => None,
+    }
+}
+
+/// Rewrites Go-style flags into GNU ones for clap.
+///
+/// Go's flag package takes `-name`, `-name=value` and `-name value`; a token with one dash and
+/// a word that is a long flag of `sub` becomes `--word`. `-flag=true|false` of a boolean flag
+/// becomes `--flag` or nothing. Short flags (`-4`, `-n`) and everything after `--` stay.
+pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let mut out = Vec::with_capacity(args.len());
+    let mut sub: Option<clap::Command> = None;
+    let mut rest_is_literal = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i == 0 || rest_is_literal {
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str().map(str::to_owned) else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            rest_is_literal = true;
+            out.push(arg);
+            continue;
+        }
+        if sub.is_none() && !text.starts_with('-') {
+            sub = cmd.find_subcommand(&text).cloned();
+            out.push(arg);
+            continue;
+        }
+        let (word, value) = match text.strip_prefix("--") {
+            Some(w) => (w, None::<&str>),
+            None => match text.strip_prefix('-') {
+                Some(w) if w.chars().count() > 1 => (w, None),
+                _ => {
+                    out.push(arg);
+                    continue;
+                }
+            },
+        };
+        let (name, value) = match word.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (word, value),
+        };
+        if name == "help" || name == "version" {
+            out.push(OsString::from(format!("--{name}")));
+            continue;
+        }
+        let found = sub
+            .as_ref()
+            .unwrap_or(&cmd)
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .map(|a| {
+                a.get_num_args().is_some_and(|n| n.takes_values()) || a.get_action().takes_values()
+            });
+        match (found, value) {
+            (Some(false), Some(v)) if v.eq_ignore_ascii_case("true") || v == "1" => {
+                out.push(OsString::from(format!("--{name}")))
+            }
+            (Some(false), Some(v)) if v.eq_ignore_ascii_case("false") || v == "0" => {}
+            (Some(_), Some(v)) => out.push(OsString::from(format!("--{name}={v}"))),
+            (Some(_), None) => out.push(OsString::from(format!("--{name}"))),
+            (None, _) => out.push(arg),
+        }
+    }
+    out
+}
+
+/// Parses the process arguments, taking the subcommand from the program name when it names one.
+pub fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let mut args = args;
+    if let Some(sub) = args.first().and_then(|a| subcommand_of_program(a)) {
+        args.insert(1, OsString::from(sub));
+        args[0] = OsString::from("dist-traceroute");
+    }
+    Cli::try_parse_from(normalize_args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        parse_from(args.iter().map(OsString::from).collect())
+    }
+
+    fn slave(args: &[&str]) -> SlaveArgs {
+        match parse(args).unwrap().command {
+            Command::Slave(s) => s,
+            other => panic!("not a slave: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_slave_line_parses() {
+        let s = slave(&[
+            "./dist-traceroute-slave",
+            "-master=localhost",
+            "-name=slave1",
+            "-passwd=1234",
+        ]);
+        assert_eq!(s.master.as_deref(), Some("localhost"));
+        assert_eq!(s.name.as_deref(), Some("slave1"));
+        assert_eq!(s.passwd.as_deref(), Some("1234"));
+        assert_eq!(s.master_port, 8990);
+        assert!(!s.z_debug_results);
+    }
+
+    #[test]
+    fn every_spelling_of_a_value_flag() {
+        for args in [
+            &["dt", "slave", "-master=h1"][..],
+            &["dt", "slave", "-master", "h1"],
+            &["dt", "slave", "--master", "h1"],
+            &["dt", "slave", "--master=h1"],
+        ] {
+            assert_eq!(slave(args).master.as_deref(), Some("h1"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn boolean_flags_bare_and_with_values() {
+        assert!(slave(&["dt", "slave", "-zDebugResults"]).z_debug_results);
+        assert!(slave(&["dt", "slave", "--zDebugResults"]).z_debug_results);
+        assert!(slave(&["dt", "slave", "-zDebugResults=true"]).z_debug_results);
+        assert!(!slave(&["dt", "slave", "-zDebugResults=false"]).z_debug_results);
+    }
+
+    #[test]
+    fn master_defaults_are_the_seeds() {
+        let Command::Master(m) = parse(&["dist-traceroute-master"]).unwrap().command else {
+            panic!("not master");
+        };
+        assert_eq!(m.config, PathBuf::from("./dt-slaves.json"));
+        assert_eq!(m.targets, PathBuf::from("./dt-targets.json"));
+        assert_eq!(m.log, PathBuf::from("./dt-master.log"));
+        assert_eq!(m.loglevel, LogLevel::Info);
+        assert_eq!(m.listen.port(), 8990);
+        assert!(m.listen.ip().is_unspecified());
+    }
+
+    #[test]
+    fn short_flags_are_left_alone() {
+        let Command::Trace(t) = parse(&["dt", "trace", "-n", "-4", "-m", "5", "-q1", "host"])
+            .unwrap()
+            .command
+        else {
+            panic!("not trace");
+        };
+        assert!(t.numeric && t.ipv4);
+        assert_eq!((t.max_hops, t.queries), (5, 1));
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_exit_code_2() {
+        let err = parse(&["dt", "master", "-loglevel=loud"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["dt", "slave", "-master-port=99999"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["dt", "slave", "-nosuchflag"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen(":80").unwrap().port(), 80);
+        assert_eq!(parse_listen("81").unwrap().port(), 81);
+        assert_eq!(
+            parse_listen("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert!(parse_listen("[::1]:82").unwrap().is_ipv6());
+        assert!(parse_listen("nonsense").is_err());
+    }
+}

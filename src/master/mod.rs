@@ -1,0 +1,109 @@
+//! The master: loads the config files, keeps them live, stores results and serves slaves.
+
+pub mod config;
+pub mod path;
+pub mod routes;
+pub mod server;
+pub mod store;
+
+use crate::cli::MasterArgs;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a master needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `dt-slaves.json`.
+    pub slaves_file: PathBuf,
+    /// `dt-targets.json`.
+    pub targets_file: PathBuf,
+    /// The SQLite file.
+    pub db: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// How often the config files are checked for edits.
+    pub reload_interval: Duration,
+    /// Connection and request limits.
+    pub limits: server::Limits,
+}
+
+impl From<&MasterArgs> for Settings {
+    fn from(a: &MasterArgs) -> Self {
+        Settings {
+            slaves_file: a.config.clone(),
+            targets_file: a.targets.clone(),
+            db: a.db.clone(),
+            listen: a.listen,
+            reload_interval: a.reload_interval,
+            limits: server::Limits::default(),
+        }
+    }
+}
+
+/// A master that has loaded its config and bound its socket, ready to serve.
+pub struct Master {
+    app: Arc<routes::App>,
+    listener: std::net::TcpListener,
+    limits: server::Limits,
+}
+
+impl Master {
+    /// Loads and checks the config, opens the database, binds the socket and starts watching
+    /// the config files. Every problem here is a startup error.
+    pub fn start(s: &Settings) -> anyhow::Result<Master> {
+        let config = config::load(&s.slaves_file, &s.targets_file)?;
+        log::info!(
+            "config: {} slaves from {}, {} targets from {}",
+            config.slaves.slaves.len(),
+            s.slaves_file.display(),
+            config.targets.targets.len(),
+            s.targets_file.display()
+        );
+        let store = store::Store::open(&s.db)?;
+        let live = config::Live::new(config);
+        config::watch(
+            live.clone(),
+            s.slaves_file.clone(),
+            s.targets_file.clone(),
+            s.reload_interval,
+        )?;
+        let listener = server::bind(s.listen)?;
+        Ok(Master {
+            app: Arc::new(routes::App {
+                config: live,
+                store: Arc::new(store),
+                counters: routes::Counters::default(),
+            }),
+            listener,
+            limits: s.limits.clone(),
+        })
+    }
+
+    /// The address actually bound (port 0 becomes the real port).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("cannot read the bound address")
+    }
+
+    /// Serves until the process ends.
+    pub fn serve(self) -> anyhow::Result<()> {
+        server::serve(self.listener, self.app, self.limits)
+    }
+}
+
+/// `dist-traceroute master`.
+pub fn run(args: &MasterArgs) -> anyhow::Result<()> {
+    crate::logging::init(&args.log, args.loglevel.filter())?;
+    let master = Master::start(&Settings::from(args))?;
+    let addr = master.local_addr()?;
+    log::info!(
+        "dist-traceroute master {} listening on {addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("listening on http://{addr}");
+    master.serve()
+}

@@ -1,0 +1,653 @@
+//! Route handlers: plain synchronous functions from a request to a response, so each one is
+//! tested without a socket. The connection layer (`server.rs`) calls [`handle`].
+
+use super::config::Live;
+use super::path::{Path as NetPath, Terminal};
+use super::store::{NewHop, NewResult, ResultQuery, Store, Stored};
+use crate::proto::{Creds, ResultAnswer, TraceResult};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long a failed login waits before its 401 (as the original); the server waits
+/// without holding a worker.
+pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(2);
+
+/// A request as the handlers see it: the body is complete and within the size cap.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string ("" when none).
+    pub query: String,
+    /// The `User-Agent` header, if any.
+    pub user_agent: Option<String>,
+    /// Who sent it.
+    pub remote: SocketAddr,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A response, and how long the server should wait before sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Wait this long before answering (failed logins), without holding a worker.
+    pub delay: Duration,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Response {
+        Response::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    /// A JSON response of any serializable value.
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Response {
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Response::new(status, "application/json", body)
+    }
+
+    /// A JSON error `{"error": "..."}`, for the new API.
+    pub fn error(status: u16, message: impl Into<String>) -> Response {
+        Response::json(status, &serde_json::json!({ "error": message.into() }))
+    }
+
+    fn redirect(to: &str) -> Response {
+        let mut r = Response::text(301, format!("Moved Permanently: {to}\n"));
+        r.headers.push(("Location", to.to_owned()));
+        r
+    }
+}
+
+/// Counters of what the master did with requests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Results received (any endpoint).
+    pub results_received: AtomicU64,
+    /// Results stored now.
+    pub results_stored: AtomicU64,
+    /// Results that were stored before (same ID).
+    pub results_duplicate: AtomicU64,
+    /// Results that did not decode.
+    pub rejected_decode: AtomicU64,
+    /// Results that failed validation.
+    pub rejected_invalid: AtomicU64,
+    /// Requests with wrong credentials.
+    pub auth_failures: AtomicU64,
+    /// Config documents served.
+    pub configs_served: AtomicU64,
+    /// Storage errors.
+    pub store_errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the handlers share.
+pub struct App {
+    /// The live config.
+    pub config: Live,
+    /// The database.
+    pub store: Arc<Store>,
+    /// Request counters.
+    pub counters: Counters,
+}
+
+/// Routes one request.
+pub fn handle(app: &App, req: &Request) -> Response {
+    let path = req.path.as_str();
+    match (req.method.as_str(), path) {
+        (_, "/config") => Response::redirect("/config/"),
+        (_, "/results") => Response::redirect("/results/"),
+        ("POST", p) if p.starts_with("/config/") => config(app, req),
+        ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
+        ("POST", "/api/v1/results") => api_post_result(app, req),
+        ("GET", "/api/v1/results") => api_results(app, req),
+        ("GET", "/") => Response::text(
+            200,
+            format!(
+                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nResults: GET /api/v1/results?slave=&target=&limit=\n",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ),
+        (_, p)
+            if p.starts_with("/config/")
+                || p.starts_with("/results/")
+                || p == "/api/v1/results"
+                || p == "/" =>
+        {
+            let mut r = Response::error(405, format!("{} is not allowed here", req.method));
+            let allow = if p == "/api/v1/results" {
+                "GET, POST"
+            } else if p == "/" {
+                "GET"
+            } else {
+                "POST"
+            };
+            r.headers.push(("Allow", allow.into()));
+            r
+        }
+        _ => Response::error(404, format!("no such path: {}", truncate(path, 200))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn unauthorized(app: &App, req: &Request, name: &str, what: &str) {
+    bump(&app.counters.auth_failures);
+    log::warn!(
+        "{what}: wrong name or password for slave '{}' from {}",
+        truncate(name, 64).escape_debug(),
+        req.remote
+    );
+}
+
+fn config(app: &App, req: &Request) -> Response {
+    let Ok(creds) = serde_json::from_slice::<Creds>(&req.body) else {
+        return Response::text(400, "Can't unmarshal request body");
+    };
+    let config = app.config.get();
+    if !config.check_password(&creds.name, &creds.password) {
+        unauthorized(app, req, &creds.name, "config request");
+        let mut r = Response::text(401, "Unauthorized\n");
+        r.delay = FAILED_LOGIN_DELAY;
+        return r;
+    }
+    bump(&app.counters.configs_served);
+    if let Err(e) = app.store.touch_slave(
+        &creds.name,
+        &req.remote.to_string(),
+        req.user_agent.as_deref(),
+        true,
+    ) {
+        log::error!("cannot record config fetch of {}: {e:#}", creds.name);
+    }
+    log::debug!("config served to {} at {}", creds.name, req.remote);
+    Response::text(200, config.targets_raw.to_vec())
+}
+
+/// Why a result was not stored.
+#[derive(Debug)]
+enum Reject {
+    Decode(String),
+    Auth,
+    Invalid(String),
+    Store(String),
+}
+
+fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
+    bump(&app.counters.results_received);
+    let result: TraceResult = serde_json::from_slice(&req.body).map_err(|e| {
+        bump(&app.counters.rejected_decode);
+        Reject::Decode(e.to_string())
+    })?;
+    let config = app.config.get();
+    if !config.check_password(&result.creds.name, &result.creds.password) {
+        unauthorized(app, req, &result.creds.name, "result");
+        return Err(Reject::Auth);
+    }
+    let new = check_result(&result, &config).map_err(|e| {
+        bump(&app.counters.rejected_invalid);
+        log::warn!(
+            "result {} from {} rejected: {e}",
+            truncate(&result.id, 64).escape_debug(),
+            result.creds.name
+        );
+        Reject::Invalid(e)
+    })?;
+    if !new.target_known {
+        log::info!(
+            "result {} from {} is for target '{}' ({}) that is not in the config: stored and marked so",
+            new.result_id,
+            new.slave,
+            new.target_name.escape_debug(),
+            new.target_address.escape_debug()
+        );
+    }
+    match app.store.insert(&new) {
+        Ok(Stored::New(row)) => {
+            bump(&app.counters.results_stored);
+            log::debug!(
+                "result {} from {} stored as {row}",
+                new.result_id,
+                new.slave
+            );
+            Ok(Stored::New(row))
+        }
+        Ok(Stored::Duplicate) => {
+            bump(&app.counters.results_duplicate);
+            log::info!(
+                "result {} from {} was stored before",
+                new.result_id,
+                new.slave
+            );
+            Ok(Stored::Duplicate)
+        }
+        Err(e) => {
+            bump(&app.counters.store_errors);
+            log::error!("cannot store result {}: {e:#}", new.result_id);
+            Err(Reject::Store(format!("{e:#}")))
+        }
+    }
+}
+
+/// Checks a decoded result and turns it into what the store keeps.
+pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<NewResult, String> {
+    uuid::Uuid::parse_str(&r.id)
+        .map_err(|_| format!("ID '{}' is not a UUID", truncate(&r.id, 64)))?;
+    let when = chrono::DateTime::parse_from_rfc3339(&r.date_time).map_err(|e| {
+        format!(
+            "DateTime '{}' is not RFC 3339: {e}",
+            truncate(&r.date_time, 64)
+        )
+    })?;
+    if r.target.name.is_empty() || r.target.name.len() > 255 {
+        return Err("Target.Name must be 1 to 255 bytes".into());
+    }
+    if r.target.address.is_empty() || r.target.address.len() > 255 {
+        return Err("Target.Address must be 1 to 255 bytes".into());
+    }
+    if !(1..=255).contains(&r.hop_count) {
+        return Err(format!("HopCount {} is out of range 1..255", r.hop_count));
+    }
+    if r.hops.len() > 255 {
+        return Err(format!("{} hops is more than 255", r.hops.len()));
+    }
+    let mut hops = Vec::with_capacity(r.hops.len());
+    for h in &r.hops {
+        if !(1..=255).contains(&h.ttl) {
+            return Err(format!("hop TTL {} is out of range 1..255", h.ttl));
+        }
+        if h.elapsed_time < 0 || h.n < 0 {
+            return Err(format!(
+                "hop {}: ElapsedTime and N must not be negative",
+                h.ttl
+            ));
+        }
+        if let Some(ip) = &h.ip
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(format!(
+                "hop {}: IP '{}' is not an address",
+                h.ttl,
+                truncate(ip, 64)
+            ));
+        }
+        if h.host.len() > 255 {
+            return Err(format!("hop {}: Host is longer than 255 bytes", h.ttl));
+        }
+        if let Some(replies) = &h.replies
+            && (replies.len() > 32 || replies.iter().flatten().any(|v| *v < 0))
+        {
+            return Err(format!(
+                "hop {}: Replies must be at most 32 non-negative RTTs",
+                h.ttl
+            ));
+        }
+        hops.push(NewHop {
+            ttl: h.ttl,
+            address: h.addr().to_string(),
+            host: h.host.clone(),
+            rtt_ns: h.elapsed_time,
+            size: h.n,
+            kind: h.kind.clone(),
+            replies: h.replies.clone(),
+        });
+    }
+    for text in [
+        &r.protocol,
+        &r.destination,
+        &r.unreachable,
+        &r.error,
+        &r.agent,
+        &r.target_id,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if text.len() > 1024 {
+            return Err("an extension field is longer than 1024 bytes".into());
+        }
+    }
+    let (target_uuid, target_known) = match &r.target_id {
+        Some(id) => (id.clone(), config.has_target(id)),
+        None => match config.target_uuid(&r.target.name, &r.target.address) {
+            Some(id) => (id.to_owned(), true),
+            None => (String::new(), false),
+        },
+    };
+    let terminal = if r.success {
+        Terminal::Reached
+    } else if let Some(u) = &r.unreachable {
+        Terminal::Unreachable(u.clone())
+    } else if r.error.is_some() {
+        Terminal::Error
+    } else {
+        Terminal::GaveUp
+    };
+    let path = NetPath::from_hops(r.hops.iter().map(|h| (h.ttl, h.addr())), terminal);
+    Ok(NewResult {
+        result_id: r.id.clone(),
+        slave: r.creds.name.clone(),
+        target_uuid,
+        target_name: r.target.name.clone(),
+        target_address: r.target.address.clone(),
+        target_known,
+        measured_at: when.timestamp_millis(),
+        date_time: r.date_time.clone(),
+        success: r.success,
+        hop_count: r.hop_count,
+        path,
+        protocol: r.protocol.clone(),
+        flow: r.flow.map(i64::from),
+        destination: r.destination.clone(),
+        unreachable: r.unreachable.clone(),
+        error: r.error.clone(),
+        agent: r.agent.clone(),
+        hops,
+    })
+}
+
+/// `POST /results/`: the original endpoint. A result that can never be accepted gets 200 with
+/// `RetryPossible: false`, since an original Go slave resends on any other status at once.
+fn legacy_result(app: &App, req: &Request) -> Response {
+    match accept_result(app, req) {
+        Ok(_) => Response::json(200, &ResultAnswer::stored()),
+        Err(Reject::Decode(e)) => {
+            log::warn!("result from {} does not decode: {e}", req.remote);
+            Response::json(
+                200,
+                &ResultAnswer::rejected(format!("Couldn't decode request body into JSON: {e}")),
+            )
+        }
+        Err(Reject::Auth) => {
+            let mut r = Response::json(
+                401,
+                &ResultAnswer {
+                    success: false,
+                    error: "Unauthorized".into(),
+                    retry_possible: true,
+                },
+            );
+            r.delay = FAILED_LOGIN_DELAY;
+            r
+        }
+        Err(Reject::Invalid(e)) => Response::json(
+            200,
+            &ResultAnswer::rejected(format!("Result validation failed: {e}")),
+        ),
+        Err(Reject::Store(e)) => {
+            // Retry is possible; the delay keeps a Go slave's immediate resend loop slow.
+            let mut r = Response::json(
+                503,
+                &ResultAnswer {
+                    success: false,
+                    error: format!("storage error: {e}"),
+                    retry_possible: true,
+                },
+            );
+            r.delay = Duration::from_secs(1);
+            r
+        }
+    }
+}
+
+/// `POST /api/v1/results`: the same body, with plain HTTP status codes.
+fn api_post_result(app: &App, req: &Request) -> Response {
+    match accept_result(app, req) {
+        Ok(stored) => Response::json(
+            200,
+            &serde_json::json!({ "stored": true, "duplicate": stored == Stored::Duplicate }),
+        ),
+        Err(Reject::Decode(e)) => Response::error(400, format!("body is not a result: {e}")),
+        Err(Reject::Auth) => {
+            let mut r = Response::error(401, "wrong name or password");
+            r.delay = FAILED_LOGIN_DELAY;
+            r
+        }
+        Err(Reject::Invalid(e)) => Response::error(400, format!("result validation failed: {e}")),
+        Err(Reject::Store(e)) => Response::error(503, format!("storage error: {e}")),
+    }
+}
+
+/// `GET /api/v1/results?slave=&target=&limit=`.
+fn api_results(app: &App, req: &Request) -> Response {
+    let mut q = ResultQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
+        match k.as_ref() {
+            "slave" if !v.is_empty() => q.slave = Some(v.into_owned()),
+            "target" if !v.is_empty() => q.target = Some(v.into_owned()),
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => q.limit = n,
+                _ => {
+                    return Response::error(
+                        400,
+                        format!("limit '{}' is not 1..1000", truncate(&v, 32)),
+                    );
+                }
+            },
+            "slave" | "target" => {}
+            other => {
+                return Response::error(
+                    400,
+                    format!(
+                        "unknown parameter '{}' (slave, target, limit)",
+                        truncate(other, 32)
+                    ),
+                );
+            }
+        }
+    }
+    match app.store.results(&q) {
+        Ok(results) => Response::json(200, &serde_json::json!({ "results": results })),
+        Err(e) => {
+            log::error!("results query failed: {e:#}");
+            Response::error(500, "results query failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::config::{Config, parse_slaves, parse_targets};
+    use std::path::Path;
+
+    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+
+    fn app() -> App {
+        let slaves = parse_slaves(
+            Path::new("s"),
+            br#"{"Slaves":[{"Name":"slave1","Password":"1234"}]}"#,
+        )
+        .unwrap();
+        let raw = br#"{"ReportURL":"","Targets":{"76d96640-d357-47b3-ba50-5248a7604bc9":{"Name":"Google","Address":"www.google.at"}},"Retries":1,"MaxHops":30,"TimeoutMs":500}"#;
+        let targets = parse_targets(Path::new("t"), raw).unwrap();
+        App {
+            config: Live::new(Config {
+                slaves,
+                targets,
+                targets_raw: Arc::from(&raw[..]),
+            }),
+            store: Arc::new(Store::open_in_memory().unwrap()),
+            counters: Counters::default(),
+        }
+    }
+
+    fn post(path: &str, body: &[u8]) -> Request {
+        Request {
+            method: "POST".into(),
+            path: path.into(),
+            query: String::new(),
+            user_agent: None,
+            remote: "127.0.0.1:5000".parse().unwrap(),
+            body: body.to_vec(),
+        }
+    }
+
+    fn answer(r: &Response) -> ResultAnswer {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn config_serves_the_raw_targets_file() {
+        let app = app();
+        let r = handle(
+            &app,
+            &post("/config/", br#"{"Name":"slave1","Password":"1234"}"#),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, app.config.get().targets_raw.to_vec());
+        let r = handle(
+            &app,
+            &post("/config/", br#"{"Name":"slave1","Password":"nope"}"#),
+        );
+        assert_eq!((r.status, r.body.as_slice()), (401, &b"Unauthorized\n"[..]));
+        assert_eq!(r.delay, FAILED_LOGIN_DELAY);
+        let r = handle(&app, &post("/config/", b"{"));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (400, &b"Can't unmarshal request body"[..])
+        );
+    }
+
+    #[test]
+    fn go_result_is_stored_once_and_matched_to_its_target() {
+        let app = app();
+        for _ in 0..2 {
+            let r = handle(&app, &post("/results/post", GO_RESULT.as_bytes()));
+            assert_eq!(r.status, 200);
+            assert_eq!(answer(&r), ResultAnswer::stored());
+        }
+        let got = app
+            .store
+            .results(&ResultQuery {
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].target_id, "76d96640-d357-47b3-ba50-5248a7604bc9");
+        assert!(got[0].target_known);
+        assert_eq!(got[0].hops[0].address, "192.168.1.1");
+        assert_eq!(app.counters.results_duplicate.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn legacy_rejections_stop_a_go_slave_resending() {
+        let app = app();
+        let bad: [&[u8]; 5] = [
+            b"",
+            b"{not json",
+            b"\xff\xfe",
+            br#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":5}"#,
+            GO_RESULT
+                .replace("\"HopCount\":17", "\"HopCount\":0")
+                .as_bytes()
+                .to_vec()
+                .leak(),
+        ];
+        for body in bad {
+            let r = handle(&app, &post("/results/", body));
+            assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(body));
+            let a = answer(&r);
+            assert!(!a.success && !a.retry_possible, "{a:?}");
+        }
+        assert_eq!(app.store.count_results().unwrap(), 0);
+        let r = handle(
+            &app,
+            &post("/results/", GO_RESULT.replace("1234", "x").as_bytes()),
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(app.store.count_results().unwrap(), 0);
+    }
+
+    #[test]
+    fn new_endpoint_answers_400_for_bad_bodies() {
+        let app = app();
+        for body in [&b""[..], b"[]", b"\xff", br#"{"Creds":1}"#] {
+            assert_eq!(handle(&app, &post("/api/v1/results", body)).status, 400);
+        }
+        let r = handle(&app, &post("/api/v1/results", GO_RESULT.as_bytes()));
+        assert_eq!(r.status, 200);
+        assert_eq!(app.store.count_results().unwrap(), 1);
+    }
+
+    #[test]
+    fn unknown_target_is_stored_and_marked() {
+        let app = app();
+        let body = GO_RESULT.replace("\"Google\"", "\"Gone\"");
+        assert_eq!(
+            answer(&handle(&app, &post("/results/", body.as_bytes()))),
+            ResultAnswer::stored()
+        );
+        let got = app
+            .store
+            .results(&ResultQuery {
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(!got[0].target_known);
+        assert_eq!(got[0].target_name, "Gone");
+    }
+
+    #[test]
+    fn paths_without_slash_redirect_and_unknown_paths_are_404() {
+        let app = app();
+        let r = handle(&app, &post("/results", b""));
+        assert_eq!(r.status, 301);
+        assert_eq!(r.headers, vec![("Location", "/results/".to_string())]);
+        assert_eq!(handle(&app, &post("/nope", b"")).status, 404);
+        let mut get = post("/config/", b"");
+        get.method = "GET".into();
+        assert_eq!(handle(&app, &get).status, 405);
+    }
+
+    #[test]
+    fn results_query_checks_its_parameters() {
+        let app = app();
+        let mut get = post("/api/v1/results", b"");
+        get.method = "GET".into();
+        get.query = "limit=0".into();
+        assert_eq!(handle(&app, &get).status, 400);
+        get.query = "bogus=1".into();
+        assert_eq!(handle(&app, &get).status, 400);
+        get.query = "slave=slave1&limit=3".into();
+        let r = handle(&app, &get);
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["results"], serde_json::json!([]));
+    }
+}

@@ -1,0 +1,528 @@
+//! Durable storage in one SQLite file (WAL): slaves, targets, distinct paths and every
+//! accepted result with its hops, stored once per result ID. Schema changes are forward
+//! migrations numbered by `PRAGMA user_version`.
+
+use super::path::Path as NetPath;
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The migrations, in order; `user_version` counts how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation schema.
+    "CREATE TABLE slaves (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        last_config INTEGER,
+        remote_addr TEXT,
+        agent TEXT
+     );
+     CREATE TABLE targets (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        address TEXT NOT NULL,
+        UNIQUE (uuid, name, address)
+     );
+     CREATE TABLE paths (
+        id INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        canonical TEXT NOT NULL,
+        hop_count INTEGER NOT NULL,
+        terminal TEXT NOT NULL,
+        first_seen INTEGER NOT NULL
+     );
+     CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        result_id TEXT NOT NULL UNIQUE,
+        slave_id INTEGER NOT NULL REFERENCES slaves(id),
+        target_id INTEGER NOT NULL REFERENCES targets(id),
+        target_known INTEGER NOT NULL,
+        measured_at INTEGER NOT NULL,
+        date_time TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        success INTEGER NOT NULL,
+        hop_count INTEGER NOT NULL,
+        path_id INTEGER NOT NULL REFERENCES paths(id),
+        protocol TEXT,
+        flow INTEGER,
+        destination TEXT,
+        unreachable TEXT,
+        error TEXT,
+        agent TEXT
+     );
+     CREATE INDEX results_by_slave_target_time ON results (slave_id, target_id, measured_at);
+     CREATE INDEX results_by_target_time ON results (target_id, measured_at);
+     CREATE TABLE hops (
+        result INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+        ttl INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        host TEXT NOT NULL,
+        rtt_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        kind TEXT,
+        replies TEXT,
+        PRIMARY KEY (result, ttl)
+     ) WITHOUT ROWID;",
+];
+
+/// One hop of a result to store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewHop {
+    /// TTL.
+    pub ttl: i64,
+    /// Address as text.
+    pub address: String,
+    /// Reverse name or "".
+    pub host: String,
+    /// RTT in ns.
+    pub rtt_ns: i64,
+    /// Reply size.
+    pub size: i64,
+    /// Reply kind, when the slave said.
+    pub kind: Option<String>,
+    /// Per-probe RTTs in ns (null = lost), when the slave sent them.
+    pub replies: Option<Vec<Option<i64>>>,
+}
+
+/// A checked result ready to store.
+#[derive(Debug, Clone)]
+pub struct NewResult {
+    /// The result's UUID.
+    pub result_id: String,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID, "" when the master does not know it.
+    pub target_uuid: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// True when the target is in the current config.
+    pub target_known: bool,
+    /// Measurement time, Unix ms.
+    pub measured_at: i64,
+    /// The slave's RFC 3339 text.
+    pub date_time: String,
+    /// Destination answered.
+    pub success: bool,
+    /// The slave's hop count.
+    pub hop_count: i64,
+    /// The path this result took.
+    pub path: NetPath,
+    /// Probe protocol.
+    pub protocol: Option<String>,
+    /// Flow number.
+    pub flow: Option<i64>,
+    /// Resolved destination.
+    pub destination: Option<String>,
+    /// Unreachable annotation.
+    pub unreachable: Option<String>,
+    /// Why the trace could not run.
+    pub error: Option<String>,
+    /// Sending program.
+    pub agent: Option<String>,
+    /// Answering hops.
+    pub hops: Vec<NewHop>,
+}
+
+/// What storing a result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now, with this row id.
+    New(i64),
+    /// A result with this ID was stored before; nothing changed.
+    Duplicate,
+}
+
+/// Filters of the results query.
+#[derive(Debug, Clone, Default)]
+pub struct ResultQuery {
+    /// Slave name.
+    pub slave: Option<String>,
+    /// Target UUID or name.
+    pub target: Option<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// A stored result as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredResult {
+    /// The result's UUID.
+    pub id: String,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID ("" when unknown to the master).
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// False when the target was not in the config when the result arrived.
+    pub target_known: bool,
+    /// The slave's time of the measurement.
+    pub date_time: String,
+    /// When the master received it, Unix ms.
+    pub received_at: i64,
+    /// Destination answered.
+    pub success: bool,
+    /// Hop count as sent.
+    pub hop_count: i64,
+    /// Path ID (hash).
+    pub path_id: String,
+    /// Canonical path text.
+    pub path: String,
+    /// Probe protocol.
+    pub protocol: Option<String>,
+    /// Flow number.
+    pub flow: Option<i64>,
+    /// Resolved destination.
+    pub destination: Option<String>,
+    /// Unreachable annotation.
+    pub unreachable: Option<String>,
+    /// Why the trace could not run.
+    pub error: Option<String>,
+    /// Answering hops.
+    pub hops: Vec<NewHop>,
+}
+
+/// The database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and runs pending migrations.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        Store::init(conn).with_context(|| format!("cannot prepare database {}", path.display()))
+    }
+
+    /// An in-memory database, for tests of the handlers.
+    pub fn open_in_memory() -> anyhow::Result<Store> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> anyhow::Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a result the master answered 200 for survives power loss; the slave deletes
+        // its copy on that answer.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            anyhow::bail!(
+                "schema version {version} is newer than this program knows ({}): use a newer dist-traceroute",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)
+                .with_context(|| format!("migration {} failed", i + 1))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a slave was seen (config fetch when `config` is true).
+    pub fn touch_slave(
+        &self,
+        name: &str,
+        remote: &str,
+        agent: Option<&str>,
+        config: bool,
+    ) -> anyhow::Result<()> {
+        let conn = self.lock();
+        let now = now_ms();
+        upsert_slave(&conn, name, now)?;
+        conn.execute(
+            "UPDATE slaves SET remote_addr = ?2, agent = COALESCE(?3, agent),
+                    last_config = CASE WHEN ?4 THEN ?5 ELSE last_config END
+             WHERE name = ?1",
+            params![name, remote, agent, config, now],
+        )?;
+        Ok(())
+    }
+
+    /// Stores one result and its hops in one transaction, once per result ID.
+    pub fn insert(&self, r: &NewResult) -> anyhow::Result<Stored> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM results WHERE result_id = ?1",
+                [&r.result_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            return Ok(Stored::Duplicate);
+        }
+        let now = now_ms();
+        let slave_id = upsert_slave(&tx, &r.slave, now)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)",
+            params![r.target_uuid, r.target_name, r.target_address],
+        )?;
+        let target_id: i64 = tx.query_row(
+            "SELECT id FROM targets WHERE uuid = ?1 AND name = ?2 AND address = ?3",
+            params![r.target_uuid, r.target_name, r.target_address],
+            |row| row.get(0),
+        )?;
+        let hash = r.path.hash();
+        tx.execute(
+            "INSERT OR IGNORE INTO paths (hash, canonical, hop_count, terminal, first_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                hash,
+                r.path.canonical(),
+                r.path.hops.len() as i64,
+                r.path.terminal.as_text(),
+                now
+            ],
+        )?;
+        let path_id: i64 =
+            tx.query_row("SELECT id FROM paths WHERE hash = ?1", [&hash], |row| {
+                row.get(0)
+            })?;
+        tx.execute(
+            "INSERT INTO results (result_id, slave_id, target_id, target_known, measured_at,
+                date_time, received_at, success, hop_count, path_id, protocol, flow, destination,
+                unreachable, error, agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                r.result_id,
+                slave_id,
+                target_id,
+                r.target_known,
+                r.measured_at,
+                r.date_time,
+                now,
+                r.success,
+                r.hop_count,
+                path_id,
+                r.protocol,
+                r.flow,
+                r.destination,
+                r.unreachable,
+                r.error,
+                r.agent
+            ],
+        )?;
+        let row = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO hops (result, ttl, address, host, rtt_ns, size, kind, replies)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for h in &r.hops {
+                let replies = h
+                    .replies
+                    .as_ref()
+                    .map(|v| serde_json::to_string(v).unwrap_or_default());
+                stmt.execute(params![
+                    row, h.ttl, h.address, h.host, h.rtt_ns, h.size, h.kind, replies
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE slaves SET last_seen = ?2 WHERE id = ?1",
+            params![slave_id, now],
+        )?;
+        tx.commit()?;
+        Ok(Stored::New(row))
+    }
+
+    /// Results matching `q`, newest first.
+    pub fn results(&self, q: &ResultQuery) -> anyhow::Result<Vec<StoredResult>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.id, r.result_id, s.name, t.uuid, t.name, t.address, r.target_known,
+                    r.date_time, r.received_at, r.success, r.hop_count, p.hash, p.canonical,
+                    r.protocol, r.flow, r.destination, r.unreachable, r.error
+             FROM results r
+             JOIN slaves s ON s.id = r.slave_id
+             JOIN targets t ON t.id = r.target_id
+             JOIN paths p ON p.id = r.path_id
+             WHERE (?1 IS NULL OR s.name = ?1)
+               AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
+             ORDER BY r.measured_at DESC, r.id DESC
+             LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![q.slave, q.target, q.limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                StoredResult {
+                    id: row.get(1)?,
+                    slave: row.get(2)?,
+                    target_id: row.get(3)?,
+                    target_name: row.get(4)?,
+                    target_address: row.get(5)?,
+                    target_known: row.get(6)?,
+                    date_time: row.get(7)?,
+                    received_at: row.get(8)?,
+                    success: row.get(9)?,
+                    hop_count: row.get(10)?,
+                    path_id: row.get(11)?,
+                    path: row.get(12)?,
+                    protocol: row.get(13)?,
+                    flow: row.get(14)?,
+                    destination: row.get(15)?,
+                    unreachable: row.get(16)?,
+                    error: row.get(17)?,
+                    hops: Vec::new(),
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        let mut hop_stmt = conn.prepare_cached(
+            "SELECT ttl, address, host, rtt_ns, size, kind, replies FROM hops
+             WHERE result = ?1 ORDER BY ttl",
+        )?;
+        for row in rows {
+            let (id, mut result) = row?;
+            let hops = hop_stmt.query_map([id], |h| {
+                let replies: Option<String> = h.get(6)?;
+                Ok(NewHop {
+                    ttl: h.get(0)?,
+                    address: h.get(1)?,
+                    host: h.get(2)?,
+                    rtt_ns: h.get(3)?,
+                    size: h.get(4)?,
+                    kind: h.get(5)?,
+                    replies: replies.and_then(|s| serde_json::from_str(&s).ok()),
+                })
+            })?;
+            result.hops = hops.collect::<Result<_, _>>()?;
+            out.push(result);
+        }
+        Ok(out)
+    }
+
+    /// How many results are stored.
+    pub fn count_results(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?)
+    }
+}
+
+fn upsert_slave(conn: &Connection, name: &str, now: i64) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO slaves (name, first_seen, last_seen) VALUES (?1, ?2, ?2)
+         ON CONFLICT (name) DO NOTHING",
+        params![name, now],
+    )?;
+    conn.query_row("SELECT id FROM slaves WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::path::{Path as NetPath, Terminal};
+
+    fn result(id: &str) -> NewResult {
+        NewResult {
+            result_id: id.into(),
+            slave: "slave1".into(),
+            target_uuid: "76d96640-d357-47b3-ba50-5248a7604bc9".into(),
+            target_name: "Google".into(),
+            target_address: "www.google.at".into(),
+            target_known: true,
+            measured_at: 1_000,
+            date_time: "2019-02-07T21:06:10.803086+01:00".into(),
+            success: true,
+            hop_count: 3,
+            path: NetPath::from_hops(
+                [
+                    (1, "10.0.0.1".parse().unwrap()),
+                    (3, "10.0.0.3".parse().unwrap()),
+                ],
+                Terminal::Reached,
+            ),
+            protocol: Some("udp".into()),
+            flow: Some(0),
+            destination: None,
+            unreachable: None,
+            error: None,
+            agent: None,
+            hops: vec![NewHop {
+                ttl: 1,
+                address: "10.0.0.1".into(),
+                host: String::new(),
+                rtt_ns: 1000,
+                size: 56,
+                kind: None,
+                replies: Some(vec![Some(1000), None]),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_result_id_is_stored_once_and_paths_are_shared() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(matches!(
+            store.insert(&result("a")).unwrap(),
+            Stored::New(_)
+        ));
+        assert_eq!(store.insert(&result("a")).unwrap(), Stored::Duplicate);
+        store.insert(&result("b")).unwrap();
+        assert_eq!(store.count_results().unwrap(), 2);
+        let paths: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM paths", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(paths, 1);
+        let got = store
+            .results(&ResultQuery {
+                slave: Some("slave1".into()),
+                target: Some("Google".into()),
+                limit: 10,
+            })
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].path, "10.0.0.1 * 10.0.0.3 | reached");
+        assert_eq!(got[0].hops[0].replies, Some(vec![Some(1000), None]));
+        let none = store
+            .results(&ResultQuery {
+                slave: Some("other".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn reopening_a_file_keeps_results_and_schema() {
+        let dir = std::env::temp_dir().join(format!("dt-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.db");
+        let _ = std::fs::remove_file(&file);
+        Store::open(&file).unwrap().insert(&result("x")).unwrap();
+        let again = Store::open(&file).unwrap();
+        assert_eq!(again.count_results().unwrap(), 1);
+        assert_eq!(again.insert(&result("x")).unwrap(), Stored::Duplicate);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

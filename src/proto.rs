@@ -1,0 +1,246 @@
+//! The wire contract between slave and master: JSON bodies of the original protocol plus our
+//! additions, which always go in new optional fields so an original Go peer still decodes them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A slave's credentials, the body of `POST /config/` and the `Creds` of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Creds {
+    /// Slave name as listed in `dt-slaves.json`.
+    pub name: String,
+    /// The shared secret.
+    pub password: String,
+}
+
+/// The targets document a slave receives from `POST /config/` (`dt-targets.json`).
+///
+/// Unknown fields are accepted here: a newer master may send more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetsDoc {
+    /// Where the original slave was told to post results (ignored, as the Go slave does).
+    #[serde(rename = "ReportURL", default)]
+    pub report_url: String,
+    /// Target UUID to target.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetSpec>,
+    /// Extra rounds for unanswered hops.
+    #[serde(default = "default_retries")]
+    pub retries: u8,
+    /// Highest TTL probed.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: u8,
+    /// Per-probe timeout in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_retries() -> u8 {
+    1
+}
+fn default_max_hops() -> u8 {
+    30
+}
+fn default_timeout_ms() -> u32 {
+    500
+}
+
+/// One target of the targets document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetSpec {
+    /// Display name (alphanumeric in the original).
+    pub name: String,
+    /// Host name or IP literal.
+    pub address: String,
+    /// Extension: probe protocol (`udp`, `icmp`, `tcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Extension: destination port for UDP/TCP probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// The target a result belongs to, as the original sends it (name and address only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetRef {
+    /// Target name.
+    pub name: String,
+    /// Target address as configured.
+    pub address: String,
+}
+
+/// One trace result, the body of `POST /results/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TraceResult {
+    /// Who sends it.
+    pub creds: Creds,
+    /// A fresh UUID per result; repeats of one ID are stored once.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// RFC 3339 time the trace started, with the slave's local offset.
+    pub date_time: String,
+    /// The traced target.
+    pub target: TargetRef,
+    /// True when the destination answered.
+    pub success: bool,
+    /// Highest TTL that matters (1..100 for the original master).
+    pub hop_count: i64,
+    /// Hops that answered (the original lists only those; a missing TTL is a silent hop).
+    #[serde(default)]
+    pub hops: Vec<HopResult>,
+    /// Extension: the target's UUID in the targets document.
+    #[serde(rename = "TargetID", default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    /// Extension: the probe protocol used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Extension: the flow number of the probes (Paris traceroute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<u16>,
+    /// Extension: the resolved destination address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Extension: probes sent per hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<u8>,
+    /// Extension: the unreachable annotation (`!H`, `!N`, `!X`, …) that ended the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    /// Extension: why the trace could not run (name resolution, socket error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Extension: the sending program and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// One answering hop of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HopResult {
+    /// Always true in the original (it lists only hops that answered).
+    #[serde(default)]
+    pub success: bool,
+    /// IPv4 address as four numbers; `[0,0,0,0]` for IPv6 hops, whose address is in `IP`.
+    pub address: [u8; 4],
+    /// Reverse name or "".
+    #[serde(default)]
+    pub host: String,
+    /// Reply size in bytes.
+    #[serde(default)]
+    pub n: i64,
+    /// RTT in nanoseconds.
+    #[serde(default)]
+    pub elapsed_time: i64,
+    /// TTL of the probe.
+    #[serde(rename = "TTL")]
+    pub ttl: i64,
+    /// Extension: the hop address as text (IPv4 or IPv6).
+    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Extension: every probe at this TTL, its RTT in nanoseconds or null when lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<Vec<Option<i64>>>,
+    /// Extension: `reached`, `time-exceeded`, or an unreachable annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl HopResult {
+    /// The hop's address: `IP` when present and valid, else the four-number `Address`.
+    pub fn addr(&self) -> IpAddr {
+        self.ip
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(IpAddr::from(self.address))
+    }
+}
+
+/// The master's answer to `POST /results/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResultAnswer {
+    /// True when stored (or already stored).
+    pub success: bool,
+    /// Why not, or "".
+    pub error: String,
+    /// False when sending the same result again can never succeed.
+    pub retry_possible: bool,
+}
+
+impl ResultAnswer {
+    /// The answer for a stored result.
+    pub fn stored() -> ResultAnswer {
+        ResultAnswer {
+            success: true,
+            error: String::new(),
+            retry_possible: true,
+        }
+    }
+
+    /// The answer for a result that will never be accepted.
+    pub fn rejected(error: impl Into<String>) -> ResultAnswer {
+        ResultAnswer {
+            success: false,
+            error: error.into(),
+            retry_possible: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact body of an original Go slave from PROTOCOL.md.
+    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+
+    #[test]
+    fn decodes_go_slave_result() {
+        let r: TraceResult = serde_json::from_str(GO_RESULT).unwrap();
+        assert_eq!(r.creds.name, "slave1");
+        assert_eq!(r.hop_count, 17);
+        assert_eq!(r.hops[0].addr(), "192.168.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.hops[0].elapsed_time, 2_040_972);
+        assert_eq!(r.target_id, None);
+    }
+
+    #[test]
+    fn extensions_are_left_out_when_empty() {
+        let r: TraceResult = serde_json::from_str(GO_RESULT).unwrap();
+        let back = serde_json::to_string(&r).unwrap();
+        assert_eq!(back, GO_RESULT);
+    }
+
+    #[test]
+    fn ipv6_hop_keeps_four_number_address() {
+        let hop = HopResult {
+            success: true,
+            address: [0; 4],
+            host: String::new(),
+            n: 0,
+            elapsed_time: 1,
+            ttl: 1,
+            ip: Some("2001:db8::1".into()),
+            replies: None,
+            kind: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&hop).unwrap();
+        assert_eq!(v["Address"], serde_json::json!([0, 0, 0, 0]));
+        assert_eq!(hop.addr(), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn answer_bodies_match_the_original() {
+        assert_eq!(
+            serde_json::to_string(&ResultAnswer::stored()).unwrap(),
+            r#"{"Success":true,"Error":"","RetryPossible":true}"#
+        );
+    }
+}

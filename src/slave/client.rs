@@ -1,0 +1,138 @@
+//! The slave's side of the HTTP protocol (ureq, blocking): fetch the targets, post results.
+
+use crate::proto::{Creds, ResultAnswer, TargetsDoc, TraceResult};
+use std::time::Duration;
+
+/// Largest answer body read from a master.
+const MAX_ANSWER: u64 = 4 << 20;
+
+/// What became of a request to the master.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// It worked.
+    Ok(T),
+    /// The master refused the credentials (401): wrong name or password.
+    Unauthorized,
+    /// The master will never accept this (400, or 200 with `RetryPossible: false`).
+    Rejected(String),
+    /// Try again later: network error, 5xx, an answer that makes no sense.
+    Retry(String),
+}
+
+/// A connection to one master.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    creds: Creds,
+}
+
+/// `http://host:port` for a `-master` value: a host name, an IP (v6 gets brackets), or a
+/// full `http://…` URL, which is taken as it is.
+pub fn base_url(master: &str, port: u16) -> String {
+    if master.starts_with("http://") || master.starts_with("https://") {
+        return master.trim_end_matches('/').to_owned();
+    }
+    match master.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("http://[{v6}]:{port}"),
+        Err(_) => format!("http://{master}:{port}"),
+    }
+}
+
+impl Client {
+    /// A client for the master at `base` (see [`base_url`]).
+    pub fn new(base: String, creds: Creds) -> Client {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .user_agent(crate::slave::report::agent())
+            .build();
+        Client {
+            agent: ureq::Agent::new_with_config(config),
+            base,
+            creds,
+        }
+    }
+
+    /// The master's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn post(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| format!("{url}: reading the answer: {e}"))?;
+        Ok((status, body))
+    }
+
+    /// `POST /config/`: the targets document.
+    pub fn fetch_config(&self) -> Outcome<(TargetsDoc, Vec<u8>)> {
+        let body = serde_json::to_vec(&self.creds).unwrap_or_default();
+        match self.post("/config/", body) {
+            Err(e) => Outcome::Retry(e),
+            Ok((200, body)) => match serde_json::from_slice::<TargetsDoc>(&body) {
+                Ok(doc) => Outcome::Ok((doc, body)),
+                Err(e) => Outcome::Retry(format!(
+                    "the master sent a targets document that does not decode: {e}"
+                )),
+            },
+            Ok((401, _)) => Outcome::Unauthorized,
+            Ok((status, body)) => Outcome::Retry(format!(
+                "config request answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            )),
+        }
+    }
+
+    /// `POST /results/`: one result, understood by our master and by the original.
+    pub fn post_result(&self, result: &TraceResult) -> Outcome<()> {
+        let body = match serde_json::to_vec(result) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Rejected(format!("cannot encode the result: {e}")),
+        };
+        match self.post("/results/", body) {
+            Err(e) => Outcome::Retry(e),
+            Ok((401, _)) => Outcome::Unauthorized,
+            Ok((200, body)) => match serde_json::from_slice::<ResultAnswer>(&body) {
+                Ok(a) if a.success => Outcome::Ok(()),
+                Ok(a) if !a.retry_possible => Outcome::Rejected(a.error),
+                Ok(a) => Outcome::Retry(format!("the master did not store it: {}", a.error)),
+                Err(e) => Outcome::Retry(format!("the master's answer does not decode: {e}")),
+            },
+            Ok((status @ 400..=499, body)) if status != 408 && status != 429 => {
+                Outcome::Rejected(format!(
+                    "answered {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+                ))
+            }
+            Ok((status, _)) => Outcome::Retry(format!("answered {status}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_forms() {
+        assert_eq!(base_url("localhost", 8990), "http://localhost:8990");
+        assert_eq!(base_url("::1", 80), "http://[::1]:80");
+        assert_eq!(
+            base_url("http://m.example:81/", 8990),
+            "http://m.example:81"
+        );
+    }
+}

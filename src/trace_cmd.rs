@@ -1,0 +1,90 @@
+//! `dist-traceroute trace HOST`: one trace now, printed like traceroute or as JSON.
+
+use dist_traceroute::cli::TraceArgs;
+use dist_traceroute::proto::{Creds, TargetRef};
+use dist_traceroute::slave::report;
+use dist_traceroute::trace::{self, Family, Trace, TraceOptions, Tracer};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
+    let family = match (a.ipv4, a.ipv6) {
+        (true, _) => Some(Family::V4),
+        (_, true) => Some(Family::V6),
+        _ => None,
+    };
+    let dest = trace::resolve(&a.host, family)
+        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", a.host))?;
+    let tracer = Tracer::new().map_err(|e| {
+        anyhow::anyhow!("{e}: run as root or give the binary CAP_NET_RAW (setcap cap_net_raw+ep)")
+    })?;
+    let opts = TraceOptions {
+        protocol: a.protocol,
+        port: a.port,
+        max_hops: a.max_hops,
+        queries: a.queries,
+        retries: 0,
+        timeout: a.wait,
+        flow: a.flow,
+        ..TraceOptions::default()
+    };
+    let mut t = tracer.trace(dest, &opts)?;
+    if !a.numeric {
+        for hop in &mut t.hops {
+            if let Some(addr) = hop.addr {
+                hop.host = trace::reverse_name(addr, Duration::from_millis(500));
+            }
+        }
+    }
+    if a.json {
+        let creds = Creds {
+            name: String::new(),
+            password: String::new(),
+        };
+        let target = TargetRef {
+            name: a.host.clone(),
+            address: a.host.clone(),
+        };
+        let r = report::from_trace(&t, &creds, "", &target);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", human(&a.host, &t, a.max_hops));
+    }
+    Ok(())
+}
+
+/// Traceroute-style lines: TTL, name (address), one RTT per probe or `*`, and `!H`-style notes.
+pub fn human(host: &str, t: &Trace, max_hops: u8) -> String {
+    let mut out = format!(
+        "traceroute to {host} ({}), {max_hops} hops max, {} probes, flow {}\n",
+        t.destination, t.protocol, t.flow
+    );
+    for hop in &t.hops {
+        let _ = write!(out, "{:2} ", hop.ttl);
+        let mut shown: Option<std::net::IpAddr> = None;
+        for p in &hop.probes {
+            match (p.from, p.rtt) {
+                (Some(from), Some(rtt)) => {
+                    if shown != Some(from) {
+                        match &hop.host {
+                            Some(name) if Some(from) == hop.addr => {
+                                let _ = write!(out, " {name} ({from})");
+                            }
+                            _ => {
+                                let _ = write!(out, " {from}");
+                            }
+                        }
+                        shown = Some(from);
+                    }
+                    let _ = write!(out, "  {:.3} ms", rtt.as_secs_f64() * 1000.0);
+                    if let Some(trace::ReplyKind::Unreachable(u)) = p.kind {
+                        let _ = write!(out, " {}", u.annotation());
+                    }
+                }
+                _ => out.push_str(" *"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
