@@ -84,8 +84,23 @@ pub struct MasterArgs {
     #[arg(long, value_name = "filename", default_value = "./dt-results.db")]
     pub db: PathBuf,
     /// How often the config files are checked for edits
-    #[arg(long, value_name = "duration", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long = "reload-interval", value_name = "duration", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Time a client has to send a request's headers; also how long an idle connection is kept
+    #[arg(long = "header-timeout", value_name = "duration", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body
+    #[arg(long = "body-timeout", value_name = "duration", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Largest request body in bytes; larger gets 413
+    #[arg(long = "max-body", value_name = "bytes", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub max_body: u64,
+    /// Most client connections open at once; more are closed at once
+    #[arg(long = "max-connections", value_name = "n", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Threads that run request handlers
+    #[arg(long, value_name = "n", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub workers: u64,
 }
 
 /// Flags of `slave`.
@@ -302,12 +317,42 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
 
 /// Parses the process arguments, taking the subcommand from the program name when it names one.
 pub fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
-    let mut args = args;
+    Cli::try_parse_from(normalize_args(with_program_subcommand(args)))
+}
+
+fn with_program_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     if let Some(sub) = args.first().and_then(|a| subcommand_of_program(a)) {
         args.insert(1, OsString::from(sub));
         args[0] = OsString::from("dist-traceroute");
     }
-    Cli::try_parse_from(normalize_args(args))
+    args
+}
+
+/// The text for a parse error: clap's one-line reason, then the usage of the subcommand the
+/// arguments were for (clap leaves the usage out of some errors).
+pub fn error_text(err: &clap::Error, args: &[OsString]) -> String {
+    let rendered = err.render().to_string();
+    if rendered.contains("Usage:") {
+        return rendered;
+    }
+    let args = with_program_subcommand(args.to_vec());
+    let mut cmd = Cli::command();
+    cmd.build();
+    let sub = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| !a.starts_with('-'))
+        .and_then(|name| cmd.find_subcommand(name).map(|c| c.get_name().to_owned()));
+    let usage = match sub {
+        Some(name) => cmd
+            .find_subcommand_mut(&name)
+            .map(|c| c.render_usage().to_string())
+            .unwrap_or_default(),
+        None => cmd.render_usage().to_string(),
+    };
+    let reason = rendered.lines().next().unwrap_or("error: bad arguments");
+    format!("{reason}\n\n{usage}\n\nFor more information, try '--help'.\n")
 }
 
 #[cfg(test)]

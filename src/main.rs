@@ -8,12 +8,17 @@ mod demo;
 mod trace_cmd;
 
 fn main() -> ExitCode {
-    let cli = match cli::parse_from(std::env::args_os().collect()) {
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = match cli::parse_from(args.clone()) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            eprint!("{}", cli::error_text(&e, &args));
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // clap prints help and version to stdout with exit 0, errors with usage and 2.
+            // --help and --version: printed to stdout, exit 0.
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            return ExitCode::SUCCESS;
         }
     };
     let result = match &cli.command {

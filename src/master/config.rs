@@ -222,7 +222,12 @@ fn back_over_space(text: &[u8], line: usize, column: usize) -> (usize, usize) {
         return (line, column);
     }
     let mut starts = vec![0usize];
-    starts.extend(text.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1));
+    starts.extend(
+        text.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i + 1),
+    );
     let Some(start) = starts.get(line - 1) else {
         return (line, column);
     };
@@ -230,7 +235,9 @@ fn back_over_space(text: &[u8], line: usize, column: usize) -> (usize, usize) {
     while at > 0 && text[at - 1].is_ascii_whitespace() {
         at -= 1;
     }
-    let line_index = starts.partition_point(|s| *s <= at.saturating_sub(1)).max(1);
+    let line_index = starts
+        .partition_point(|s| *s <= at.saturating_sub(1))
+        .max(1);
     let col = at - starts[line_index - 1];
     (line_index, col.max(1))
 }

@@ -38,7 +38,14 @@ impl From<&MasterArgs> for Settings {
             db: a.db.clone(),
             listen: a.listen,
             reload_interval: a.reload_interval,
-            limits: server::Limits::default(),
+            limits: server::Limits {
+                header_timeout: a.header_timeout,
+                body_timeout: a.body_timeout,
+                max_body: usize::try_from(a.max_body).unwrap_or(usize::MAX),
+                max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+                workers: usize::try_from(a.workers).unwrap_or(8),
+                ..server::Limits::default()
+            },
         }
     }
 }

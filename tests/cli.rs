@@ -1,0 +1,196 @@
+//! The seed's command lines, GNU spellings, symlink invocation and argument errors, run on the
+//! real binary.
+
+mod util;
+use std::path::Path;
+use util::*;
+
+fn link(dir: &Scratch, name: &str) -> std::path::PathBuf {
+    let p = dir.path(name);
+    std::os::unix::fs::symlink(BIN, &p).unwrap();
+    p
+}
+
+#[test]
+fn seed_help_lines_through_symlinks() {
+    let dir = Scratch::new("help");
+    let master = link(&dir, "dist-traceroute-master");
+    let (code, out, _) = run(&dir.0, &master, &["-help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--config",
+        "--log",
+        "--loglevel",
+        "--targets",
+        "--listen",
+        "--db",
+    ] {
+        assert!(out.contains(flag), "master help lacks {flag}:\n{out}");
+    }
+    assert!(out.contains("./dt-slaves.json") && out.contains("./dt-master.log"));
+    let slave = link(&dir, "dist-traceroute-slave");
+    let (code, out, _) = run(&dir.0, &slave, &["-help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--master",
+        "--master-port",
+        "--name",
+        "--passwd",
+        "--zDebugResults",
+        "./dt-slave.log",
+    ] {
+        assert!(out.contains(flag), "slave help lacks {flag}:\n{out}");
+    }
+}
+
+#[test]
+fn version_and_top_level_help() {
+    let dir = Scratch::new("version");
+    let (code, out, _) = run(&dir.0, Path::new(BIN), &["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("dist-traceroute "), "{out}");
+    let (code, out, _) = run(&dir.0, Path::new(BIN), &["--help"]);
+    assert_eq!(code, 0);
+    for sub in ["master", "slave", "trace", "demo"] {
+        assert!(out.contains(sub), "{out}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_reason_and_usage() {
+    let dir = Scratch::new("badargs");
+    for args in [
+        &["master", "-loglevel=loud"][..],
+        &["slave", "-master-port", "notaport"],
+        &["master", "-nosuchflag"],
+        &["nosuchcommand"],
+    ] {
+        let (code, _, err) = run(&dir.0, Path::new(BIN), args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.lines().next().unwrap().starts_with("error:"), "{err}");
+        assert!(err.contains("Usage:"), "{err}");
+    }
+}
+
+#[test]
+fn slave_without_master_name_or_password_says_which() {
+    let dir = Scratch::new("slaveflags");
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["slave", "-name=a", "-passwd=b", "-zDebugResults"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("-master is required"), "{err}");
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["slave", "--master", "h", "-passwd=b"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("-name is required"), "{err}");
+}
+
+#[test]
+fn log_file_that_cannot_be_opened_is_a_startup_error() {
+    let dir = Scratch::with_seed_config("badlog");
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &[
+            "master",
+            "-log",
+            "/nonexistent-dir/x.log",
+            "-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot open log file /nonexistent-dir/x.log"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_config_names_file_line_column_and_rule() {
+    let dir = Scratch::with_seed_config("badconfig");
+    dir.write(
+        "dt-targets.json",
+        &TARGETS.replace("\"MaxHops\": 30", "\"MaxHops\": 300"),
+    );
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["master", "-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("./dt-targets.json:8:") && err.contains("MaxHops: 300 is out of range 1..100"),
+        "{err}"
+    );
+    dir.write(
+        "dt-slaves.json",
+        "{\"Slaves\": [{\"Name\": \"a\", \"Pasword\": \"x\"}]}",
+    );
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["master", "-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("./dt-slaves.json:1:") && err.contains("unknown field `Pasword`"),
+        "{err}"
+    );
+}
+
+/// The seed README's exact lines: `./dist-traceroute-master` in a folder holding the config,
+/// and `./dist-traceroute-slave -master=localhost -name=slave1 -passwd=1234` (with
+/// -zDebugResults and the port of this test's master).
+#[test]
+fn seed_command_lines_work_as_written() {
+    let dir = Scratch::with_seed_config("seedlines");
+    link(&dir, "dist-traceroute-master");
+    link(&dir, "dist-traceroute-slave");
+    // The seed master line takes no flags; this test adds only a free port.
+    let master = Proc::spawn_program(
+        dir.path("dist-traceroute-master"),
+        &dir.0,
+        &["-listen=127.0.0.1:0"],
+    );
+    let mut master = master;
+    let addr = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(master.child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim()
+            .trim_start_matches("listening on http://")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    };
+    assert!(dir.path("dt-master.log").exists(), "default log file");
+    assert!(dir.path("dt-results.db").exists(), "default database");
+    let port = format!("-master-port={}", addr.port());
+    let _slave = Proc::spawn_program(
+        dir.path("dist-traceroute-slave"),
+        &dir.0,
+        &[
+            "-master=localhost",
+            "-name=slave1",
+            "-passwd=1234",
+            &port,
+            "-zDebugResults",
+            "-interval=1s",
+        ],
+    );
+    let got = wait_for(std::time::Duration::from_secs(20), || {
+        let r = results(addr, "slave=slave1");
+        (r.len() >= 2).then_some(r)
+    })
+    .expect("the slave's results reach the master");
+    assert!(got.iter().all(|r| r["target_known"] == true));
+    assert!(dir.path("dt-slave.log").exists(), "default slave log file");
+}

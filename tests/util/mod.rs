@@ -1,0 +1,243 @@
+//! Test harness: runs the real binary in a scratch folder, talks HTTP to it, cleans up on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dist-traceroute");
+
+/// The seed README's slaves file.
+pub const SLAVES: &str = r#"{
+	"Slaves":
+	[
+		{"Name": "slave1", "Password": "1234"},
+		{"Name": "slave2", "Password": "123"}
+	]
+}"#;
+
+/// A targets file with two targets.
+pub const TARGETS: &str = r#"{
+        "ReportURL": "http://localhost:8990/results/post",
+        "Targets": {
+                "76d96640-d357-47b3-ba50-5248a7604bc9": {"Name": "Google", "Address": "www.google.at"},
+                "fc06ab7c-ad6f-4837-b2f8-96ef95c4acee": {"Name": "LKML", "Address": "lkml.org"}
+        },
+        "Retries": 1,
+        "MaxHops": 30,
+        "TimeoutMs": 500
+}"#;
+
+/// An original Go slave's result body, exactly as PROTOCOL.md shows it.
+pub const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch folder removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("dt-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    pub fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.path(file), text).unwrap();
+    }
+
+    /// The seed's two config files.
+    pub fn with_seed_config(name: &str) -> Scratch {
+        let s = Scratch::new(name);
+        s.write("dt-slaves.json", SLAVES);
+        s.write("dt-targets.json", TARGETS);
+        s
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running process of the binary, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// Runs `dist-traceroute ARGS` in `dir`.
+    pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_program(BIN, dir, args)
+    }
+
+    pub fn spawn_program(program: impl AsRef<std::ffi::OsStr>, dir: &Path, args: &[&str]) -> Proc {
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the binary");
+        Proc { child, addr: None }
+    }
+
+    /// A master in `dir` on a free loopback port, with extra flags; waits until it listens.
+    pub fn master(dir: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec!["master", "-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn(dir, &args);
+        p.addr = Some(p.read_listen_line());
+        p
+    }
+
+    /// A master on a given address (for restarts on the same port).
+    pub fn master_at(dir: &Path, addr: SocketAddr, extra: &[&str]) -> Proc {
+        let listen = addr.to_string();
+        let mut args = vec!["master", "-listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn(dir, &args);
+        p.addr = Some(p.read_listen_line());
+        p
+    }
+
+    fn read_listen_line(&mut self) -> SocketAddr {
+        let out = self.child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("master did not start: {line:?}"));
+        addr.parse().unwrap()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("not a master")
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn run(dir: &Path, program: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes and reads the whole answer (the request should say `Connection: close`).
+/// `None` when the server closed without an answer.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<Answer> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_answer(&buf)
+}
+
+pub fn parse_answer(buf: &[u8]) -> Option<Answer> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Answer {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    })
+}
+
+/// A well-formed request with a body.
+pub fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Answer {
+    raw(addr, &request("POST", path, body)).expect("no answer")
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Answer {
+    raw(addr, &request("GET", path, b"")).expect("no answer")
+}
+
+/// The stored results, newest first.
+pub fn results(addr: SocketAddr, query: &str) -> Vec<serde_json::Value> {
+    let a = get(addr, &format!("/api/v1/results?limit=1000&{query}"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()["results"].as_array().unwrap().clone()
+}
+
+/// Polls `f` until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
