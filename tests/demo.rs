@@ -10,7 +10,16 @@ fn demo_starts_a_master_and_a_slave_that_reports() {
     let dir = Scratch::new("demo");
     let mut p = Proc::spawn(
         &dir.0,
-        &["demo", "--listen", "127.0.0.1:0", "--zDebugResults", "--interval", "1s", "--dir", "demo"],
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--zDebugResults",
+            "--interval",
+            "1s",
+            "--dir",
+            "demo",
+        ],
     );
     let mut out = std::io::BufReader::new(p.child.stdout.take().unwrap());
     let mut addr = None;
@@ -18,7 +27,10 @@ fn demo_starts_a_master_and_a_slave_that_reports() {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         if let Some(rest) = line.strip_prefix("master:  http://") {
-            addr = rest.split('/').next().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+            addr = rest
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
             break;
         }
     }
@@ -28,9 +40,17 @@ fn demo_starts_a_master_and_a_slave_that_reports() {
         (r.len() >= 4).then_some(r)
     })
     .expect("the demo slave's results are stored");
-    let names: std::collections::HashSet<_> = got.iter().map(|r| r["target_name"].as_str().unwrap().to_owned()).collect();
+    let names: std::collections::HashSet<_> = got
+        .iter()
+        .map(|r| r["target_name"].as_str().unwrap().to_owned())
+        .collect();
     assert!(names.len() >= 2, "{names:?}");
-    for file in ["dt-slaves.json", "dt-targets.json", "dt-results.db", "dt-demo.log"] {
+    for file in [
+        "dt-slaves.json",
+        "dt-targets.json",
+        "dt-results.db",
+        "dt-demo.log",
+    ] {
         assert!(dir.path("demo").join(file).exists(), "{file}");
     }
     assert!(p.alive());
