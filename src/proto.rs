@@ -15,6 +15,78 @@ pub struct Creds {
     pub password: String,
 }
 
+/// The body of `POST /config/`: the credentials, plus our slave's status in new fields that
+/// an original master ignores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConfigRequest {
+    /// Slave name.
+    pub name: String,
+    /// The shared secret.
+    pub password: String,
+    /// Extension: the slave's program and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Extension: results waiting in the slave's spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_depth: Option<u64>,
+    /// Extension: results the slave dropped since it was installed (spool full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_total: Option<u64>,
+}
+
+/// The body of `POST /api/v1/results:batch`: many results of one slave at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchRequest {
+    /// Who sends them; each result's own `Creds` must name the same slave.
+    pub creds: Creds,
+    /// The results, each with its own ID.
+    pub results: Vec<TraceResult>,
+    /// Results waiting in the slave's spool after this batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_depth: Option<u64>,
+    /// Results the slave dropped since it was installed (spool full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_total: Option<u64>,
+}
+
+/// What became of one result of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// Stored now.
+    Stored,
+    /// Stored before (same ID).
+    Duplicate,
+    /// Never acceptable: do not send again.
+    Rejected,
+    /// Not stored this time: send again later.
+    Retry,
+}
+
+/// The answer for one result of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchItem {
+    /// The result's ID as sent.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// What became of it.
+    pub status: ItemStatus,
+    /// Why, for `rejected` and `retry`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// The answer to `POST /api/v1/results:batch`, one item per result in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BatchAnswer {
+    /// Per result.
+    pub results: Vec<BatchItem>,
+}
+
 /// The targets document a slave receives from `POST /config/` (`dt-targets.json`).
 ///
 /// Unknown fields are accepted here: a newer master may send more.

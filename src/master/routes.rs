@@ -4,7 +4,9 @@
 use super::config::Live;
 use super::path::{Path as NetPath, Terminal};
 use super::store::{NewHop, NewResult, ResultQuery, Store, Stored};
-use crate::proto::{Creds, ResultAnswer, TraceResult};
+use crate::proto::{
+    BatchAnswer, BatchItem, BatchRequest, ConfigRequest, ItemStatus, ResultAnswer, TraceResult,
+};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -125,6 +127,7 @@ pub fn handle(app: &App, req: &Request) -> Response {
         ("POST", p) if p.starts_with("/config/") => config(app, req),
         ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
         ("POST", "/api/v1/results") => api_post_result(app, req),
+        ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
         ("GET", "/api/v1/results") => api_results(app, req),
         ("GET", "/") => Response::text(
             200,
@@ -137,10 +140,11 @@ pub fn handle(app: &App, req: &Request) -> Response {
             if p.starts_with("/config/")
                 || p.starts_with("/results/")
                 || p == "/api/v1/results"
+                || p == "/api/v1/results:batch"
                 || p == "/" =>
         {
             let mut r = Response::error(405, format!("{} is not allowed here", req.method));
-            let allow = if p == "/api/v1/results" {
+            let allow = if p.starts_with("/api/v1/results") {
                 "GET, POST"
             } else if p == "/" {
                 "GET"
@@ -171,7 +175,7 @@ fn unauthorized(app: &App, req: &Request, name: &str, what: &str) {
 }
 
 fn config(app: &App, req: &Request) -> Response {
-    let Ok(creds) = serde_json::from_slice::<Creds>(&req.body) else {
+    let Ok(creds) = serde_json::from_slice::<ConfigRequest>(&req.body) else {
         return Response::text(400, "Can't unmarshal request body");
     };
     let config = app.config.get();
@@ -185,10 +189,17 @@ fn config(app: &App, req: &Request) -> Response {
     if let Err(e) = app.store.touch_slave(
         &creds.name,
         &req.remote.to_string(),
-        req.user_agent.as_deref(),
+        creds.agent.as_deref().or(req.user_agent.as_deref()),
         true,
     ) {
         log::error!("cannot record config fetch of {}: {e:#}", creds.name);
+    }
+    if (creds.spool_depth.is_some() || creds.dropped_total.is_some())
+        && let Err(e) = app
+            .store
+            .slave_status(&creds.name, creds.spool_depth, creds.dropped_total)
+    {
+        log::error!("cannot record the status of {}: {e:#}", creds.name);
     }
     log::debug!("config served to {} at {}", creds.name, req.remote);
     Response::text(200, config.targets_raw.to_vec())
@@ -438,6 +449,105 @@ fn api_post_result(app: &App, req: &Request) -> Response {
     }
 }
 
+/// Most results in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /api/v1/results:batch`: many results of one slave, stored in one transaction; the
+/// answer says per result whether it is stored, was stored before, or is refused for good.
+fn api_post_batch(app: &App, req: &Request) -> Response {
+    let batch: BatchRequest = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => {
+            bump(&app.counters.rejected_decode);
+            return Response::error(400, format!("body is not a batch of results: {e}"));
+        }
+    };
+    let config = app.config.get();
+    if !config.check_password(&batch.creds.name, &batch.creds.password) {
+        unauthorized(app, req, &batch.creds.name, "result batch");
+        let mut r = Response::error(401, "wrong name or password");
+        r.delay = FAILED_LOGIN_DELAY;
+        return r;
+    }
+    if batch.results.len() > MAX_BATCH {
+        return Response::error(413, format!("more than {MAX_BATCH} results in one batch"));
+    }
+    app.counters
+        .results_received
+        .fetch_add(batch.results.len() as u64, Ordering::Relaxed);
+    let mut items: Vec<BatchItem> = Vec::with_capacity(batch.results.len());
+    let mut valid = Vec::new();
+    let mut slot_of_valid = Vec::new();
+    for r in &batch.results {
+        let checked = if r.creds != batch.creds {
+            Err("the result's Creds differ from the batch's".to_owned())
+        } else {
+            check_result(r, &config)
+        };
+        match checked {
+            Ok(new) => {
+                slot_of_valid.push(items.len());
+                valid.push(new);
+                items.push(BatchItem {
+                    id: r.id.clone(),
+                    status: ItemStatus::Retry,
+                    error: String::new(),
+                });
+            }
+            Err(e) => {
+                bump(&app.counters.rejected_invalid);
+                log::warn!(
+                    "result {} from {} rejected: {e}",
+                    truncate(&r.id, 64).escape_debug(),
+                    batch.creds.name
+                );
+                items.push(BatchItem {
+                    id: r.id.clone(),
+                    status: ItemStatus::Rejected,
+                    error: e,
+                });
+            }
+        }
+    }
+    match app.store.insert_batch(&valid) {
+        Ok(stored) => {
+            for (slot, s) in slot_of_valid.into_iter().zip(stored) {
+                items[slot].status = match s {
+                    Stored::New(_) => {
+                        bump(&app.counters.results_stored);
+                        ItemStatus::Stored
+                    }
+                    Stored::Duplicate => {
+                        bump(&app.counters.results_duplicate);
+                        ItemStatus::Duplicate
+                    }
+                };
+            }
+        }
+        Err(e) => {
+            bump(&app.counters.store_errors);
+            log::error!("cannot store a batch of {} results: {e:#}", valid.len());
+            for slot in slot_of_valid {
+                items[slot].error = "storage error".into();
+            }
+        }
+    }
+    if (batch.spool_depth.is_some() || batch.dropped_total.is_some())
+        && let Err(e) =
+            app.store
+                .slave_status(&batch.creds.name, batch.spool_depth, batch.dropped_total)
+    {
+        log::error!("cannot record the status of {}: {e:#}", batch.creds.name);
+    }
+    if let Some(dropped) = batch.dropped_total.filter(|d| *d > 0) {
+        log::debug!(
+            "slave {} reports {dropped} results dropped in all",
+            batch.creds.name
+        );
+    }
+    Response::json(200, &BatchAnswer { results: items })
+}
+
 /// `GET /api/v1/results?slave=&target=&limit=`.
 fn api_results(app: &App, req: &Request) -> Response {
     let mut q = ResultQuery {
@@ -602,6 +712,57 @@ mod tests {
         let r = handle(&app, &post("/api/v1/results", GO_RESULT.as_bytes()));
         assert_eq!(r.status, 200);
         assert_eq!(app.store.count_results().unwrap(), 1);
+    }
+
+    #[test]
+    fn batch_stores_each_result_once_and_says_which() {
+        let app = app();
+        let good: TraceResult = serde_json::from_str(GO_RESULT).unwrap();
+        let mut bad = good.clone();
+        bad.id = "not-a-uuid".into();
+        let mut other = good.clone();
+        other.id = "5b0f0d3e-1c1a-4a43-9d6e-0e8e3bb0f3a1".into();
+        let batch = BatchRequest {
+            creds: good.creds.clone(),
+            results: vec![good.clone(), bad, other, good.clone()],
+            spool_depth: Some(7),
+            dropped_total: Some(3),
+        };
+        let r = handle(
+            &app,
+            &post(
+                "/api/v1/results:batch",
+                &serde_json::to_vec(&batch).unwrap(),
+            ),
+        );
+        assert_eq!(r.status, 200);
+        let a: BatchAnswer = serde_json::from_slice(&r.body).unwrap();
+        let statuses: Vec<ItemStatus> = a.results.iter().map(|i| i.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ItemStatus::Stored,
+                ItemStatus::Rejected,
+                ItemStatus::Stored,
+                ItemStatus::Duplicate
+            ]
+        );
+        assert!(a.results[1].error.contains("not a UUID"));
+        assert_eq!(app.store.count_results().unwrap(), 2);
+        let mut wrong = batch.clone();
+        wrong.creds.password = "x".into();
+        let r = handle(
+            &app,
+            &post(
+                "/api/v1/results:batch",
+                &serde_json::to_vec(&wrong).unwrap(),
+            ),
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            handle(&app, &post("/api/v1/results:batch", b"{}")).status,
+            400
+        );
     }
 
     #[test]

@@ -68,6 +68,9 @@ const MIGRATIONS: &[&str] = &[
         replies TEXT,
         PRIMARY KEY (result, ttl)
      ) WITHOUT ROWID;",
+    // 2: what slaves report of themselves.
+    "ALTER TABLE slaves ADD COLUMN spool_depth INTEGER;
+     ALTER TABLE slaves ADD COLUMN dropped_total INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One hop of a result to store.
@@ -263,93 +266,47 @@ impl Store {
         Ok(())
     }
 
+    /// Records what a slave reports of itself: spool depth now, results dropped in all.
+    pub fn slave_status(
+        &self,
+        name: &str,
+        spool_depth: Option<u64>,
+        dropped_total: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let conn = self.lock();
+        upsert_slave(&conn, name, now_ms())?;
+        conn.execute(
+            "UPDATE slaves SET spool_depth = COALESCE(?2, spool_depth),
+                    dropped_total = MAX(dropped_total, COALESCE(?3, 0))
+             WHERE name = ?1",
+            params![
+                name,
+                spool_depth.map(|v| v.min(i64::MAX as u64) as i64),
+                dropped_total.map(|v| v.min(i64::MAX as u64) as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Stores one result and its hops in one transaction, once per result ID.
     pub fn insert(&self, r: &NewResult) -> anyhow::Result<Stored> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let exists: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM results WHERE result_id = ?1",
-                [&r.result_id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
-            return Ok(Stored::Duplicate);
-        }
-        let now = now_ms();
-        let slave_id = upsert_slave(&tx, &r.slave, now)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)",
-            params![r.target_uuid, r.target_name, r.target_address],
-        )?;
-        let target_id: i64 = tx.query_row(
-            "SELECT id FROM targets WHERE uuid = ?1 AND name = ?2 AND address = ?3",
-            params![r.target_uuid, r.target_name, r.target_address],
-            |row| row.get(0),
-        )?;
-        let hash = r.path.hash();
-        tx.execute(
-            "INSERT OR IGNORE INTO paths (hash, canonical, hop_count, terminal, first_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                hash,
-                r.path.canonical(),
-                r.path.hops.len() as i64,
-                r.path.terminal.as_text(),
-                now
-            ],
-        )?;
-        let path_id: i64 =
-            tx.query_row("SELECT id FROM paths WHERE hash = ?1", [&hash], |row| {
-                row.get(0)
-            })?;
-        tx.execute(
-            "INSERT INTO results (result_id, slave_id, target_id, target_known, measured_at,
-                date_time, received_at, success, hop_count, path_id, protocol, flow, destination,
-                unreachable, error, agent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
-                r.result_id,
-                slave_id,
-                target_id,
-                r.target_known,
-                r.measured_at,
-                r.date_time,
-                now,
-                r.success,
-                r.hop_count,
-                path_id,
-                r.protocol,
-                r.flow,
-                r.destination,
-                r.unreachable,
-                r.error,
-                r.agent
-            ],
-        )?;
-        let row = tx.last_insert_rowid();
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO hops (result, ttl, address, host, rtt_ns, size, kind, replies)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for h in &r.hops {
-                let replies = h
-                    .replies
-                    .as_ref()
-                    .map(|v| serde_json::to_string(v).unwrap_or_default());
-                stmt.execute(params![
-                    row, h.ttl, h.address, h.host, h.rtt_ns, h.size, h.kind, replies
-                ])?;
-            }
-        }
-        tx.execute(
-            "UPDATE slaves SET last_seen = ?2 WHERE id = ?1",
-            params![slave_id, now],
-        )?;
+        let stored = insert_in(&tx, r)?;
         tx.commit()?;
-        Ok(Stored::New(row))
+        Ok(stored)
+    }
+
+    /// Stores many results in one transaction (one disk sync for the lot), each once per ID.
+    pub fn insert_batch(&self, results: &[NewResult]) -> anyhow::Result<Vec<Stored>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let stored = results
+            .iter()
+            .map(|r| insert_in(&tx, r))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(stored)
     }
 
     /// Results matching `q`, newest first.
@@ -424,6 +381,90 @@ impl Store {
             .lock()
             .query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?)
     }
+}
+
+fn insert_in(tx: &rusqlite::Transaction<'_>, r: &NewResult) -> anyhow::Result<Stored> {
+    let exists: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM results WHERE result_id = ?1",
+            [&r.result_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if exists.is_some() {
+        return Ok(Stored::Duplicate);
+    }
+    let now = now_ms();
+    let slave_id = upsert_slave(&tx, &r.slave, now)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)",
+        params![r.target_uuid, r.target_name, r.target_address],
+    )?;
+    let target_id: i64 = tx.query_row(
+        "SELECT id FROM targets WHERE uuid = ?1 AND name = ?2 AND address = ?3",
+        params![r.target_uuid, r.target_name, r.target_address],
+        |row| row.get(0),
+    )?;
+    let hash = r.path.hash();
+    tx.execute(
+        "INSERT OR IGNORE INTO paths (hash, canonical, hop_count, terminal, first_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            hash,
+            r.path.canonical(),
+            r.path.hops.len() as i64,
+            r.path.terminal.as_text(),
+            now
+        ],
+    )?;
+    let path_id: i64 = tx.query_row("SELECT id FROM paths WHERE hash = ?1", [&hash], |row| {
+        row.get(0)
+    })?;
+    tx.execute(
+        "INSERT INTO results (result_id, slave_id, target_id, target_known, measured_at,
+                date_time, received_at, success, hop_count, path_id, protocol, flow, destination,
+                unreachable, error, agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            r.result_id,
+            slave_id,
+            target_id,
+            r.target_known,
+            r.measured_at,
+            r.date_time,
+            now,
+            r.success,
+            r.hop_count,
+            path_id,
+            r.protocol,
+            r.flow,
+            r.destination,
+            r.unreachable,
+            r.error,
+            r.agent
+        ],
+    )?;
+    let row = tx.last_insert_rowid();
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO hops (result, ttl, address, host, rtt_ns, size, kind, replies)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for h in &r.hops {
+            let replies = h
+                .replies
+                .as_ref()
+                .map(|v| serde_json::to_string(v).unwrap_or_default());
+            stmt.execute(params![
+                row, h.ttl, h.address, h.host, h.rtt_ns, h.size, h.kind, replies
+            ])?;
+        }
+    }
+    tx.execute(
+        "UPDATE slaves SET last_seen = ?2 WHERE id = ?1",
+        params![slave_id, now],
+    )?;
+    Ok(Stored::New(row))
 }
 
 fn upsert_slave(conn: &Connection, name: &str, now: i64) -> rusqlite::Result<i64> {
