@@ -395,7 +395,7 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, r: &NewResult) -> anyhow::Result<St
         return Ok(Stored::Duplicate);
     }
     let now = now_ms();
-    let slave_id = upsert_slave(&tx, &r.slave, now)?;
+    let slave_id = upsert_slave(tx, &r.slave, now)?;
     tx.execute(
         "INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)",
         params![r.target_uuid, r.target_name, r.target_address],
