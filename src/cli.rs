@@ -136,6 +136,27 @@ pub struct SlaveArgs {
     /// How many targets are traced at the same time
     #[arg(long, value_name = "n", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+    /// Folder where results wait until the master has them (default: next to -log, e.g. ./dt-slave.spool)
+    #[arg(long, value_name = "dir")]
+    pub spool: Option<PathBuf>,
+    /// Most results kept in the spool; beyond, the oldest are dropped
+    #[arg(long = "spool-max-results", value_name = "n", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max_results: u64,
+    /// Most megabytes (MiB) of results kept in the spool; beyond, the oldest are dropped
+    #[arg(long = "spool-max-mb", value_name = "MiB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub spool_max_mb: u64,
+    /// Probes per second, about, over all traces
+    #[arg(long = "max-pps", value_name = "n", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pps: u32,
+    /// Longest wait between two delivery attempts while the master is away
+    #[arg(long = "retry-max", value_name = "duration", default_value = "1m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// Longest time one request to the master may take
+    #[arg(long = "master-timeout", value_name = "duration", default_value = "30s", value_parser = parse_duration)]
+    pub master_timeout: Duration,
+    /// On SIGINT/SIGTERM: how long running traces may finish, then how long the spool is flushed
+    #[arg(long = "shutdown-timeout", value_name = "duration", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Flags of `trace`.

@@ -56,15 +56,16 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         },
         log = a.dir.join("dt-demo.log").display(),
     );
-    slave::run_with(slave::Settings {
-        master: format!("http://{addr}"),
-        creds: Creds {
+    let mut settings = slave::Settings::new(
+        format!("http://{addr}"),
+        Creds {
             name: "slave1".into(),
             password: "1234".into(),
         },
-        fake,
-        interval: a.interval,
-        config_interval: Duration::from_secs(60),
-        concurrency: 4,
-    })
+        a.dir.join("dt-slave.spool"),
+    );
+    settings.fake = fake;
+    settings.interval = a.interval;
+    settings.concurrency = 4;
+    slave::run_with(settings)
 }

@@ -134,6 +134,10 @@ pub struct TargetSpec {
     /// Extension: destination port for UDP/TCP probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Extension: how often this target is traced, a duration like `"30s"` or `"5m"`
+    /// (humantime); the slave's `-interval` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 /// The target a result belongs to, as the original sends it (name and address only).

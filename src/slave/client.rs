@@ -1,6 +1,9 @@
-//! The slave's side of the HTTP protocol (ureq, blocking): fetch the targets, post results.
+//! The slave's side of the HTTP protocol (ureq, blocking): fetch the targets, post results
+//! one by one (any master) or in batches (ours).
 
-use crate::proto::{Creds, ResultAnswer, TargetsDoc, TraceResult};
+use crate::proto::{
+    BatchAnswer, BatchRequest, ConfigRequest, Creds, ResultAnswer, TargetsDoc, TraceResult,
+};
 use std::time::Duration;
 
 /// Largest answer body read from a master.
@@ -39,12 +42,13 @@ pub fn base_url(master: &str, port: u16) -> String {
 }
 
 impl Client {
-    /// A client for the master at `base` (see [`base_url`]).
-    pub fn new(base: String, creds: Creds) -> Client {
+    /// A client for the master at `base` (see [`base_url`]); a request that takes longer than
+    /// `timeout` in all is abandoned (a master that hangs must not stop the slave).
+    pub fn new(base: String, creds: Creds, timeout: Duration) -> Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
             .user_agent(crate::slave::report::agent())
             .build();
         Client {
@@ -77,9 +81,22 @@ impl Client {
         Ok((status, body))
     }
 
-    /// `POST /config/`: the targets document.
-    pub fn fetch_config(&self) -> Outcome<(TargetsDoc, Vec<u8>)> {
-        let body = serde_json::to_vec(&self.creds).unwrap_or_default();
+    /// The credentials this client sends.
+    pub fn creds(&self) -> &Creds {
+        &self.creds
+    }
+
+    /// `POST /config/`: the targets document. `status` adds the slave's version, spool depth
+    /// and dropped total in fields an original master ignores.
+    pub fn fetch_config(&self, status: Status) -> Outcome<(TargetsDoc, Vec<u8>)> {
+        let request = ConfigRequest {
+            name: self.creds.name.clone(),
+            password: self.creds.password.clone(),
+            agent: Some(crate::slave::report::agent()),
+            spool_depth: Some(status.spool_depth),
+            dropped_total: Some(status.dropped_total),
+        };
+        let body = serde_json::to_vec(&request).unwrap_or_default();
         match self.post("/config/", body) {
             Err(e) => Outcome::Retry(e),
             Ok((200, body)) => match serde_json::from_slice::<TargetsDoc>(&body) {
@@ -111,13 +128,76 @@ impl Client {
                 Ok(a) => Outcome::Retry(format!("the master did not store it: {}", a.error)),
                 Err(e) => Outcome::Retry(format!("the master's answer does not decode: {e}")),
             },
-            Ok((status @ 400..=499, body)) if status != 408 && status != 429 => {
-                Outcome::Rejected(format!(
-                    "answered {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-                ))
-            }
+            // Only a verdict on the body is final; 404 and the like say more about the server
+            // (wrong port, a proxy) than about the result, which is kept and sent again.
+            Ok((status @ (400 | 413 | 422), body)) => Outcome::Rejected(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            )),
             Ok((status, _)) => Outcome::Retry(format!("answered {status}")),
+        }
+    }
+}
+
+/// What the slave tells the master about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Results waiting in the spool.
+    pub spool_depth: u64,
+    /// Results dropped because the spool was full, ever.
+    pub dropped_total: u64,
+}
+
+/// What became of a batch.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    /// The master answered per result.
+    Answered(BatchAnswer),
+    /// This master has no batch endpoint (an original one): send one result per request.
+    Unsupported(String),
+    /// The batch is larger than the master takes (413): send fewer at once.
+    TooLarge,
+    /// Wrong name or password.
+    Unauthorized,
+    /// Try again later.
+    Retry(String),
+}
+
+impl Client {
+    /// `POST /api/v1/results:batch`: many results at once, each keeping its ID.
+    pub fn post_batch(&self, results: Vec<TraceResult>, status: Status) -> BatchOutcome {
+        let count = results.len();
+        let request = BatchRequest {
+            creds: self.creds.clone(),
+            results,
+            spool_depth: Some(status.spool_depth),
+            dropped_total: Some(status.dropped_total),
+        };
+        let body = match serde_json::to_vec(&request) {
+            Ok(b) => b,
+            Err(e) => return BatchOutcome::Retry(format!("cannot encode a batch: {e}")),
+        };
+        match self.post("/api/v1/results:batch", body) {
+            Err(e) => BatchOutcome::Retry(e),
+            Ok((200, body)) => match serde_json::from_slice::<BatchAnswer>(&body) {
+                Ok(a) if a.results.len() == count => BatchOutcome::Answered(a),
+                Ok(a) => BatchOutcome::Retry(format!(
+                    "the master answered {} items for a batch of {count}",
+                    a.results.len()
+                )),
+                // An original master answers unknown paths with a 200 HTML page.
+                Err(e) => BatchOutcome::Unsupported(format!("answer is not a batch answer: {e}")),
+            },
+            Ok((401, _)) => BatchOutcome::Unauthorized,
+            Ok((413, _)) => BatchOutcome::TooLarge,
+            Ok((status @ (400 | 404 | 405 | 501), body)) => BatchOutcome::Unsupported(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            )),
+            Ok((status, body)) => BatchOutcome::Retry(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            )),
         }
     }
 }

@@ -1,18 +1,30 @@
 //! The slave: fetches its targets from the master, traces each one every interval on a
-//! worker pool and delivers the results, backing off while the master is away.
+//! worker pool, writes every result to the disk spool and delivers it from there, backing off
+//! while the master is away; stops cleanly on SIGINT/SIGTERM.
 
 pub mod client;
+pub mod deliver;
 pub mod fake;
 pub mod report;
+pub mod schedule;
+pub mod shutdown;
+pub mod spool;
 
 use crate::cli::SlaveArgs;
 use crate::proto::{Creds, TargetRef, TargetsDoc, TraceResult};
 use crate::trace::{Protocol, TraceOptions, Tracer};
 use anyhow::{Context, bail};
-use client::{Client, Outcome};
+use client::{Client, Outcome, Status};
+use deliver::{Deliverer, Stats};
+use schedule::{Bucket, Next, Plan};
+use shutdown::Stop;
+use spool::{Caps, Spool};
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// What a slave needs to run.
@@ -24,15 +36,48 @@ pub struct Settings {
     pub creds: Creds,
     /// Fake traces instead of real ones.
     pub fake: bool,
-    /// How often each target is traced.
+    /// How often each target is traced (unless the target has its own `Interval`).
     pub interval: Duration,
     /// How often the config is fetched.
     pub config_interval: Duration,
     /// Traces at once.
     pub concurrency: usize,
+    /// The spool folder.
+    pub spool: PathBuf,
+    /// How much the spool keeps before it drops the oldest results.
+    pub caps: Caps,
+    /// Probes per second, about, over all traces.
+    pub max_pps: u32,
+    /// Longest wait between delivery attempts.
+    pub retry_max: Duration,
+    /// Longest time one request to the master may take.
+    pub master_timeout: Duration,
+    /// On SIGINT/SIGTERM: time for running traces to finish, then again to flush the spool.
+    pub shutdown_timeout: Duration,
 }
 
 impl Settings {
+    /// Defaults for everything but the master and the credentials.
+    pub fn new(master: String, creds: Creds, spool: PathBuf) -> Settings {
+        Settings {
+            master,
+            creds,
+            fake: false,
+            interval: Duration::from_secs(60),
+            config_interval: Duration::from_secs(60),
+            concurrency: 16,
+            spool,
+            caps: Caps {
+                max_results: 200_000,
+                max_bytes: 512 << 20,
+            },
+            max_pps: 500,
+            retry_max: Duration::from_secs(60),
+            master_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
     /// Checks the flags a slave cannot run without.
     pub fn from_args(a: &SlaveArgs) -> anyhow::Result<Settings> {
         let Some(master) = a.master.as_deref().filter(|m| !m.is_empty()) else {
@@ -56,8 +101,22 @@ impl Settings {
             interval: a.interval,
             config_interval: a.config_interval,
             concurrency: usize::from(a.concurrency),
+            spool: a.spool.clone().unwrap_or_else(|| default_spool(&a.log)),
+            caps: Caps {
+                max_results: a.spool_max_results,
+                max_bytes: a.spool_max_mb.saturating_mul(1 << 20),
+            },
+            max_pps: a.max_pps,
+            retry_max: a.retry_max,
+            master_timeout: a.master_timeout,
+            shutdown_timeout: a.shutdown_timeout,
         })
     }
+}
+
+/// The spool next to the log: `./dt-slave.log` → `./dt-slave.spool`.
+pub fn default_spool(log: &std::path::Path) -> PathBuf {
+    log.with_extension("spool")
 }
 
 /// Exponential backoff with jitter, capped.
@@ -91,7 +150,12 @@ impl Backoff {
     }
 }
 
-type Doc = Arc<Mutex<Option<TargetsDoc>>>;
+type Doc = Arc<Mutex<Option<Arc<TargetsDoc>>>>;
+type Busy = Arc<Mutex<HashSet<String>>>;
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// One trace to run.
 struct Job {
@@ -106,8 +170,10 @@ pub fn run(args: &SlaveArgs) -> anyhow::Result<()> {
     run_with(Settings::from_args(args)?)
 }
 
-/// Runs a slave until the process ends.
+/// Runs a slave until SIGINT or SIGTERM.
 pub fn run_with(s: Settings) -> anyhow::Result<()> {
+    let stop = Arc::new(Stop::default());
+    shutdown::on_signals(stop.clone())?;
     let tracer = if s.fake {
         log::warn!("-zDebugResults: sending FAKE results, no real traces");
         None
@@ -118,75 +184,164 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
         log::info!("tracing with {}", t.mode());
         Some(Arc::new(t))
     };
+    std::fs::create_dir_all(&s.spool)
+        .with_context(|| format!("cannot create the spool {}", s.spool.display()))?;
+    let spool = Arc::new(Spool::open(&s.spool, s.caps)?);
     log::info!(
-        "slave '{}' of master {}: every target every {}",
+        "slave '{}' of master {}: every target every {}; spool {} holds {} results ({} dropped in all)",
         s.creds.name,
         s.master,
-        humantime::format_duration(s.interval)
+        humantime::format_duration(s.interval),
+        s.spool.display(),
+        spool.depth(),
+        spool.dropped_total()
     );
-    let client = Arc::new(Client::new(s.master.clone(), s.creds.clone()));
-    let doc: Doc = Arc::new(Mutex::new(None));
+    let client = Arc::new(Client::new(
+        s.master.clone(),
+        s.creds.clone(),
+        s.master_timeout,
+    ));
+    let stats = Arc::new(Stats::default());
+    let doc: Doc = Arc::new(Mutex::new(cached_config(&spool)));
     spawn("config", {
-        let (client, doc, every) = (client.clone(), doc.clone(), s.config_interval);
-        move || poll_config(&client, &doc, every)
-    })?;
-    let (result_tx, result_rx) = mpsc::channel::<TraceResult>();
-    spawn("deliver", {
-        let client = client.clone();
-        move || deliver(&client, result_rx)
-    })?;
-    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(s.concurrency * 4);
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-    for i in 0..s.concurrency {
-        let (job_rx, result_tx, tracer, in_flight, creds) = (
-            job_rx.clone(),
-            result_tx.clone(),
-            tracer.clone(),
-            in_flight.clone(),
-            s.creds.clone(),
+        let (client, doc, spool, stop, every) = (
+            client.clone(),
+            doc.clone(),
+            spool.clone(),
+            stop.clone(),
+            s.config_interval,
         );
-        spawn(&format!("trace-{i}"), move || {
+        move || poll_config(&client, &doc, &spool, &stop, every)
+    })?;
+    let finish = Arc::new(Stop::default());
+    let deliverer = spawn("deliver", {
+        let (client, spool, stats, finish) =
+            (client.clone(), spool.clone(), stats.clone(), finish.clone());
+        let (retry_max, flush_for) = (s.retry_max, s.shutdown_timeout);
+        move || Deliverer::new(&client, &spool, &stats, retry_max).run(&finish, flush_for)
+    })?;
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(s.concurrency);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let busy: Busy = Arc::default();
+    let mut workers = Vec::new();
+    for i in 0..s.concurrency {
+        let (job_rx, tracer, busy, creds, spool, stats) = (
+            job_rx.clone(),
+            tracer.clone(),
+            busy.clone(),
+            s.creds.clone(),
+            spool.clone(),
+            stats.clone(),
+        );
+        workers.push(spawn(&format!("trace-{i}"), move || {
             loop {
-                let job = {
-                    let rx = job_rx.lock().unwrap_or_else(|p| p.into_inner());
-                    match rx.recv() {
-                        Ok(j) => j,
-                        Err(_) => return,
-                    }
+                let Ok(job) = locked(&job_rx).recv() else {
+                    return;
                 };
                 let result = measure(tracer.as_deref(), &job, &creds);
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&job.id);
-                if result_tx.send(result).is_err() {
-                    return;
-                }
+                stats.traced.fetch_add(1, Ordering::Relaxed);
+                keep(&spool, &stats, &result);
+                locked(&busy).remove(&job.id);
             }
-        })?;
+        })?);
     }
-    schedule(&s, &doc, &job_tx, &in_flight);
+    schedule(&s, &doc, &job_tx, &busy, &stop, &spool, &stats);
+    drop(job_tx);
+    let deadline = Instant::now() + s.shutdown_timeout;
+    if !wait_threads(&workers, deadline) {
+        log::warn!(
+            "traces still running after {}: stopping without them",
+            humantime::format_duration(s.shutdown_timeout)
+        );
+    }
+    finish.stop();
+    // The flush has its own bound; a request in flight may add the master timeout.
+    wait_threads(
+        std::slice::from_ref(&deliverer),
+        Instant::now() + s.shutdown_timeout + s.master_timeout,
+    );
+    log_status(&stats, &spool, &mut StatusLine::default());
+    log::info!(
+        "stopped; {} results wait in {}",
+        spool.depth(),
+        s.spool.display()
+    );
     Ok(())
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+/// Writes a finished result to the spool; it is sent from there.
+fn keep(spool: &Spool, stats: &Stats, result: &TraceResult) {
+    match spool.put(result) {
+        Ok(put) => {
+            stats.spooled.fetch_add(1, Ordering::Relaxed);
+            log::debug!("spooled {} for {}", result.id, result.target.name);
+            if put.dropped > 0 {
+                stats.dropped.fetch_add(put.dropped, Ordering::Relaxed);
+                log::warn!(
+                    "spool full: dropped the {} oldest results ({} in all since the spool was made)",
+                    put.dropped,
+                    spool.dropped_total()
+                );
+            }
+        }
+        Err(e) => log::error!(
+            "result {} for {} is lost: {e:#}",
+            result.id,
+            result.target.name
+        ),
+    }
+}
+
+/// True when every thread ended before `deadline`.
+fn wait_threads(threads: &[JoinHandle<()>], deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if threads.iter().all(JoinHandle::is_finished) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    threads.iter().all(JoinHandle::is_finished)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(f)
-        .with_context(|| format!("cannot start thread {name}"))?;
-    Ok(())
+        .with_context(|| format!("cannot start thread {name}"))
+}
+
+/// The targets document saved by an earlier run, so a slave restarted while the master is
+/// down keeps measuring.
+fn cached_config(spool: &Spool) -> Option<Arc<TargetsDoc>> {
+    let raw = spool.load_config()?;
+    match serde_json::from_slice::<TargetsDoc>(&raw) {
+        Ok(doc) => {
+            log::info!(
+                "using the saved config ({} targets) until the master answers",
+                doc.targets.len()
+            );
+            Some(Arc::new(doc))
+        }
+        Err(e) => {
+            log::warn!("the saved config does not decode ({e}); waiting for the master");
+            None
+        }
+    }
 }
 
 /// Fetches the config now and every `every`; keeps the last good one when the master is away.
-fn poll_config(client: &Client, doc: &Doc, every: Duration) {
+fn poll_config(client: &Client, doc: &Doc, spool: &Spool, stop: &Stop, every: Duration) {
     let mut backoff = Backoff::new(Duration::from_secs(1), every.min(Duration::from_secs(60)));
-    let mut last_raw: Vec<u8> = Vec::new();
+    let mut last_raw: Vec<u8> = spool.load_config().unwrap_or_default();
     loop {
-        let wait = match client.fetch_config() {
+        let status = Status {
+            spool_depth: spool.depth(),
+            dropped_total: spool.dropped_total(),
+        };
+        let wait = match client.fetch_config(status) {
             Outcome::Ok((new, raw)) => {
                 backoff.reset();
-                if raw != last_raw {
+                if raw != last_raw || locked(doc).is_none() {
                     log::info!(
                         "config from {}: {} targets, MaxHops {}, TimeoutMs {}, Retries {}",
                         client.base(),
@@ -195,7 +350,15 @@ fn poll_config(client: &Client, doc: &Doc, every: Duration) {
                         new.timeout_ms,
                         new.retries
                     );
-                    *doc.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
+                    for spec in new.targets.values() {
+                        if let Err(e) = schedule::target_interval(spec) {
+                            log::warn!("{e}; using -interval");
+                        }
+                    }
+                    if let Err(e) = spool.save_config(&raw) {
+                        log::warn!("cannot save the config for a restart: {e:#}");
+                    }
+                    *locked(doc) = Some(Arc::new(new));
                     last_raw = raw;
                 }
                 every
@@ -205,52 +368,15 @@ fn poll_config(client: &Client, doc: &Doc, every: Duration) {
                     "the master {} refused this slave's name or password (401): check -name and -passwd against its dt-slaves.json",
                     client.base()
                 );
-                backoff.next_wait().max(Duration::from_secs(10))
+                backoff.next_wait().max(Duration::from_secs(10).min(every))
             }
             Outcome::Rejected(e) | Outcome::Retry(e) => {
                 log::warn!("cannot fetch the config: {e}; keeping the last one");
                 backoff.next_wait()
             }
         };
-        std::thread::sleep(wait);
-    }
-}
-
-/// Posts results in order, retrying each until the master stores or refuses it for good.
-fn deliver(client: &Client, results: mpsc::Receiver<TraceResult>) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    for result in results {
-        loop {
-            match client.post_result(&result) {
-                Outcome::Ok(()) => {
-                    backoff.reset();
-                    log::debug!("result {} for {} delivered", result.id, result.target.name);
-                    break;
-                }
-                Outcome::Rejected(e) => {
-                    log::error!(
-                        "the master refused result {} for {} for good: {e}",
-                        result.id,
-                        result.target.name
-                    );
-                    break;
-                }
-                Outcome::Unauthorized => {
-                    log::error!(
-                        "the master refused this slave's name or password (401) for a result; will retry"
-                    );
-                    std::thread::sleep(backoff.next_wait().max(Duration::from_secs(10)));
-                }
-                Outcome::Retry(e) => {
-                    let wait = backoff.next_wait();
-                    log::warn!(
-                        "cannot deliver result {}: {e}; retry in {:.1}s",
-                        result.id,
-                        wait.as_secs_f64()
-                    );
-                    std::thread::sleep(wait);
-                }
-            }
+        if stop.sleep(wait) {
+            return;
         }
     }
 }
@@ -301,57 +427,108 @@ fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
     }
 }
 
-/// Every interval, hands each target to the workers, spread over the interval; a target whose
-/// last trace still runs is skipped this round.
+/// The counters at the last status line.
+#[derive(Debug, Default)]
+struct StatusLine {
+    traced: u64,
+    spooled: u64,
+    delivered: u64,
+    rejected: u64,
+    dropped: u64,
+}
+
+/// One line: what happened since the last line, and what waits.
+fn log_status(stats: &Stats, spool: &Spool, last: &mut StatusLine) {
+    let now = StatusLine {
+        traced: stats.traced.load(Ordering::Relaxed),
+        spooled: stats.spooled.load(Ordering::Relaxed),
+        delivered: stats.delivered.load(Ordering::Relaxed),
+        rejected: stats.rejected.load(Ordering::Relaxed),
+        dropped: stats.dropped.load(Ordering::Relaxed),
+    };
+    log::info!(
+        "status: traced {}, spooled {}, delivered {}, rejected {}, dropped {} ({} in all); {} waiting in the spool",
+        now.traced - last.traced,
+        now.spooled - last.spooled,
+        now.delivered - last.delivered,
+        now.rejected - last.rejected,
+        now.dropped - last.dropped,
+        spool.dropped_total(),
+        spool.depth()
+    );
+    *last = now;
+}
+
+/// Hands due targets to the workers (see [`schedule::Plan`]) within the concurrency and
+/// probe-rate caps, logs the status line every interval, until `stop`.
 fn schedule(
     s: &Settings,
     doc: &Doc,
     jobs: &mpsc::SyncSender<Job>,
-    in_flight: &Mutex<HashSet<String>>,
+    busy: &Busy,
+    stop: &Stop,
+    spool: &Spool,
+    stats: &Stats,
 ) {
+    let mut plan = Plan::new(s.interval);
+    let mut bucket = Bucket::new(s.max_pps, Instant::now());
     let mut warned_empty = false;
+    let mut last = StatusLine::default();
+    let mut next_status = Instant::now() + s.interval;
     loop {
-        let round = Instant::now();
-        let current = doc.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = Instant::now();
+        if now >= next_status {
+            log_status(stats, spool, &mut last);
+            next_status = now + s.interval;
+        }
+        let current = locked(doc).clone();
         let Some(current) = current else {
-            std::thread::sleep(Duration::from_millis(200));
+            if stop.sleep(Duration::from_millis(200)) {
+                return;
+            }
             continue;
         };
         if current.targets.is_empty() && !warned_empty {
             log::warn!("the master gave this slave no targets");
             warned_empty = true;
         }
-        let step = s.interval / u32::try_from(current.targets.len().max(1)).unwrap_or(u32::MAX);
-        for (i, (id, spec)) in current.targets.iter().enumerate() {
-            let due = round + step * u32::try_from(i).unwrap_or(u32::MAX);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+        plan.update(&current, now);
+        let pause = loop {
+            if locked(busy).len() >= s.concurrency {
+                break Duration::from_millis(20);
             }
-            if !in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone())
-            {
-                log::warn!(
-                    "{}: the previous trace still runs; skipping this round",
-                    spec.name
-                );
-                continue;
+            let snapshot = locked(busy).clone();
+            match plan.next(Instant::now(), &snapshot) {
+                Next::WaitUntil(t) => {
+                    break t
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(250));
+                }
+                Next::Run(id) => {
+                    if !bucket.take(schedule::probe_cost(&current), Instant::now()) {
+                        plan.retry_now(&id, Instant::now());
+                        break Duration::from_millis(20);
+                    }
+                    let Some(spec) = current.targets.get(&id) else {
+                        continue;
+                    };
+                    locked(busy).insert(id.clone());
+                    let job = Job {
+                        id,
+                        target: TargetRef {
+                            name: spec.name.clone(),
+                            address: spec.address.clone(),
+                        },
+                        options: options_for(&current, spec),
+                    };
+                    if jobs.send(job).is_err() {
+                        return;
+                    }
+                }
             }
-            let job = Job {
-                id: id.clone(),
-                target: TargetRef {
-                    name: spec.name.clone(),
-                    address: spec.address.clone(),
-                },
-                options: options_for(&current, spec),
-            };
-            if jobs.send(job).is_err() {
-                return;
-            }
-        }
-        if let Some(wait) = (round + s.interval).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        };
+        if stop.sleep(pause.max(Duration::from_millis(1))) {
+            return;
         }
     }
 }
@@ -383,6 +560,7 @@ mod tests {
             address: "h".into(),
             protocol: Some("tcp".into()),
             port: Some(443),
+            interval: None,
         };
         let o = options_for(&doc, &spec);
         assert_eq!(
