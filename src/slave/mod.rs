@@ -278,7 +278,8 @@ fn keep(spool: &Spool, stats: &Stats, result: &TraceResult) {
             if put.dropped > 0 {
                 stats.dropped.fetch_add(put.dropped, Ordering::Relaxed);
                 log::warn!(
-                    "spool full: dropped the {} oldest results ({} in all since the spool was made)",
+                    "spool full ({} results): dropped the oldest {} ({} in all since the spool was made)",
+                    spool.depth(),
                     put.dropped,
                     spool.dropped_total()
                 );

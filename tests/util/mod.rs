@@ -241,3 +241,145 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A loopback address nobody listens on (yet): for a master started later.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A targets file with `n` targets (fake results need no real hosts).
+pub fn targets_with(n: usize) -> String {
+    let targets: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#""00000000-0000-4000-8000-{i:012}": {{"Name": "T{i}", "Address": "192.0.2.{}"}}"#,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"ReportURL": "", "Targets": {{{}}}, "Retries": 1, "MaxHops": 30, "TimeoutMs": 500}}"#,
+        targets.join(", ")
+    )
+}
+
+/// `slave1` with fake results and debug logging (one `spooled ID` line per result) against
+/// the master at `addr`, plus `extra` flags.
+pub fn slave(dir: &Path, addr: SocketAddr, extra: &[&str]) -> Proc {
+    let master = format!("-master={}", addr.ip());
+    let port = format!("-master-port={}", addr.port());
+    let mut args = vec![
+        "slave",
+        master.as_str(),
+        port.as_str(),
+        "-name=slave1",
+        "-passwd=1234",
+        "-zDebugResults",
+        "-loglevel=debug",
+        "-interval=1s",
+        "-config-interval=1s",
+        "-retry-max=1s",
+    ];
+    // A flag in `extra` replaces the default above (clap refuses a flag given twice).
+    let name = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+    args.retain(|a| !extra.iter().any(|e| name(e) == name(a)));
+    args.extend_from_slice(extra);
+    Proc::spawn(dir, &args)
+}
+
+/// IDs the slave logged as written to its spool, in order. A line cut short by `kill -9`
+/// does not count: the ID must be followed by the rest of the line.
+pub fn spooled_ids(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("spooled ")? + "spooled ".len()..];
+            let (id, tail) = rest.split_once(' ')?;
+            (tail.starts_with("for ") && id.len() == 36).then(|| id.to_owned())
+        })
+        .collect()
+}
+
+/// Result IDs in the master's database, one entry per stored row.
+pub fn stored_ids(db: &Path) -> Vec<String> {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = conn.prepare("SELECT result_id FROM results") else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The dropped total the master holds for `slave`.
+pub fn master_dropped_total(db: &Path, slave: &str) -> Option<u64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row(
+        "SELECT dropped_total FROM slaves WHERE name = ?1",
+        [slave],
+        |r| r.get::<_, i64>(0),
+    )
+    .ok()
+    .map(|v| v as u64)
+}
+
+/// Files waiting in a spool's `results/` (each checked to be a whole result).
+pub fn spool_results(spool: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(spool.join("results")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            // Sent or dropped since the listing: fine.
+            let body = std::fs::read(&path).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("corrupt spool entry {}: {e}", path.display()));
+            assert!(v["ID"].is_string(), "{}", path.display());
+            Some(path)
+        })
+        .collect()
+}
+
+/// Files in a spool sub-folder (`rejected`, `tmp`).
+pub fn files_in(spool: &Path, sub: &str) -> usize {
+    std::fs::read_dir(spool.join(sub)).map_or(0, |d| d.count())
+}
+
+/// Sends SIGTERM and waits for the exit code (None: still running after `limit`).
+pub fn terminate(p: &mut Proc, limit: Duration) -> Option<i32> {
+    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when every ID of `want` is in `have`.
+pub fn all_in(want: &[String], have: &[String]) -> bool {
+    let have: std::collections::HashSet<&String> = have.iter().collect();
+    want.iter().all(|id| have.contains(id))
+}
+
+/// Panics when an ID is listed twice.
+pub fn assert_unique(ids: &[String]) {
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a result is stored twice");
+}
