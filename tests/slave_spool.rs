@@ -28,6 +28,10 @@ fn results_taken_while_the_master_is_down_all_arrive_once() {
     })
     .expect("the slave keeps measuring while the master is away");
     assert!(slave.alive());
+    for file in spool_results(&dir.path("dt-slave.spool")) {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(!text.contains("1234"), "no password in the spool: {text}");
+    }
 
     let _master = Proc::master_at(&dir.0, addr, &[]);
     wait_for(LONG, || {

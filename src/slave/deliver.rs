@@ -78,6 +78,11 @@ impl<'a> Deliverer<'a> {
         }
     }
 
+    /// Sends one result per request from now on, as to an original master (for comparisons).
+    pub fn one_result_per_request(&mut self) {
+        self.legacy_until = Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+    }
+
     fn status(&self, in_flight: usize) -> Status {
         Status {
             spool_depth: self.spool.depth().saturating_sub(in_flight as u64),
@@ -90,7 +95,12 @@ impl<'a> Deliverer<'a> {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             match self.spool.read(&e) {
-                Ok(Some(r)) => out.push((e, r)),
+                Ok(Some(mut r)) => {
+                    // The credentials of now: the spool keeps no password, and a result
+                    // measured before a fixed -passwd must not carry the wrong one.
+                    r.creds = self.client.creds().clone();
+                    out.push((e, r));
+                }
                 Ok(None) => {}
                 Err(err) => {
                     log::error!("corrupt spool entry {}: {err:#}; moved to rejected/", e.id);

@@ -238,7 +238,9 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
                 let Ok(job) = locked(&job_rx).recv() else {
                     return;
                 };
-                let result = measure(tracer.as_deref(), &job, &creds);
+                let mut result = measure(tracer.as_deref(), &job, &creds);
+                // The password is added when the result is sent: it has no place in the spool.
+                result.creds.password.clear();
                 stats.traced.fetch_add(1, Ordering::Relaxed);
                 keep(&spool, &stats, &result);
                 locked(&busy).remove(&job.id);
