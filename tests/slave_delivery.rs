@@ -1,6 +1,7 @@
 //! Delivery against a stand-in master that misbehaves in turn (500, 401, garbage, a hang)
-//! and then acts as an original Go master (no batch endpoint): the slave survives each, backs
-//! off, and delivers everything once the master is healthy.
+//! and then acts as an original Go master (no batch endpoint, one result refused for good):
+//! the slave survives each, backs off, sets the refused result aside and delivers the rest
+//! once the master is healthy.
 
 mod util;
 use std::collections::HashSet;
@@ -24,6 +25,8 @@ struct Standin {
     attempts: [AtomicUsize; 5],
     /// IDs answered 200 by the healthy master.
     accepted: Mutex<Vec<String>>,
+    /// The ID answered "never acceptable".
+    refused: Mutex<Option<String>>,
     batch_posts: AtomicUsize,
 }
 
@@ -83,6 +86,17 @@ fn serve(mut stream: TcpStream, s: &Standin) {
                 s.batch_posts.fetch_add(1, Ordering::SeqCst);
                 answer(&mut stream, "404 Not Found", "404 page not found\n");
             }
+            _ if s.refused.lock().unwrap().is_none() => {
+                // The first result of the healthy phase is refused for good, as an original
+                // master does with one that fails its validation.
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                *s.refused.lock().unwrap() = Some(v["ID"].as_str().unwrap().to_owned());
+                answer(
+                    &mut stream,
+                    "200 OK",
+                    r#"{"Success":false,"Error":"Result validation failed: HopCount","RetryPossible":false}"#,
+                );
+            }
             _ => {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 s.accepted
@@ -139,15 +153,34 @@ fn a_misbehaving_master_is_survived_and_then_gets_everything() {
         assert!(n < 30, "phase {phase}: {n} attempts");
     }
     standin.phase.store(HEALTHY, Ordering::SeqCst);
+    let spooled_but_refused = || -> Vec<String> {
+        let refused = standin.refused.lock().unwrap().clone();
+        let mut ids = spooled_ids(&log);
+        ids.retain(|id| Some(id) != refused.as_ref());
+        ids
+    };
     wait_for(Duration::from_secs(20), || {
-        let spooled = spooled_ids(&log);
+        let spooled = spooled_but_refused();
         (spooled.len() >= 10 && all_in(&spooled, &standin.accepted.lock().unwrap())).then_some(())
     })
     .expect("everything spooled reaches the healthy master");
     assert_eq!(terminate(&mut slave, Duration::from_secs(20)), Some(0));
 
     let accepted: HashSet<String> = standin.accepted.lock().unwrap().iter().cloned().collect();
-    assert!(all_in(&spooled_ids(&log), &Vec::from_iter(accepted)));
+    assert!(all_in(&spooled_but_refused(), &Vec::from_iter(accepted)));
+    // The refused one is set aside with its reason, not retried forever.
+    let refused = standin.refused.lock().unwrap().clone().unwrap();
+    let rejected = dir.path("dt-slave.spool").join("rejected");
+    let why: Vec<_> = std::fs::read_dir(&rejected)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "why"))
+        .collect();
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(why[0].to_str().unwrap().contains(&refused));
+    let reason = std::fs::read_to_string(&why[0]).unwrap();
+    assert!(reason.contains("Result validation failed"), "{reason}");
     assert!(
         standin.batch_posts.load(Ordering::SeqCst) >= 1,
         "the batch endpoint was tried before falling back"
@@ -158,5 +191,5 @@ fn a_misbehaving_master_is_survived_and_then_gets_everything() {
         "a 401 is said loudly"
     );
     assert!(text.contains("has no batch endpoint"), "{text}");
-    assert_eq!(files_in(&dir.path("dt-slave.spool"), "rejected"), 0);
+    assert!(text.contains(&format!("refused result {refused} for good")));
 }

@@ -38,6 +38,11 @@ fn results_taken_while_the_master_is_down_all_arrive_once() {
         all_in(&spooled_ids(&log), &stored_ids(&db)).then_some(())
     })
     .expect("every spooled result reaches the master");
+    // The slave reported its version and spool depth with its config requests.
+    let (agent, depth, dropped) = master_slave_status(&db, "slave1").unwrap();
+    assert!(agent.starts_with("dist-traceroute/"), "{agent}");
+    assert!(depth.is_some());
+    assert_eq!(dropped, 0);
     assert_eq!(
         terminate(&mut slave, LONG),
         Some(0),

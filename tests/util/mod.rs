@@ -333,6 +333,25 @@ pub fn master_dropped_total(db: &Path, slave: &str) -> Option<u64> {
     .map(|v| v as u64)
 }
 
+/// What the master holds of a slave: (agent, spool depth, dropped total).
+pub fn master_slave_status(db: &Path, slave: &str) -> Option<(String, Option<i64>, i64)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row(
+        "SELECT agent, spool_depth, dropped_total FROM slaves WHERE name = ?1",
+        [slave],
+        |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                r.get(1)?,
+                r.get(2)?,
+            ))
+        },
+    )
+    .ok()
+}
+
 /// Files waiting in a spool's `results/` (each checked to be a whole result).
 pub fn spool_results(spool: &Path) -> Vec<PathBuf> {
     let Ok(dir) = std::fs::read_dir(spool.join("results")) else {
