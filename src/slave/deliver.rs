@@ -4,7 +4,7 @@
 use super::Backoff;
 use super::client::{BatchOutcome, Client, Outcome, Status};
 use super::shutdown::Stop;
-use super::spool::{Entry, Spool};
+use super::spool::{Entry, Read, Spool};
 use crate::proto::{ItemStatus, TraceResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -90,26 +90,32 @@ impl<'a> Deliverer<'a> {
         }
     }
 
-    /// Reads the listed results; a file that does not decode is moved aside.
-    fn load(&self, entries: Vec<Entry>) -> Vec<(Entry, TraceResult)> {
+    /// Reads the listed results; a file that does not decode is moved aside, one that
+    /// cannot be read now stays for the next round.
+    /// True in the second place when a read failed.
+    fn load(&self, entries: Vec<Entry>) -> (Vec<(Entry, TraceResult)>, bool) {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             match self.spool.read(&e) {
-                Ok(Some(mut r)) => {
+                Ok(Read::Result(mut r)) => {
                     // The credentials of now: the spool keeps no password, and a result
                     // measured before a fixed -passwd must not carry the wrong one.
                     r.creds = self.client.creds().clone();
-                    out.push((e, r));
+                    out.push((e, *r));
                 }
-                Ok(None) => {}
-                Err(err) => {
-                    log::error!("corrupt spool entry {}: {err:#}; moved to rejected/", e.id);
-                    self.spool.reject(&e, &format!("{err:#}"));
+                Ok(Read::Gone) => {}
+                Ok(Read::Corrupt(why)) => {
+                    log::error!("corrupt spool entry {}: {why}; moved to rejected/", e.id);
+                    self.spool.reject(&e, &why);
                     add(&self.stats.rejected, 1);
+                }
+                Err(err) => {
+                    log::error!("{err:#}; will try again");
+                    return (out, true);
                 }
             }
         }
-        out
+        (out, false)
     }
 
     fn rejected(&self, e: &Entry, why: &str) {
@@ -147,9 +153,13 @@ impl<'a> Deliverer<'a> {
         if entries.is_empty() {
             return Round::Idle;
         }
-        let loaded = self.load(entries);
+        let (loaded, stalled) = self.load(entries);
         if loaded.is_empty() {
-            return Round::Progress;
+            return if stalled {
+                Round::Failed
+            } else {
+                Round::Progress
+            };
         }
         if legacy {
             self.one_by_one(loaded)
@@ -279,7 +289,7 @@ impl<'a> Deliverer<'a> {
                 }
                 Round::Failed => {
                     let wait = self.next_wait();
-                    log::info!("next delivery attempt in {:.1}s", wait.as_secs_f64());
+                    log::debug!("next delivery attempt in {:.1}s", wait.as_secs_f64());
                     finish.sleep(wait);
                 }
             }

@@ -67,6 +67,17 @@ pub struct Spool {
     _lock: File,
 }
 
+/// What [`Spool::read`] found.
+#[derive(Debug)]
+pub enum Read {
+    /// The result.
+    Result(Box<TraceResult>),
+    /// Dropped (spool full) since it was listed.
+    Gone,
+    /// Not a result: never written by this program, or damaged on disk.
+    Corrupt(String),
+}
+
 /// What [`Spool::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Put {
@@ -282,20 +293,22 @@ impl Spool {
         out
     }
 
-    /// Reads a listed result; `Ok(None)` when it was dropped meanwhile.
-    pub fn read(&self, e: &Entry) -> anyhow::Result<Option<TraceResult>> {
+    /// Reads a listed result. An I/O error (too many open files, a failing disk) is an
+    /// `Err` and leaves the file in place for the next try.
+    pub fn read(&self, e: &Entry) -> anyhow::Result<Read> {
         let path = self.path_of(e.seq, &e.id);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 self.forget(e.seq);
-                return Ok(None);
+                return Ok(Read::Gone);
             }
             Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
         };
-        let result = serde_json::from_slice(&bytes)
-            .with_context(|| format!("spool file {} does not decode", path.display()))?;
-        Ok(Some(result))
+        Ok(match serde_json::from_slice(&bytes) {
+            Ok(r) => Read::Result(Box::new(r)),
+            Err(err) => Read::Corrupt(format!("{} does not decode: {err}", path.display())),
+        })
     }
 
     fn forget(&self, seq: u64) -> Option<Entry> {
@@ -408,7 +421,7 @@ mod tests {
             listed.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             ids[..3]
         );
-        assert_eq!(s.read(&listed[0]).unwrap().unwrap().id, ids[0]);
+        assert!(matches!(s.read(&listed[0]).unwrap(), Read::Result(r) if r.id == ids[0]));
         s.remove(&listed[0]);
         s.reject(&listed[1], "bad");
         assert_eq!(s.depth(), 3);
@@ -433,13 +446,27 @@ mod tests {
             let drops: u64 = (0..5).map(|i| s.put(&result(i)).unwrap().dropped).sum();
             assert_eq!(drops, 2);
             assert_eq!(s.depth(), 3);
-            let first = s.read(&s.oldest(1, u64::MAX)[0]).unwrap().unwrap();
-            assert_eq!(first.target.name, "t2");
+            let first = s.read(&s.oldest(1, u64::MAX)[0]).unwrap();
+            assert!(matches!(first, Read::Result(r) if r.target.name == "t2"));
         }
         let s = Spool::open(&dir, caps).unwrap();
         assert_eq!(s.dropped_total(), 2);
         s.put(&result(5)).unwrap();
         assert_eq!(s.dropped_total(), 3);
+        drop(s);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_file_is_reported_as_such() {
+        let dir = scratch("corrupt");
+        let s = Spool::open(&dir, ROOMY).unwrap();
+        s.put(&result(0)).unwrap();
+        let e = s.oldest(1, u64::MAX).remove(0);
+        fs::write(dir.join("results").join(file_name(e.seq, &e.id)), b"{\"Cre").unwrap();
+        assert!(matches!(s.read(&e).unwrap(), Read::Corrupt(_)));
+        s.remove(&e);
+        assert!(matches!(s.read(&e).unwrap(), Read::Gone));
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
     }
