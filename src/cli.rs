@@ -38,6 +38,9 @@ pub enum Command {
     Trace(TraceArgs),
     /// Start a master on the built-in example config and a local slave, to look around.
     Demo(DemoArgs),
+    /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json (reads stdin).
+    #[command(name = "hash-password")]
+    HashPassword,
 }
 
 /// Log level names of the seed.
@@ -115,9 +118,12 @@ pub struct SlaveArgs {
     /// Unique name of this slave used on master for authentication and storage of results
     #[arg(long, value_name = "name")]
     pub name: Option<String>,
-    /// Shared secret for slave on master
+    /// Shared secret for slave on master (visible in ps: prefer -passwd-file or DT_PASSWD)
     #[arg(long, value_name = "secret")]
     pub passwd: Option<String>,
+    /// Read the shared secret from the first line of this file
+    #[arg(long = "passwd-file", value_name = "file", conflicts_with = "passwd")]
+    pub passwd_file: Option<PathBuf>,
     /// Logfile location
     #[arg(long, value_name = "/path/to/file", default_value = "./dt-slave.log")]
     pub log: PathBuf,

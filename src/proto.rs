@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A slave's credentials, the body of `POST /config/` and the `Creds` of a result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Creds {
     /// Slave name as listed in `dt-slaves.json`.
@@ -15,9 +15,19 @@ pub struct Creds {
     pub password: String,
 }
 
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("Creds")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The body of `POST /config/`: the credentials, plus our slave's status in new fields that
 /// an original master ignores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConfigRequest {
     /// Slave name.
@@ -33,6 +43,18 @@ pub struct ConfigRequest {
     /// Extension: results the slave dropped since it was installed (spool full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_total: Option<u64>,
+}
+
+impl std::fmt::Debug for ConfigRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRequest")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("agent", &self.agent)
+            .field("spool_depth", &self.spool_depth)
+            .field("dropped_total", &self.dropped_total)
+            .finish()
+    }
 }
 
 /// The body of `POST /api/v1/results:batch`: many results of one slave at once.

@@ -5,6 +5,7 @@ pub mod path;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod throttle;
 
 use crate::cli::MasterArgs;
 use anyhow::Context;
@@ -83,6 +84,7 @@ impl Master {
                 config: live,
                 store: Arc::new(store),
                 counters: routes::Counters::default(),
+                throttle: throttle::Throttle::new(),
             }),
             listener,
             limits: s.limits.clone(),

@@ -98,6 +98,8 @@ pub struct Counters {
     pub rejected_invalid: AtomicU64,
     /// Requests with wrong credentials.
     pub auth_failures: AtomicU64,
+    /// Login attempts refused with 429 while their address or name was blocked.
+    pub auth_throttled: AtomicU64,
     /// Config documents served.
     pub configs_served: AtomicU64,
     /// Storage errors.
@@ -116,6 +118,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// Request counters.
     pub counters: Counters,
+    /// Failed-login throttling.
+    pub throttle: super::throttle::Throttle,
 }
 
 /// Routes one request.
@@ -165,26 +169,80 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn unauthorized(app: &App, req: &Request, name: &str, what: &str) {
+/// Why a login failed.
+#[derive(Debug)]
+enum AuthFail {
+    /// Wrong name or password: 401 after a delay.
+    Wrong,
+    /// Too many failures lately: 429, try again after this long.
+    Throttled(Duration),
+}
+
+/// Checks a name/password pair under the failed-login throttle.
+fn authenticate(
+    app: &App,
+    req: &Request,
+    name: &str,
+    password: &str,
+    what: &str,
+) -> Result<(), AuthFail> {
+    let now = std::time::Instant::now();
+    if let Some(wait) = app.throttle.blocked(req.remote.ip(), name, now) {
+        bump(&app.counters.auth_throttled);
+        return Err(AuthFail::Throttled(wait));
+    }
+    if app.config.get().check_password(name, password) {
+        app.throttle.success(req.remote.ip());
+        return Ok(());
+    }
     bump(&app.counters.auth_failures);
-    log::warn!(
-        "{what}: wrong name or password for slave '{}' from {}",
-        truncate(name, 64).escape_debug(),
-        req.remote
-    );
+    let blocks = app.throttle.failure(req.remote.ip(), name, now);
+    if blocks.is_empty() {
+        log::warn!(
+            "{what}: wrong name or password for slave '{}' from {}",
+            truncate(name, 64).escape_debug(),
+            req.remote
+        );
+    }
+    for b in blocks {
+        log::warn!(
+            "too many failed logins: {} blocked for {}s (answered 429 meanwhile)",
+            b.what,
+            b.duration.as_secs()
+        );
+    }
+    Err(AuthFail::Wrong)
+}
+
+/// The answer for a failed login: `wrong` delayed for a 401, or 429 with `Retry-After`.
+fn auth_failed(fail: AuthFail, wrong: Response, throttled: Response) -> Response {
+    match fail {
+        AuthFail::Wrong => Response {
+            delay: FAILED_LOGIN_DELAY,
+            ..wrong
+        },
+        AuthFail::Throttled(wait) => {
+            let mut r = throttled;
+            r.status = 429;
+            r.headers
+                .push(("Retry-After", (wait.as_secs() + 1).to_string()));
+            r
+        }
+    }
 }
 
 fn config(app: &App, req: &Request) -> Response {
     let Ok(creds) = serde_json::from_slice::<ConfigRequest>(&req.body) else {
         return Response::text(400, "Can't unmarshal request body");
     };
-    let config = app.config.get();
-    if !config.check_password(&creds.name, &creds.password) {
-        unauthorized(app, req, &creds.name, "config request");
-        let mut r = Response::text(401, "Unauthorized\n");
-        r.delay = FAILED_LOGIN_DELAY;
-        return r;
+    if let Err(fail) = authenticate(app, req, &creds.name, &creds.password, "config request") {
+        return auth_failed(
+            fail,
+            Response::text(401, "Unauthorized\n"),
+            Response::text(429, "Too Many Requests\n"),
+        );
     }
+    let config = app.config.get();
     bump(&app.counters.configs_served);
     if let Err(e) = app.store.touch_slave(
         &creds.name,
@@ -209,7 +267,7 @@ fn config(app: &App, req: &Request) -> Response {
 #[derive(Debug)]
 enum Reject {
     Decode(String),
-    Auth,
+    Auth(AuthFail),
     Invalid(String),
     Store(String),
 }
@@ -220,11 +278,15 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
         bump(&app.counters.rejected_decode);
         Reject::Decode(e.to_string())
     })?;
+    authenticate(
+        app,
+        req,
+        &result.creds.name,
+        &result.creds.password,
+        "result",
+    )
+    .map_err(Reject::Auth)?;
     let config = app.config.get();
-    if !config.check_password(&result.creds.name, &result.creds.password) {
-        unauthorized(app, req, &result.creds.name, "result");
-        return Err(Reject::Auth);
-    }
     let new = check_result(&result, &config).map_err(|e| {
         bump(&app.counters.rejected_invalid);
         log::warn!(
@@ -399,17 +461,17 @@ fn legacy_result(app: &App, req: &Request) -> Response {
                 &ResultAnswer::rejected(format!("Couldn't decode request body into JSON: {e}")),
             )
         }
-        Err(Reject::Auth) => {
-            let mut r = Response::json(
-                401,
-                &ResultAnswer {
-                    success: false,
-                    error: "Unauthorized".into(),
-                    retry_possible: true,
-                },
-            );
-            r.delay = FAILED_LOGIN_DELAY;
-            r
+        Err(Reject::Auth(fail)) => {
+            let answer = |error: &str| ResultAnswer {
+                success: false,
+                error: error.into(),
+                retry_possible: true,
+            };
+            auth_failed(
+                fail,
+                Response::json(401, &answer("Unauthorized")),
+                Response::json(429, &answer("Too many failed logins")),
+            )
         }
         Err(Reject::Invalid(e)) => Response::json(
             200,
@@ -439,11 +501,11 @@ fn api_post_result(app: &App, req: &Request) -> Response {
             &serde_json::json!({ "stored": true, "duplicate": stored == Stored::Duplicate }),
         ),
         Err(Reject::Decode(e)) => Response::error(400, format!("body is not a result: {e}")),
-        Err(Reject::Auth) => {
-            let mut r = Response::error(401, "wrong name or password");
-            r.delay = FAILED_LOGIN_DELAY;
-            r
-        }
+        Err(Reject::Auth(fail)) => auth_failed(
+            fail,
+            Response::error(401, "wrong name or password"),
+            Response::error(429, "too many failed logins"),
+        ),
         Err(Reject::Invalid(e)) => Response::error(400, format!("result validation failed: {e}")),
         Err(Reject::Store(e)) => Response::error(503, format!("storage error: {e}")),
     }
@@ -462,13 +524,20 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
             return Response::error(400, format!("body is not a batch of results: {e}"));
         }
     };
-    let config = app.config.get();
-    if !config.check_password(&batch.creds.name, &batch.creds.password) {
-        unauthorized(app, req, &batch.creds.name, "result batch");
-        let mut r = Response::error(401, "wrong name or password");
-        r.delay = FAILED_LOGIN_DELAY;
-        return r;
+    if let Err(fail) = authenticate(
+        app,
+        req,
+        &batch.creds.name,
+        &batch.creds.password,
+        "result batch",
+    ) {
+        return auth_failed(
+            fail,
+            Response::error(401, "wrong name or password"),
+            Response::error(429, "too many failed logins"),
+        );
     }
+    let config = app.config.get();
     if batch.results.len() > MAX_BATCH {
         return Response::error(413, format!("more than {MAX_BATCH} results in one batch"));
     }
@@ -609,9 +678,11 @@ mod tests {
                 slaves,
                 targets,
                 targets_raw: Arc::from(&raw[..]),
+                verified: Arc::default(),
             }),
             store: Arc::new(Store::open_in_memory().unwrap()),
             counters: Counters::default(),
+            throttle: crate::master::throttle::Throttle::new(),
         }
     }
 
@@ -650,6 +721,30 @@ mod tests {
             (r.status, r.body.as_slice()),
             (400, &b"Can't unmarshal request body"[..])
         );
+    }
+
+    #[test]
+    fn repeated_failures_get_429_without_a_password_check() {
+        let app = app();
+        let bad = post("/config/", br#"{"Name":"slave1","Password":"nope"}"#);
+        for _ in 0..super::super::throttle::BY_ADDRESS.max_failures {
+            assert_eq!(handle(&app, &bad).status, 401);
+        }
+        let r = handle(&app, &bad);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.delay, Duration::ZERO);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "Retry-After" && v.parse::<u64>().unwrap() > 0)
+        );
+        // Even the right password waits out the block from that address.
+        let good = post("/config/", br#"{"Name":"slave1","Password":"1234"}"#);
+        assert_eq!(handle(&app, &good).status, 429);
+        let mut elsewhere = good.clone();
+        elsewhere.remote = "127.0.0.2:1".parse().unwrap();
+        assert_eq!(handle(&app, &elsewhere).status, 200);
+        assert_eq!(app.counters.auth_throttled.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -41,22 +41,40 @@ impl Settings {
         let Some(name) = a.name.as_deref().filter(|n| !n.is_empty()) else {
             bail!("-name is required: this slave's name as listed in the master's dt-slaves.json");
         };
-        let Some(passwd) = a.passwd.as_deref().filter(|p| !p.is_empty()) else {
-            bail!(
-                "-passwd is required: this slave's secret as listed in the master's dt-slaves.json"
-            );
-        };
+        let passwd = secret(a)?;
         Ok(Settings {
             master: client::base_url(master, a.master_port),
             creds: Creds {
                 name: name.to_owned(),
-                password: passwd.to_owned(),
+                password: passwd,
             },
             fake: a.z_debug_results,
             interval: a.interval,
             config_interval: a.config_interval,
             concurrency: usize::from(a.concurrency),
         })
+    }
+}
+
+/// The slave's secret: `-passwd`, else the first line of `-passwd-file`, else `DT_PASSWD`.
+fn secret(a: &SlaveArgs) -> anyhow::Result<String> {
+    if let Some(p) = a.passwd.as_deref().filter(|p| !p.is_empty()) {
+        return Ok(p.to_owned());
+    }
+    if let Some(file) = &a.passwd_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read -passwd-file {}", file.display()))?;
+        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if line.is_empty() {
+            bail!("-passwd-file {} is empty", file.display());
+        }
+        return Ok(line.to_owned());
+    }
+    match std::env::var("DT_PASSWD") {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => bail!(
+            "-passwd is required (or -passwd-file FILE, or the DT_PASSWD environment variable): this slave's secret as listed in the master's dt-slaves.json"
+        ),
     }
 }
 
