@@ -104,6 +104,12 @@ pub struct MasterArgs {
     /// Threads that run request handlers
     #[arg(long, value_name = "n", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub workers: u64,
+    /// Serve HTTPS with this PEM certificate chain (reloaded when it changes)
+    #[arg(long = "tls-cert", value_name = "file", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of -tls-cert
+    #[arg(long = "tls-key", value_name = "file", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `slave`.
@@ -133,6 +139,12 @@ pub struct SlaveArgs {
     /// Generate fake results, e.g. when run without root permissions
     #[arg(long = "zDebugResults")]
     pub z_debug_results: bool,
+    /// Talk HTTPS to the master (also implied by -master https://…)
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this PEM CA certificate (bundle) for the master's HTTPS instead of the public roots
+    #[arg(long, value_name = "file")]
+    pub ca: Option<PathBuf>,
     /// How often every target is traced
     #[arg(long, value_name = "duration", default_value = "1m", value_parser = parse_duration)]
     pub interval: Duration,

@@ -30,6 +30,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         listen: a.listen,
         reload_interval: Duration::from_secs(2),
         limits: Limits::default(),
+        tls: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::Builder::new()
@@ -66,5 +67,6 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         interval: a.interval,
         config_interval: Duration::from_secs(60),
         concurrency: 4,
+        ca: None,
     })
 }

@@ -6,6 +6,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 
 use crate::cli::MasterArgs;
 use anyhow::Context;
@@ -29,6 +30,8 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// Connection and request limits.
     pub limits: server::Limits,
+    /// Certificate and key files for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl From<&MasterArgs> for Settings {
@@ -47,6 +50,7 @@ impl From<&MasterArgs> for Settings {
                 workers: usize::try_from(a.workers).unwrap_or(8),
                 ..server::Limits::default()
             },
+            tls: a.tls_cert.clone().zip(a.tls_key.clone()),
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct Master {
     app: Arc<routes::App>,
     listener: std::net::TcpListener,
     limits: server::Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Master {
@@ -78,6 +83,14 @@ impl Master {
             s.targets_file.clone(),
             s.reload_interval,
         )?;
+        let tls = match &s.tls {
+            Some((cert, key)) => Some(tls::server_config(
+                cert.clone(),
+                key.clone(),
+                s.reload_interval,
+            )?),
+            None => None,
+        };
         let listener = server::bind(s.listen)?;
         Ok(Master {
             app: Arc::new(routes::App {
@@ -88,6 +101,7 @@ impl Master {
             }),
             listener,
             limits: s.limits.clone(),
+            tls,
         })
     }
 
@@ -98,9 +112,14 @@ impl Master {
             .context("cannot read the bound address")
     }
 
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Serves until the process ends.
     pub fn serve(self) -> anyhow::Result<()> {
-        server::serve(self.listener, self.app, self.limits)
+        server::serve(self.listener, self.app, self.limits, self.tls)
     }
 }
 

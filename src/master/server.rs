@@ -61,8 +61,13 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// Serves `listener` until the process ends.
-pub fn serve(listener: TcpListener, app: Arc<App>, limits: Limits) -> anyhow::Result<()> {
+/// Serves `listener` until the process ends; over TLS when `tls` is given.
+pub fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(limits.workers.max(1))
@@ -73,13 +78,15 @@ pub fn serve(listener: TcpListener, app: Arc<App>, limits: Limits) -> anyhow::Re
     listener
         .set_nonblocking(true)
         .context("cannot make the listening socket non-blocking")?;
-    runtime.block_on(accept_loop(listener, app, Arc::new(limits)))
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    runtime.block_on(accept_loop(listener, app, Arc::new(limits), tls))
 }
 
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
     limits: Arc<Limits>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -110,32 +117,52 @@ async fn accept_loop(
         let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
         let app = app.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let header_timeout = limits.header_timeout;
-            let buf = limits.max_header_bytes.max(8192);
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                let limits = limits.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(respond(app, &limits, remote, req).await)
+            match tls {
+                None => serve_connection(stream, app, limits, remote).await,
+                Some(acceptor) => {
+                    // The handshake gets the same time as a request's headers.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, app, limits, remote).await
+                        }
+                        Ok(Err(e)) => log::debug!("TLS handshake with {remote} failed: {e}"),
+                        Err(_) => log::debug!("TLS handshake with {remote} timed out"),
+                    }
                 }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                // hyper needs at least 8 KiB of read buffer.
-                .max_buf_size(buf)
-                .max_headers(100)
-                .keep_alive(true);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                log::debug!("connection from {remote} ended: {e}");
             }
             drop(permit);
         });
+    }
+}
+
+/// Runs HTTP/1.1 on one accepted (plain or TLS) connection until it ends.
+async fn serve_connection<S>(stream: S, app: Arc<App>, limits: Arc<Limits>, remote: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = limits.header_timeout;
+    let buf = limits.max_header_bytes.max(8192);
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        let limits = limits.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(app, &limits, remote, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        // hyper needs at least 8 KiB of read buffer.
+        .max_buf_size(buf)
+        .max_headers(100)
+        .keep_alive(true);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        log::debug!("connection from {remote} ended: {e}");
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Settings {
     pub config_interval: Duration,
     /// Traces at once.
     pub concurrency: usize,
+    /// CA certificates to trust for HTTPS instead of the public roots.
+    pub ca: Option<Vec<ureq::tls::Certificate<'static>>>,
 }
 
 impl Settings {
@@ -43,7 +45,7 @@ impl Settings {
         };
         let passwd = secret(a)?;
         Ok(Settings {
-            master: client::base_url(master, a.master_port),
+            master: client::base_url(master, a.master_port, a.tls),
             creds: Creds {
                 name: name.to_owned(),
                 password: passwd,
@@ -52,6 +54,7 @@ impl Settings {
             interval: a.interval,
             config_interval: a.config_interval,
             concurrency: usize::from(a.concurrency),
+            ca: a.ca.as_deref().map(client::load_ca).transpose()?,
         })
     }
 }
@@ -142,7 +145,7 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
         s.master,
         humantime::format_duration(s.interval)
     );
-    let client = Arc::new(Client::new(s.master.clone(), s.creds.clone()));
+    let client = Arc::new(Client::new(s.master.clone(), s.creds.clone(), s.ca.clone()));
     let doc: Doc = Arc::new(Mutex::new(None));
     spawn("config", {
         let (client, doc, every) = (client.clone(), doc.clone(), s.config_interval);

@@ -122,6 +122,7 @@ impl Proc {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("master did not start: {line:?}"));
         addr.parse().unwrap()
     }
