@@ -159,11 +159,12 @@ mod tests {
 
     #[test]
     fn master_forms() {
-        assert_eq!(base_url("localhost", 8990), "http://localhost:8990");
-        assert_eq!(base_url("::1", 80), "http://[::1]:80");
+        assert_eq!(base_url("localhost", 8990, false), "http://localhost:8990");
+        assert_eq!(base_url("::1", 80, false), "http://[::1]:80");
         assert_eq!(
-            base_url("http://m.example:81/", 8990),
+            base_url("http://m.example:81/", 8990, true),
             "http://m.example:81"
         );
+        assert_eq!(base_url("m.example", 8990, true), "https://m.example:8990");
     }
 }
