@@ -212,6 +212,9 @@ pub struct TraceResult {
     /// Extension: the sending program and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Extension: how long the trace took, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<i64>,
 }
 
 /// One answering hop of a result.
@@ -244,6 +247,9 @@ pub struct HopResult {
     /// Extension: `reached`, `time-exceeded`, or an unreachable annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Extension: the TTL the reply arrived with.
+    #[serde(rename = "ReplyTTL", default, skip_serializing_if = "Option::is_none")]
+    pub reply_ttl: Option<u8>,
 }
 
 impl HopResult {
@@ -324,6 +330,7 @@ mod tests {
             ip: Some("2001:db8::1".into()),
             replies: None,
             kind: None,
+            reply_ttl: None,
         };
         let v: serde_json::Value = serde_json::to_value(&hop).unwrap();
         assert_eq!(v["Address"], serde_json::json!([0, 0, 0, 0]));

@@ -204,6 +204,29 @@ pub struct TargetConf {
     /// Extension: destination port for UDP/TCP probes.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Extension: alert when the destination RTT stays above this many ms (1..600000).
+    #[serde(default, rename = "RttAlertMs", deserialize_with = "rtt_alert_ms")]
+    pub rtt_alert_ms: Option<u32>,
+    /// Extension: trace this target this often (`30s`, `5m`; 1s..1d) instead of every minute.
+    #[serde(default, deserialize_with = "interval")]
+    pub interval: Option<String>,
+}
+
+fn rtt_alert_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ranged(d, "RttAlertMs", 1, 600_000).map(|v| Some(v as u32))
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    match humantime::parse_duration(&s) {
+        Ok(i) if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&i) => Ok(Some(s)),
+        Ok(_) => Err(de::Error::custom(format!(
+            "Interval: '{s}' is out of range 1s..1d"
+        ))),
+        Err(e) => Err(de::Error::custom(format!(
+            "Interval: '{s}' is not a duration like 30s or 5m ({e})"
+        ))),
+    }
 }
 
 fn protocol<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -404,6 +427,11 @@ impl Config {
         self.targets
             .targets
             .contains_key(&TargetId(uuid.to_owned()))
+    }
+
+    /// The configured target `uuid`.
+    pub fn target(&self, uuid: &str) -> Option<&TargetConf> {
+        self.targets.targets.get(&TargetId(uuid.to_owned()))
     }
 }
 

@@ -1,5 +1,7 @@
 //! The master: loads the config files, keeps them live, stores results and serves slaves.
 
+pub mod alert;
+pub mod analysis;
 pub mod config;
 pub mod path;
 pub mod routes;
@@ -98,6 +100,7 @@ impl Master {
                 store: Arc::new(store),
                 counters: routes::Counters::default(),
                 throttle: throttle::Throttle::new(),
+                alerts: alert::Alerts::log_only(),
             }),
             listener,
             limits: s.limits.clone(),

@@ -120,6 +120,8 @@ pub struct App {
     pub counters: Counters,
     /// Failed-login throttling.
     pub throttle: super::throttle::Throttle,
+    /// Where events go.
+    pub alerts: super::alert::Alerts,
 }
 
 /// Routes one request.
@@ -306,7 +308,10 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
         );
     }
     match app.store.insert(&new) {
-        Ok(Stored::New(row)) => {
+        Ok((Stored::New(row), events)) => {
+            for e in &events {
+                app.alerts.send(e);
+            }
             bump(&app.counters.results_stored);
             log::debug!(
                 "result {} from {} stored as {row}",
@@ -315,7 +320,7 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
             );
             Ok(Stored::New(row))
         }
-        Ok(Stored::Duplicate) => {
+        Ok((Stored::Duplicate, _)) => {
             bump(&app.counters.results_duplicate);
             log::info!(
                 "result {} from {} was stored before",
@@ -393,6 +398,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             size: h.n,
             kind: h.kind.clone(),
             replies: h.replies.clone(),
+            reply_ttl: h.reply_ttl.map(i64::from),
         });
     }
     for text in [
@@ -427,6 +433,10 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         Terminal::GaveUp
     };
     let path = NetPath::from_hops(r.hops.iter().map(|h| (h.ttl, h.addr())), terminal);
+    let rtt_alert_ns = config
+        .target(&target_uuid)
+        .and_then(|t| t.rtt_alert_ms)
+        .map(|ms| i64::from(ms) * 1_000_000);
     Ok(NewResult {
         result_id: r.id.clone(),
         slave: r.creds.name.clone(),
@@ -445,6 +455,8 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         unreachable: r.unreachable.clone(),
         error: r.error.clone(),
         agent: r.agent.clone(),
+        duration_ns: r.duration_ns.filter(|d| *d >= 0),
+        rtt_alert_ns,
         hops,
     })
 }
@@ -580,7 +592,10 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
     }
     match app.store.insert_batch(&valid) {
         Ok(stored) => {
-            for (slot, s) in slot_of_valid.into_iter().zip(stored) {
+            for (slot, (s, events)) in slot_of_valid.into_iter().zip(stored) {
+                for e in &events {
+                    app.alerts.send(e);
+                }
                 items[slot].status = match s {
                     Stored::New(_) => {
                         bump(&app.counters.results_stored);
@@ -683,6 +698,7 @@ mod tests {
             store: Arc::new(Store::open_in_memory().unwrap()),
             counters: Counters::default(),
             throttle: crate::master::throttle::Throttle::new(),
+            alerts: crate::master::alert::Alerts::log_only(),
         }
     }
 
