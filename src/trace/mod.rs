@@ -3,6 +3,12 @@
 //! The data model below is what the rest of the program sees; how the probes are
 //! sent and matched lives in the engine and socket files of this module.
 
+pub mod engine;
+mod error;
+pub mod wire;
+
+pub use error::Error;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
