@@ -36,7 +36,6 @@ pub enum Error {
 
 impl Error {
     /// A failed socket operation, from a `nix` error.
-    #[allow(dead_code)] // used by the socket layer, committed next
     pub(crate) fn socket(op: &'static str, e: nix::Error) -> Error {
         Error::Socket {
             op,

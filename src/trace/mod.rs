@@ -3,11 +3,16 @@
 //! The data model below is what the rest of the program sees; how the probes are
 //! sent and matched lives in the engine and socket files of this module.
 
+mod dns;
 pub mod engine;
 mod error;
+mod socket;
+mod tracer;
 pub mod wire;
 
+pub use dns::{Family, resolve, reverse_name};
 pub use error::Error;
+pub use tracer::{Mode, Tracer};
 
 use std::fmt;
 use std::net::IpAddr;
