@@ -21,7 +21,14 @@ fn sysctls(ratelimit: bool) -> Vec<&'static str> {
         "net.ipv6.conf.all.accept_dad=0",
     ];
     if !ratelimit {
-        v.extend(["net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"]);
+        // Per-destination limits, and the per-namespace budget (1000/s, burst 50) that
+        // a hundred concurrent traces would otherwise exhaust.
+        v.extend([
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv6.icmp.ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=1000000",
+            "net.ipv4.icmp_msgs_burst=1000000",
+        ]);
     }
     v
 }
@@ -279,11 +286,13 @@ impl Chain {
 
     /// The address hop `k` answers from.
     pub fn hop(&self, k: usize, v6: bool) -> String {
-        if v6 {
+        let s = if v6 {
             format!("fd00:99:{:x}::2", k - 1)
         } else {
             format!("10.99.{}.2", k - 1)
-        }
+        };
+        // Parsed and printed so the text matches what the tracer prints (fd00:99::2).
+        s.parse::<std::net::IpAddr>().unwrap().to_string()
     }
 
     /// The target's address.

@@ -338,6 +338,13 @@ mod tests {
         0x00, 0x01, 0x50, 0x14, 0x00, 0x00, 0x66, 0x4b, 0x00, 0x00,
     ];
 
+    /// SYN-ACK from a listening port 80 on 10.99.1.2, acknowledging 0x4a5a << 16.
+    static V4_SYN_ACK: [u8; 44] = [
+        0x45, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x40, 0x00, 0x3f, 0x06, 0x26, 0x04, 0x0a, 0x63, 0x01,
+        0x02, 0x0a, 0x63, 0x00, 0x01, 0x00, 0x50, 0xee, 0x48, 0x94, 0xc0, 0x2a, 0xf0, 0x4a, 0x5a,
+        0x00, 0x01, 0x60, 0x12, 0xfa, 0xf0, 0x15, 0xe7, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4,
+    ];
+
     /// ICMPv6 time exceeded from fd00:99::2 quoting a UDP probe (sequence 0x5da8).
     static V6_TE_UDP: [u8; 66] = [
         0x03, 0x00, 0x5f, 0x75, 0x00, 0x00, 0x00, 0x00, 0x60, 0x04, 0x30, 0xe3, 0x00, 0x12, 0x11,
@@ -414,7 +421,7 @@ mod tests {
     #[test]
     fn parse_ipv4_table() {
         let dst = v4("10.99.1.2");
-        let table: [(&[u8], &str, ReplyKind, ProbeId); 6] = [
+        let table: [(&[u8], &str, ReplyKind, ProbeId); 7] = [
             (
                 &V4_TE_UDP,
                 "10.99.0.2",
@@ -450,6 +457,12 @@ mod tests {
                 "10.99.1.2",
                 ReplyKind::Reached,
                 id(Protocol::Tcp, dst, 80, 0x4523),
+            ),
+            (
+                &V4_SYN_ACK,
+                "10.99.1.2",
+                ReplyKind::Reached,
+                id(Protocol::Tcp, dst, 80, 0x4a5a),
             ),
         ];
         for (bytes, from, kind, probe) in table {
