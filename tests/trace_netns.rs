@@ -241,3 +241,39 @@ fn hundred_targets_at_once_beside_other_tracers() {
         }
     }
 }
+
+#[test]
+fn unprivileged_fallback_traces_udp_exactly() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("u");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    // As `nobody` with no capabilities, raw sockets are refused.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let (t4, t6) = (chain.target(false), chain.target(true));
+    let (out, err) = lab.trace_raw("h", &nobody, &["--timeout-ms", "300", &t4, &t6]);
+    assert!(err.contains("unprivileged UDP (IP_RECVERR)"), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        hops(&lines[0]),
+        expected(&chain, 7, 3, false),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        hops(&lines[1]),
+        expected(&chain, 7, 3, true),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[0]["reached"], true);
+}

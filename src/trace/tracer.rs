@@ -467,3 +467,21 @@ impl Network for DgramNet {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracer_can_be_shared_by_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Tracer>();
+    }
+
+    #[test]
+    fn flows_map_to_distinct_identities() {
+        let ids: HashSet<u16> = (0..FLOWS).map(|f| IDENT_BASE + f % FLOWS).collect();
+        assert_eq!(ids.len(), usize::from(FLOWS));
+        assert!(ids.iter().all(|&i| i >= IDENT_BASE));
+    }
+}

@@ -159,30 +159,27 @@ impl Lab {
 
     /// Runs the `trace` example in node `name`; returns the parsed JSON lines.
     pub fn trace(&self, name: &str, args: &[&str]) -> Vec<serde_json::Value> {
-        let out = self.trace_raw(name, args, &[]);
+        let (out, _) = self.trace_raw(name, &[], args);
         out.lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
             .collect()
     }
 
-    /// Runs the `trace` example in node `name` with extra `env`; returns stdout.
-    pub fn trace_raw(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    /// Runs the `trace` example in node `name` behind `prefix` (e.g. a privilege drop);
+    /// returns stdout and stderr.
+    pub fn trace_raw(&self, name: &str, prefix: &[&str], args: &[&str]) -> (String, String) {
         let ns = self.ns(name);
-        let exe = example("trace");
         let out = Command::new("ip")
             .args(["netns", "exec", &ns])
-            .arg(&exe)
+            .args(prefix)
+            .arg(example("trace"))
             .arg("--json")
             .args(args)
-            .envs(env.iter().copied())
             .output()
             .expect("spawn trace example");
-        assert!(
-            out.status.success(),
-            "trace {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "trace {args:?} failed: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     }
 }
 
