@@ -633,4 +633,24 @@ mod tests {
         assert_eq!(classify_v6(1, 4, Protocol::Udp), Some(ReplyKind::Reached));
         assert_eq!(classify_v6(128, 0, Protocol::Udp), None);
     }
+
+    #[test]
+    fn random_mutations_of_captures_never_panic() {
+        // A cheap stand-in for the cargo-fuzz target (fuzz/): mutate real captures.
+        let mut rng = fastrand::Rng::with_seed(4884);
+        let seeds: [&[u8]; 4] = [&V4_TE_UDP, &V4_TE_TCP, &V6_TE_UDP, &V6_TE_ICMP];
+        for _ in 0..20_000 {
+            let mut b = seeds[rng.usize(..seeds.len())].to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let i = rng.usize(..b.len());
+                b[i] = rng.u8(..);
+            }
+            b.truncate(rng.usize(..=b.len()));
+            if let Ok(Some(r)) = parse_ipv4(&b) {
+                assert!(usize::from(r.size) <= b.len());
+            }
+            let _ = parse_icmpv6(v6("fd00:99::2"), &b);
+            let _ = parse_tcpv6(v6("fd00:99::2"), &b);
+        }
+    }
 }
