@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             .collect()
     });
     for t in traces {
-        let t = t?;
+        let mut t = t?;
         if json {
             let hops: Vec<_> = (t.hops.iter())
                 .map(|h| serde_json::json!({"ttl": h.ttl, "addr": h.addr, "rtt_ns": h.first_rtt().map(|d| d.as_nanos() as u64)}))
@@ -62,12 +62,17 @@ fn main() -> anyhow::Result<()> {
             );
             continue;
         }
+        t.fill_hosts(Duration::from_millis(500));
         println!(
             "trace to {} ({}, flow {}): reached {}",
             t.destination, t.protocol, t.flow, t.reached
         );
         for h in &t.hops {
-            let addr = h.addr.map_or("*".into(), |a| a.to_string());
+            let addr = match (h.addr, &h.host) {
+                (Some(a), Some(name)) => format!("{name} ({a})"),
+                (Some(a), None) => a.to_string(),
+                (None, _) => "*".into(),
+            };
             let rtt = h.first_rtt().map_or(String::new(), |d| {
                 format!("{:.3} ms", d.as_secs_f64() * 1e3)
             });

@@ -75,6 +75,9 @@ impl Lab {
     /// A new, empty lab whose namespace names are unique to this process and test.
     pub fn new(tag: &str) -> Lab {
         static N: AtomicUsize = AtomicUsize::new(0);
+        if N.load(Ordering::Relaxed) == 0 {
+            remove_stale();
+        }
         let n = N.fetch_add(1, Ordering::Relaxed);
         Lab {
             prefix: format!("dtt{}{tag}{n}", std::process::id()),
@@ -187,6 +190,24 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Deletes namespaces left by test runs that were killed before their guards ran
+/// (`dtt<pid>...` whose process is gone).
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("dtt") else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
 }
