@@ -56,10 +56,10 @@ fn main() -> anyhow::Result<()> {
                 .map(|h| serde_json::json!({"ttl": h.ttl, "addr": h.addr, "rtt_ns": h.first_rtt().map(|d| d.as_nanos() as u64)}))
                 .collect();
             let (dest, reached) = (t.destination, t.reached);
-            println!(
-                "{}",
-                serde_json::json!({"dest": dest, "flow": t.flow, "reached": reached, "hops": hops})
-            );
+            let unreachable = t.unreachable().map(|u| u.annotation());
+            let v = serde_json::json!({"dest": dest, "flow": t.flow, "reached": reached,
+                "unreachable": unreachable, "hops": hops});
+            println!("{v}");
             continue;
         }
         t.fill_hosts(Duration::from_millis(500));

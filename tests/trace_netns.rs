@@ -277,3 +277,36 @@ fn unprivileged_fallback_traces_udp_exactly() {
     );
     assert_eq!(lines[0]["reached"], true);
 }
+
+#[test]
+fn unreachable_route_ends_the_path_with_its_code() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("x");
+    let chain = Chain::build(&mut lab, 6, &[], false);
+    // Linux limits "unreachable"/"prohibit" route errors per source host on its own
+    // (net.ipv4.route.error_burst: 5, then 1/s, not per netns), so every case gets its
+    // own router: router k rejects 10.55.k.0/24.
+    let cases = [
+        ("udp", "unreachable", "!H"),
+        ("icmp", "unreachable", "!H"),
+        ("tcp", "unreachable", "!H"),
+        ("udp", "prohibit", "!X"),
+        ("icmp", "prohibit", "!X"),
+        ("tcp", "prohibit", "!X"),
+    ];
+    for (i, (proto, route, code)) in cases.into_iter().enumerate() {
+        let k = i + 1;
+        lab.ip(
+            &format!("r{k}"),
+            &format!("route add {route} 10.55.{k}.0/24\n"),
+        );
+        let dest = format!("10.55.{k}.1");
+        let out = lab.trace("h", &["-p", proto, &dest]);
+        let want: Vec<_> = (1..=k).map(|h| Some(chain.hop(h, false))).collect();
+        assert_eq!(hops(&out[0]), want, "{proto} {route}: {}", out[0]);
+        assert_eq!(out[0]["reached"], false);
+        assert_eq!(out[0]["unreachable"], code, "{proto} {route}");
+    }
+}

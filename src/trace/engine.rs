@@ -46,6 +46,12 @@ pub trait Network {
 const NEAR_FACTOR: u32 = 10;
 /// ... but never sooner than this, for routers that answer slowly from their slow path.
 const NEAR_FLOOR: Duration = Duration::from_millis(25);
+/// TTLs in flight beyond the highest router that answered. Sending all `max_hops` at
+/// once would also hit the destination (or the router that says "unreachable") with
+/// every TTL beyond it: 25 ICMP errors for a 5-hop path, enough to exhaust a Linux
+/// router's default ICMP budget (burst 50) in two traces, and then nobody's traces get
+/// answers. Probes within the window are still all in flight together.
+const WINDOW: u8 = 8;
 
 /// What a finished run found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +74,8 @@ struct Run<'o> {
     sent: Vec<Sent>,
     by_seq: HashMap<u16, usize>,
     next_seq: u16,
+    /// Highest TTL probed so far.
+    sent_up_to: u8,
 }
 
 /// Checks the options the engine depends on; each rule names the field.
@@ -98,9 +106,12 @@ pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Resu
         sent: Vec::new(),
         by_seq: HashMap::new(),
         next_seq: first_seq,
+        sent_up_to: 0,
     };
-    // Every TTL goes out at once: the trace takes about one timeout, not one per hop.
-    let mut todo: Vec<u8> = (1..=opts.max_hops).collect();
+    // A window of TTLs goes out at once and slides as routers answer (see WINDOW), so
+    // the trace takes about one timeout, not one per hop.
+    let mut todo: Vec<u8> = (1..=run.window_end()).collect();
+    run.sent_up_to = run.window_end();
     for round in 0..=opts.retries {
         for &ttl in &todo {
             for _ in 0..opts.queries {
@@ -143,8 +154,38 @@ impl Run<'_> {
             };
             if let Some(r) = net.recv(wake)? {
                 self.record(r);
+                self.slide(net)?;
             }
         }
+    }
+
+    /// The highest TTL worth having in flight now.
+    fn window_end(&self) -> u8 {
+        let window = WINDOW.max(self.opts.gap_limit);
+        let routers = self
+            .sent
+            .iter()
+            .filter(|s| s.reply.is_some_and(|r| r.kind == ReplyKind::TimeExceeded))
+            .map(|s| s.ttl)
+            .max()
+            .unwrap_or(0);
+        let end = routers.saturating_add(window).min(self.opts.max_hops);
+        match self.terminal_ttl() {
+            Some(d) => end.min(d),
+            None => end,
+        }
+    }
+
+    /// Sends the TTLs the window has moved over since the last reply.
+    fn slide<N: Network>(&mut self, net: &mut N) -> Result<(), Error> {
+        let end = self.window_end();
+        while self.sent_up_to < end {
+            self.sent_up_to += 1;
+            for _ in 0..self.opts.queries {
+                self.send(net, self.sent_up_to)?;
+            }
+        }
+        Ok(())
     }
 
     fn record(&mut self, r: Response) {
@@ -405,15 +446,22 @@ mod tests {
             .chain([Some(addr(100))])
             .collect();
         assert_eq!(addrs(&o), want);
-        // All TTLs went out at once, so the trace ends long before one timeout per hop.
+        // TTLs went out together, so the trace ends long before one timeout per hop.
         assert!(
             net.elapsed() < Duration::from_millis(5),
             "{:?}",
             net.elapsed()
         );
         assert_eq!(o.hops[2].probes[0].rtt, Some(Duration::from_micros(300)));
-        // Every hop answered: no retry round.
-        assert_eq!(net.sent.len(), 30);
+        // Every hop answered: no retry round. The window slid to 6 + WINDOW and no
+        // further: not all 30 TTLs were spent on the destination.
+        assert_eq!(net.sent.len(), 6 + usize::from(WINDOW));
+        let first: Vec<u8> = net.sent[..8].iter().map(|s| s.0).collect();
+        assert_eq!(
+            first,
+            (1..=8).collect::<Vec<u8>>(),
+            "the first window goes out at once"
+        );
     }
 
     #[test]
@@ -438,8 +486,9 @@ mod tests {
             "{:?}",
             net.elapsed()
         );
-        // Only the silent hop was re-probed.
-        let retried: Vec<u8> = net.sent[30..].iter().map(|s| s.0).collect();
+        // Only the silent hop was re-probed (in the last send).
+        let first_round = 6 + usize::from(WINDOW);
+        let retried: Vec<u8> = net.sent[first_round..].iter().map(|s| s.0).collect();
         assert_eq!(retried, vec![3]);
     }
 
@@ -471,6 +520,16 @@ mod tests {
             e >= Duration::from_millis(1000) && e < Duration::from_millis(1010),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn window_slides_along_a_long_path() {
+        let mut net = Fake::chain(20);
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 21);
+        assert!(o.hops.iter().all(|h| h.addr.is_some()));
+        assert!(net.sent.iter().all(|s| s.0 <= 20 + WINDOW));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Namespaces of one test; all are deleted on drop (also when the test panics).
@@ -212,8 +213,19 @@ fn remove_stale() {
     }
 }
 
-/// Path of a built example (cargo test builds examples next to the test binaries).
+/// Path of a built example, built first: `cargo test --test trace_netns` alone does not
+/// build examples, and a stale one would test old code.
 pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--example", name, "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .status()
+            .expect("spawn cargo");
+        assert!(status.success(), "building example {name} failed");
+    });
     let mut p = std::env::current_exe().unwrap();
     p.pop();
     if p.ends_with("deps") {
