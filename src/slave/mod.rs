@@ -308,11 +308,7 @@ fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
         });
     match outcome {
         Ok(mut trace) => {
-            for hop in &mut trace.hops {
-                if let Some(a) = hop.addr {
-                    hop.host = crate::trace::reverse_name(a, Duration::from_millis(200));
-                }
-            }
+            trace.fill_hosts(Duration::from_millis(300));
             report::from_trace(&trace, creds, &job.id, &job.target)
         }
         Err(e) => {

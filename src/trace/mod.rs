@@ -22,9 +22,6 @@ pub use dns::{Family, resolve, reverse_name};
 pub use error::Error;
 pub use tracer::{Mode, Tracer};
 
-mod pending;
-pub use pending::{Error, Family, Tracer, resolve, reverse_name};
-
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
