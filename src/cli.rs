@@ -110,6 +110,37 @@ pub struct MasterArgs {
     /// The PEM private key of -tls-cert
     #[arg(long = "tls-key", value_name = "file", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Results in a row that confirm a new path, an unreachable target or a high RTT
+    #[arg(long = "path-confirm", value_name = "n", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub path_confirm: u32,
+    /// POST every alert (path change, unreachable, RTT) as JSON to this URL
+    #[arg(long = "alert-webhook", value_name = "url", value_parser = parse_url)]
+    pub alert_webhook: Option<String>,
+    /// Delete results older than this (e.g. 30d); 0 keeps them forever
+    #[arg(long, value_name = "duration", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Keep,
+    /// Delete change events, and paths no result uses, older than this; 0 keeps them forever
+    #[arg(long = "retention-paths", value_name = "duration", default_value = "365d", value_parser = parse_retention)]
+    pub retention_paths: Keep,
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("http://") || s.starts_with("https://")) && s.len() > 8 {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("'{s}' is not an http:// or https:// URL"))
+    }
+}
+
+/// How long to keep something: `None` is forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep(pub Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Keep, String> {
+    if s == "0" {
+        return Ok(Keep(None));
+    }
+    parse_duration(s).map(|d| Keep(Some(d)))
 }
 
 /// Flags of `slave`.

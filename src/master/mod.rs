@@ -2,7 +2,9 @@
 
 pub mod alert;
 pub mod analysis;
+pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod path;
 pub mod routes;
 pub mod server;
@@ -34,6 +36,14 @@ pub struct Settings {
     pub limits: server::Limits,
     /// Certificate and key files for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Results in a row that confirm a change.
+    pub confirm: u32,
+    /// Where alerts are POSTed.
+    pub alert_webhook: Option<String>,
+    /// Age after which results are deleted.
+    pub retention: Option<Duration>,
+    /// Age after which events and unused paths are deleted.
+    pub retention_paths: Option<Duration>,
 }
 
 impl From<&MasterArgs> for Settings {
@@ -53,6 +63,10 @@ impl From<&MasterArgs> for Settings {
                 ..server::Limits::default()
             },
             tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+            confirm: a.path_confirm,
+            alert_webhook: a.alert_webhook.clone(),
+            retention: a.retention.0,
+            retention_paths: a.retention_paths.0,
         }
     }
 }
@@ -77,7 +91,12 @@ impl Master {
             config.targets.targets.len(),
             s.targets_file.display()
         );
-        let store = store::Store::open(&s.db)?;
+        let store = Arc::new(store::Store::open(&s.db)?.with_confirm(s.confirm));
+        store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
+        let alerts = match &s.alert_webhook {
+            Some(url) => alert::Alerts::with_webhook(url.clone())?,
+            None => alert::Alerts::log_only(),
+        };
         let live = config::Live::new(config);
         config::watch(
             live.clone(),
@@ -97,10 +116,11 @@ impl Master {
         Ok(Master {
             app: Arc::new(routes::App {
                 config: live,
-                store: Arc::new(store),
+                store,
                 counters: routes::Counters::default(),
                 throttle: throttle::Throttle::new(),
-                alerts: alert::Alerts::log_only(),
+                alerts,
+                metrics: metrics::Metrics::default(),
             }),
             listener,
             limits: s.limits.clone(),

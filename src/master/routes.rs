@@ -122,10 +122,20 @@ pub struct App {
     pub throttle: super::throttle::Throttle,
     /// Where events go.
     pub alerts: super::alert::Alerts,
+    /// Request-duration histograms.
+    pub metrics: super::metrics::Metrics,
 }
 
-/// Routes one request.
+/// Routes one request and records how long it took.
 pub fn handle(app: &App, req: &Request) -> Response {
+    let start = std::time::Instant::now();
+    let r = route(app, req);
+    app.metrics
+        .observe(super::metrics::route_class(&req.path), start.elapsed());
+    r
+}
+
+fn route(app: &App, req: &Request) -> Response {
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
         (_, "/config") => Response::redirect("/config/"),
@@ -135,6 +145,17 @@ pub fn handle(app: &App, req: &Request) -> Response {
         ("POST", "/api/v1/results") => api_post_result(app, req),
         ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
         ("GET", "/api/v1/results") => api_results(app, req),
+        ("GET", "/metrics") => match super::metrics::render(app) {
+            Ok(text) => Response::new(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(e) => {
+                log::error!("metrics failed: {e:#}");
+                Response::error(500, "metrics failed")
+            }
+        },
         ("GET", "/") => Response::text(
             200,
             format!(
@@ -160,7 +181,9 @@ pub fn handle(app: &App, req: &Request) -> Response {
             r.headers.push(("Allow", allow.into()));
             r
         }
-        _ => Response::error(404, format!("no such path: {}", truncate(path, 200))),
+        _ => super::api::handle(app, req).unwrap_or_else(|| {
+            Response::error(404, format!("no such path: {}", truncate(path, 200)))
+        }),
     }
 }
 
@@ -632,39 +655,45 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
     Response::json(200, &BatchAnswer { results: items })
 }
 
-/// `GET /api/v1/results?slave=&target=&limit=`.
+/// `GET /api/v1/results?slave=&target=&from=&to=&limit=&cursor=`: newest first; a full page
+/// carries `next_cursor` for the next, older page.
 fn api_results(app: &App, req: &Request) -> Response {
-    let mut q = ResultQuery {
-        limit: 100,
-        ..Default::default()
-    };
-    for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
-        match k.as_ref() {
-            "slave" if !v.is_empty() => q.slave = Some(v.into_owned()),
-            "target" if !v.is_empty() => q.target = Some(v.into_owned()),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => q.limit = n,
-                _ => {
-                    return Response::error(
-                        400,
-                        format!("limit '{}' is not 1..1000", truncate(&v, 32)),
-                    );
-                }
-            },
-            "slave" | "target" => {}
-            other => {
-                return Response::error(
-                    400,
-                    format!(
-                        "unknown parameter '{}' (slave, target, limit)",
-                        truncate(other, 32)
-                    ),
-                );
+    let q = (|| -> Result<ResultQuery, String> {
+        let p = super::api::Params::parse(
+            &req.query,
+            &["slave", "target", "from", "to", "limit", "cursor"],
+        )?;
+        let before = match p.text("cursor") {
+            None => None,
+            Some(c) => {
+                let (t, id) = c.split_once('.').ok_or("cursor is not one this API gave")?;
+                Some((
+                    t.parse().map_err(|_| "cursor is not one this API gave")?,
+                    id.parse().map_err(|_| "cursor is not one this API gave")?,
+                ))
             }
-        }
-    }
+        };
+        Ok(ResultQuery {
+            slave: p.text("slave").map(str::to_owned),
+            target: p.text("target").map(str::to_owned),
+            from: p.time("from")?,
+            to: p.time("to")?,
+            before,
+            limit: p.number("limit", 1, 1000, 100)? as u32,
+        })
+    })();
+    let q = match q {
+        Ok(q) => q,
+        Err(e) => return Response::error(400, e),
+    };
     match app.store.results(&q) {
-        Ok(results) => Response::json(200, &serde_json::json!({ "results": results })),
+        Ok((results, next)) => Response::json(
+            200,
+            &serde_json::json!({
+                "results": results,
+                "next_cursor": next.map(|(t, id)| format!("{t}.{id}")),
+            }),
+        ),
         Err(e) => {
             log::error!("results query failed: {e:#}");
             Response::error(500, "results query failed")
@@ -699,6 +728,7 @@ mod tests {
             counters: Counters::default(),
             throttle: crate::master::throttle::Throttle::new(),
             alerts: crate::master::alert::Alerts::log_only(),
+            metrics: crate::master::metrics::Metrics::default(),
         }
     }
 
@@ -777,7 +807,8 @@ mod tests {
                 limit: 5,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].target_id, "76d96640-d357-47b3-ba50-5248a7604bc9");
         assert!(got[0].target_known);
@@ -890,7 +921,8 @@ mod tests {
                 limit: 5,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(!got[0].target_known);
         assert_eq!(got[0].target_name, "Gone");
     }
@@ -915,6 +947,8 @@ mod tests {
         get.query = "limit=0".into();
         assert_eq!(handle(&app, &get).status, 400);
         get.query = "bogus=1".into();
+        assert_eq!(handle(&app, &get).status, 400);
+        get.query = "cursor=nonsense".into();
         assert_eq!(handle(&app, &get).status, 400);
         get.query = "slave=slave1&limit=3".into();
         let r = handle(&app, &get);

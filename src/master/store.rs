@@ -105,6 +105,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX events_by_time ON events (at);
      CREATE INDEX events_by_series ON events (series_id, at);
+     ALTER TABLE slaves ADD COLUMN results_stored INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE results ADD COLUMN duration_ns INTEGER;
      ALTER TABLE results ADD COLUMN series_id INTEGER REFERENCES series(id);
      ALTER TABLE hops ADD COLUMN reply_ttl INTEGER;
@@ -237,6 +238,12 @@ pub struct ResultQuery {
     pub slave: Option<String>,
     /// Target UUID or name.
     pub target: Option<String>,
+    /// Measured at or after, Unix ms.
+    pub from: Option<i64>,
+    /// Measured at or before, Unix ms.
+    pub to: Option<i64>,
+    /// Only results older than this (measured_at, row id): the cursor of the previous page.
+    pub before: Option<(i64, i64)>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -434,54 +441,74 @@ impl Store {
         Ok(stored)
     }
 
-    /// Results matching `q`, newest first.
-    pub fn results(&self, q: &ResultQuery) -> anyhow::Result<Vec<StoredResult>> {
+    /// Results matching `q`, newest first, and the cursor of the next page when this one is full.
+    #[allow(clippy::type_complexity)]
+    pub fn results(
+        &self,
+        q: &ResultQuery,
+    ) -> anyhow::Result<(Vec<StoredResult>, Option<(i64, i64)>)> {
         let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT r.id, r.result_id, s.name, t.uuid, t.name, t.address, r.target_known,
                     r.date_time, r.received_at, r.success, r.hop_count, p.hash, p.canonical,
-                    r.protocol, r.flow, r.destination, r.unreachable, r.error
+                    r.protocol, r.flow, r.destination, r.unreachable, r.error, r.measured_at
              FROM results r
              JOIN slaves s ON s.id = r.slave_id
              JOIN targets t ON t.id = r.target_id
              JOIN paths p ON p.id = r.path_id
              WHERE (?1 IS NULL OR s.name = ?1)
                AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
+               AND r.measured_at >= ?4 AND r.measured_at <= ?5
+               AND (r.measured_at, r.id) < (?6, ?7)
              ORDER BY r.measured_at DESC, r.id DESC
              LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![q.slave, q.target, q.limit], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                StoredResult {
-                    id: row.get(1)?,
-                    slave: row.get(2)?,
-                    target_id: row.get(3)?,
-                    target_name: row.get(4)?,
-                    target_address: row.get(5)?,
-                    target_known: row.get(6)?,
-                    date_time: row.get(7)?,
-                    received_at: row.get(8)?,
-                    success: row.get(9)?,
-                    hop_count: row.get(10)?,
-                    path_id: row.get(11)?,
-                    path: row.get(12)?,
-                    protocol: row.get(13)?,
-                    flow: row.get(14)?,
-                    destination: row.get(15)?,
-                    unreachable: row.get(16)?,
-                    error: row.get(17)?,
-                    hops: Vec::new(),
-                },
-            ))
-        })?;
+        let (before_t, before_id) = q.before.unwrap_or((i64::MAX, i64::MAX));
+        let rows = stmt.query_map(
+            params![
+                q.slave,
+                q.target,
+                q.limit,
+                q.from.unwrap_or(i64::MIN),
+                q.to.unwrap_or(i64::MAX),
+                before_t,
+                before_id
+            ],
+            |row| {
+                Ok((
+                    (row.get::<_, i64>(0)?, row.get::<_, i64>(18)?),
+                    StoredResult {
+                        id: row.get(1)?,
+                        slave: row.get(2)?,
+                        target_id: row.get(3)?,
+                        target_name: row.get(4)?,
+                        target_address: row.get(5)?,
+                        target_known: row.get(6)?,
+                        date_time: row.get(7)?,
+                        received_at: row.get(8)?,
+                        success: row.get(9)?,
+                        hop_count: row.get(10)?,
+                        path_id: row.get(11)?,
+                        path: row.get(12)?,
+                        protocol: row.get(13)?,
+                        flow: row.get(14)?,
+                        destination: row.get(15)?,
+                        unreachable: row.get(16)?,
+                        error: row.get(17)?,
+                        hops: Vec::new(),
+                    },
+                ))
+            },
+        )?;
         let mut out = Vec::new();
+        let mut last = None;
         let mut hop_stmt = conn.prepare_cached(
             "SELECT ttl, address, host, rtt_ns, size, kind, replies, reply_ttl FROM hops
              WHERE result = ?1 ORDER BY ttl",
         )?;
         for row in rows {
-            let (id, mut result) = row?;
+            let ((id, measured_at), mut result) = row?;
+            last = Some((measured_at, id));
             let hops = hop_stmt.query_map([id], |h| {
                 let replies: Option<String> = h.get(6)?;
                 Ok(NewHop {
@@ -498,7 +525,12 @@ impl Store {
             result.hops = hops.collect::<Result<_, _>>()?;
             out.push(result);
         }
-        Ok(out)
+        let next = if out.len() as u32 == q.limit {
+            last
+        } else {
+            None
+        };
+        Ok((out, next))
     }
 
     /// How many results are stored.
@@ -600,7 +632,7 @@ fn insert_in(
         }
     }
     tx.execute(
-        "UPDATE slaves SET last_seen = ?2 WHERE id = ?1",
+        "UPDATE slaves SET last_seen = ?2, results_stored = results_stored + 1 WHERE id = ?1",
         params![slave_id, now],
     )?;
     let events = track(tx, r, slave_id, target_id, path_id, row, confirm)?;
@@ -778,6 +810,90 @@ fn load_state(tx: &Connection, series_id: i64) -> rusqlite::Result<State> {
     })
 }
 
+/// Rows deleted per retention step; small so ingestion waits at most a few milliseconds.
+const RETENTION_BATCH: i64 = 500;
+
+impl Store {
+    /// Deletes up to one batch of results measured before `cutoff` (Unix ms), with their hops;
+    /// returns how many.
+    pub fn delete_results_before(&self, cutoff: i64) -> anyhow::Result<usize> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "DELETE FROM results WHERE id IN
+                (SELECT id FROM results WHERE measured_at < ?1 ORDER BY measured_at LIMIT ?2)
+               AND id NOT IN (SELECT last_result FROM series WHERE last_result IS NOT NULL)",
+            params![cutoff, RETENTION_BATCH],
+        )?;
+        Ok(n)
+    }
+
+    /// Deletes events before `cutoff`, and paths first seen before it that nothing uses.
+    pub fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)> {
+        let conn = self.lock();
+        let events = conn.execute("DELETE FROM events WHERE at < ?1", [cutoff])?;
+        let paths = conn.execute(
+            "DELETE FROM paths WHERE first_seen < ?1
+               AND NOT EXISTS (SELECT 1 FROM results WHERE path_id = paths.id)
+               AND NOT EXISTS (SELECT 1 FROM series WHERE current_path = paths.id OR candidate_path = paths.id)
+               AND NOT EXISTS (SELECT 1 FROM events WHERE from_path = paths.id OR to_path = paths.id)",
+            [cutoff],
+        )?;
+        Ok((events, paths))
+    }
+}
+
+/// Starts the retention thread: every minute it deletes results older than `results` in small
+/// batches (the store's lock is released between batches, so ingestion goes on), then old
+/// events and unused paths.
+pub fn spawn_retention(
+    store: std::sync::Arc<Store>,
+    results: Option<std::time::Duration>,
+    history: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    if results.is_none() && history.is_none() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            loop {
+                let now = now_ms();
+                if let Some(age) = results {
+                    let cutoff = now - age.as_millis() as i64;
+                    let mut total = 0;
+                    loop {
+                        match store.delete_results_before(cutoff) {
+                            Ok(0) => break,
+                            Ok(n) => total += n,
+                            Err(e) => {
+                                log::error!("retention: {e:#}");
+                                break;
+                            }
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    if total > 0 {
+                        log::info!(
+                            "retention: deleted {total} results older than {}",
+                            humantime::format_duration(age)
+                        );
+                    }
+                }
+                if let Some(age) = history {
+                    match store.delete_history_before(now - age.as_millis() as i64) {
+                        Ok((0, 0)) => {}
+                        Ok((e, p)) => {
+                            log::info!("retention: deleted {e} events and {p} unused paths")
+                        }
+                        Err(e) => log::error!("retention: {e:#}"),
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        })?;
+    Ok(())
+}
+
 fn upsert_slave(conn: &Connection, name: &str, now: i64) -> rusqlite::Result<i64> {
     conn.execute(
         "INSERT INTO slaves (name, first_seen, last_seen) VALUES (?1, ?2, ?2)
@@ -854,8 +970,10 @@ mod tests {
                 slave: Some("slave1".into()),
                 target: Some("Google".into()),
                 limit: 10,
+                ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].path, "10.0.0.1 * 10.0.0.3 | reached");
         assert_eq!(got[0].hops[0].replies, Some(vec![Some(1000), None]));
@@ -864,7 +982,8 @@ mod tests {
                 slave: Some("other".into()),
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(none.is_empty());
     }
 
