@@ -58,11 +58,14 @@ fn send(addr: std::net::SocketAddr, r: &Value) {
     assert_eq!(a.json()["stored"], true);
 }
 
+/// What the webhook receiver got: the status it answered and the body.
+type Received = Arc<Mutex<Vec<(u16, Value)>>>;
+
 /// A webhook receiver that answers 500 to the first request and 200 after.
-fn webhook() -> (String, Arc<Mutex<Vec<(u16, Value)>>>) {
+fn webhook() -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
+    let seen: Received = Arc::default();
     let seen2 = seen.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
