@@ -322,3 +322,58 @@ fn scripted_paths_give_exact_events_statistics_and_metrics() {
     }
     assert_eq!(seen.len(), 15);
 }
+
+#[test]
+fn exports_over_http() {
+    let dir = Scratch::with_seed_config("exports");
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let google = (GOOGLE, "Google", "www.google.at");
+    for m in 0..3 {
+        send(
+            addr,
+            &result(google, m, &["10.0.0.1", "*", "10.0.0.3"], true, 20.0),
+        );
+    }
+    let jsonl = get(addr, "/api/v1/export/results.jsonl?target=Google");
+    assert_eq!(jsonl.status, 200);
+    let lines: Vec<Value> = jsonl
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["path"], "10.0.0.1 * 10.0.0.3 | reached");
+
+    let csv = get(addr, "/api/v1/export/results.csv").text();
+    assert!(csv.starts_with("result_id,slave,target_id,"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 3 * 2, "a row per answering hop");
+
+    let atlas = get(addr, "/api/v1/export/atlas.json?limit=2");
+    assert!(
+        atlas.head.to_ascii_lowercase().contains("x-next-cursor:"),
+        "{}",
+        atlas.head
+    );
+    let docs = atlas.json();
+    assert_eq!(docs.as_array().unwrap().len(), 2);
+    assert_eq!(docs[0]["from"], "slave1");
+    assert_eq!(
+        docs[0]["result"][1]["result"],
+        json!([{"x": "*"}, {"x": "*"}])
+    );
+
+    let dot = get(addr, "/api/v1/export/graph.dot?target=Google").text();
+    assert!(dot.starts_with("digraph \"Google\""), "{dot}");
+    assert!(dot.contains("\"slave slave1\" -> \"10.0.0.1\""), "{dot}");
+    assert!(
+        dot.contains("\"* slave1 flow 0 hop 2\" -> \"10.0.0.3\""),
+        "{dot}"
+    );
+    assert_eq!(get(addr, "/api/v1/export/graph.dot").status, 400);
+    assert_eq!(
+        get(addr, "/api/v1/export/graph.dot?target=Nope").status,
+        404
+    );
+    assert_eq!(get(addr, "/api/v1/export/results.csv?limit=0").status, 400);
+}

@@ -4,6 +4,7 @@ pub mod alert;
 pub mod analysis;
 pub mod api;
 pub mod config;
+pub mod export;
 pub mod metrics;
 pub mod path;
 pub mod routes;

@@ -50,7 +50,8 @@ pub struct Response {
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+    /// A response with any content type.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
         Response {
             status,
             content_type,
@@ -159,7 +160,7 @@ fn route(app: &App, req: &Request) -> Response {
         ("GET", "/") => Response::text(
             200,
             format!(
-                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nResults: GET /api/v1/results?slave=&target=&limit=\n",
+                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nAPI: /api/v1/slaves, /api/v1/targets, /api/v1/results, /api/v1/paths/current, /api/v1/paths/history, /api/v1/events, /api/v1/export/..., /metrics\n",
                 env!("CARGO_PKG_VERSION")
             ),
         ),
@@ -181,9 +182,11 @@ fn route(app: &App, req: &Request) -> Response {
             r.headers.push(("Allow", allow.into()));
             r
         }
-        _ => super::api::handle(app, req).unwrap_or_else(|| {
-            Response::error(404, format!("no such path: {}", truncate(path, 200)))
-        }),
+        _ => super::api::handle(app, req)
+            .or_else(|| super::export::handle(app, req))
+            .unwrap_or_else(|| {
+                Response::error(404, format!("no such path: {}", truncate(path, 200)))
+            }),
     }
 }
 

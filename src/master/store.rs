@@ -265,6 +265,10 @@ pub struct StoredResult {
     pub target_known: bool,
     /// The slave's time of the measurement.
     pub date_time: String,
+    /// The same as Unix ms.
+    pub measured_at: i64,
+    /// How long the trace took, ns, when the slave said.
+    pub duration_ns: Option<i64>,
     /// When the master received it, Unix ms.
     pub received_at: i64,
     /// Destination answered.
@@ -451,7 +455,8 @@ impl Store {
         let mut stmt = conn.prepare_cached(
             "SELECT r.id, r.result_id, s.name, t.uuid, t.name, t.address, r.target_known,
                     r.date_time, r.received_at, r.success, r.hop_count, p.hash, p.canonical,
-                    r.protocol, r.flow, r.destination, r.unreachable, r.error, r.measured_at
+                    r.protocol, r.flow, r.destination, r.unreachable, r.error, r.measured_at,
+                    r.duration_ns
              FROM results r
              JOIN slaves s ON s.id = r.slave_id
              JOIN targets t ON t.id = r.target_id
@@ -495,6 +500,8 @@ impl Store {
                         destination: row.get(15)?,
                         unreachable: row.get(16)?,
                         error: row.get(17)?,
+                        measured_at: row.get(18)?,
+                        duration_ns: row.get(19)?,
                         hops: Vec::new(),
                     },
                 ))
