@@ -46,6 +46,11 @@ fn main() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         reload_interval: Duration::from_secs(60),
         limits: Limits::default(),
+        tls: None,
+        confirm: 2,
+        alert_webhook: None,
+        retention: None,
+        retention_paths: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::spawn(move || master.serve());
@@ -56,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     let client = Client::new(
         format!("http://{addr}"),
         creds.clone(),
+        None,
         Duration::from_secs(30),
     );
 

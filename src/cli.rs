@@ -38,6 +38,9 @@ pub enum Command {
     Trace(TraceArgs),
     /// Start a master on the built-in example config and a local slave, to look around.
     Demo(DemoArgs),
+    /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json (reads stdin).
+    #[command(name = "hash-password")]
+    HashPassword,
 }
 
 /// Log level names of the seed.
@@ -95,12 +98,49 @@ pub struct MasterArgs {
     /// Largest request body in bytes; larger gets 413
     #[arg(long = "max-body", value_name = "bytes", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     pub max_body: u64,
-    /// Most client connections open at once; more are closed at once
+    /// Most client connections open at once; at the cap the one idle longest makes room
     #[arg(long = "max-connections", value_name = "n", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
     /// Threads that run request handlers
     #[arg(long, value_name = "n", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub workers: u64,
+    /// Serve HTTPS with this PEM certificate chain (reloaded when it changes)
+    #[arg(long = "tls-cert", value_name = "file", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of -tls-cert
+    #[arg(long = "tls-key", value_name = "file", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Results in a row that confirm a new path, an unreachable target or a high RTT
+    #[arg(long = "path-confirm", value_name = "n", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub path_confirm: u32,
+    /// POST every alert (path change, unreachable, RTT) as JSON to this URL
+    #[arg(long = "alert-webhook", value_name = "url", value_parser = parse_url)]
+    pub alert_webhook: Option<String>,
+    /// Delete results older than this (e.g. 30d); 0 keeps them forever
+    #[arg(long, value_name = "duration", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Keep,
+    /// Delete change events, and paths no result uses, older than this; 0 keeps them forever
+    #[arg(long = "retention-paths", value_name = "duration", default_value = "365d", value_parser = parse_retention)]
+    pub retention_paths: Keep,
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("http://") || s.starts_with("https://")) && s.len() > 8 {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("'{s}' is not an http:// or https:// URL"))
+    }
+}
+
+/// How long to keep something: `None` is forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep(pub Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Keep, String> {
+    if s == "0" {
+        return Ok(Keep(None));
+    }
+    parse_duration(s).map(|d| Keep(Some(d)))
 }
 
 /// Flags of `slave`.
@@ -115,9 +155,12 @@ pub struct SlaveArgs {
     /// Unique name of this slave used on master for authentication and storage of results
     #[arg(long, value_name = "name")]
     pub name: Option<String>,
-    /// Shared secret for slave on master
+    /// Shared secret for slave on master (visible in ps: prefer -passwd-file or DT_PASSWD)
     #[arg(long, value_name = "secret")]
     pub passwd: Option<String>,
+    /// Read the shared secret from the first line of this file
+    #[arg(long = "passwd-file", value_name = "file", conflicts_with = "passwd")]
+    pub passwd_file: Option<PathBuf>,
     /// Logfile location
     #[arg(long, value_name = "/path/to/file", default_value = "./dt-slave.log")]
     pub log: PathBuf,
@@ -127,6 +170,12 @@ pub struct SlaveArgs {
     /// Generate fake results, e.g. when run without root permissions
     #[arg(long = "zDebugResults")]
     pub z_debug_results: bool,
+    /// Talk HTTPS to the master (also implied by -master https://…)
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust this PEM CA certificate (bundle) for the master's HTTPS instead of the public roots
+    #[arg(long, value_name = "file")]
+    pub ca: Option<PathBuf>,
     /// How often every target is traced
     #[arg(long, value_name = "duration", default_value = "1m", value_parser = parse_duration)]
     pub interval: Duration,

@@ -30,6 +30,11 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         listen: a.listen,
         reload_interval: Duration::from_secs(2),
         limits: Limits::default(),
+        tls: None,
+        confirm: 2,
+        alert_webhook: None,
+        retention: Some(Duration::from_secs(7 * 86_400)),
+        retention_paths: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::Builder::new()

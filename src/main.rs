@@ -7,6 +7,27 @@ use std::process::ExitCode;
 mod demo;
 mod trace_cmd;
 
+/// Reads a password (without echo on a terminal, asked twice) and prints its Argon2 hash.
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    println!(
+        "{}",
+        dist_traceroute::master::config::hash_password(&password)?
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
     let cli = match cli::parse_from(args.clone()) {
@@ -26,6 +47,7 @@ fn main() -> ExitCode {
         Command::Slave(a) => dist_traceroute::slave::run(a),
         Command::Trace(a) => trace_cmd::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::HashPassword => hash_password(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A slave's credentials, the body of `POST /config/` and the `Creds` of a result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Creds {
     /// Slave name as listed in `dt-slaves.json`.
@@ -15,9 +15,19 @@ pub struct Creds {
     pub password: String,
 }
 
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("Creds")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The body of `POST /config/`: the credentials, plus our slave's status in new fields that
 /// an original master ignores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConfigRequest {
     /// Slave name.
@@ -33,6 +43,18 @@ pub struct ConfigRequest {
     /// Extension: results the slave dropped since it was installed (spool full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_total: Option<u64>,
+}
+
+impl std::fmt::Debug for ConfigRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRequest")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("agent", &self.agent)
+            .field("spool_depth", &self.spool_depth)
+            .field("dropped_total", &self.dropped_total)
+            .finish()
+    }
 }
 
 /// The body of `POST /api/v1/results:batch`: many results of one slave at once.
@@ -194,6 +216,9 @@ pub struct TraceResult {
     /// Extension: the sending program and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Extension: how long the trace took, in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<i64>,
 }
 
 /// One answering hop of a result.
@@ -226,6 +251,9 @@ pub struct HopResult {
     /// Extension: `reached`, `time-exceeded`, or an unreachable annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Extension: the TTL the reply arrived with.
+    #[serde(rename = "ReplyTTL", default, skip_serializing_if = "Option::is_none")]
+    pub reply_ttl: Option<u8>,
 }
 
 impl HopResult {
@@ -306,6 +334,7 @@ mod tests {
             ip: Some("2001:db8::1".into()),
             replies: None,
             kind: None,
+            reply_ttl: None,
         };
         let v: serde_json::Value = serde_json::to_value(&hop).unwrap();
         assert_eq!(v["Address"], serde_json::json!([0, 0, 0, 0]));

@@ -30,11 +30,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     };
     let mut t = tracer.trace(dest, &opts)?;
     if !a.numeric {
-        for hop in &mut t.hops {
-            if let Some(addr) = hop.addr {
-                hop.host = trace::reverse_name(addr, Duration::from_millis(500));
-            }
-        }
+        t.fill_hosts(Duration::from_millis(500));
     }
     if a.json {
         let creds = Creds {
@@ -46,11 +42,19 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             address: a.host.clone(),
         };
         let r = report::from_trace(&t, &creds, "", &target);
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&r)?))
     } else {
-        print!("{}", human(&a.host, &t, a.max_hops));
+        emit(&human(&a.host, &t, a.max_hops))
     }
-    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Traceroute-style lines: TTL, name (address), one RTT per probe or `*`, and `!H`-style notes.

@@ -171,3 +171,71 @@ fn wrong_password_slave_is_refused_and_nothing_stored() {
         "{log}"
     );
 }
+
+/// Without -zDebugResults the slave runs real traces (as root): loopback targets in both
+/// families, with the protocols the targets ask for.
+#[test]
+fn real_traces_without_the_debug_flag() {
+    if !nix_is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root: this test must run"
+        );
+        eprintln!("skipped: real traces need root");
+        return;
+    }
+    let dir = Scratch::with_seed_config("real");
+    dir.write(
+        "dt-targets.json",
+        r#"{"ReportURL": "", "Targets": {
+            "0b5a3c1e-6f0d-4c55-9a43-2f1f4bbd8a11": {"Name": "Lo4", "Address": "127.0.0.1"},
+            "5e1f7d2a-3b9c-4e8d-8a6f-1c2d3e4f5a6b": {"Name": "Lo6", "Address": "::1", "Protocol": "icmp"},
+            "7d0c9a51-2f8e-4b5e-9a7c-0f3b6c2d1e4f": {"Name": "Nowhere", "Address": "no-such-host.invalid"}
+        }, "Retries": 1, "MaxHops": 5, "TimeoutMs": 300}"#,
+    );
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let args = slave_args(addr);
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "-zDebugResults")
+        .collect();
+    let _slave = Proc::spawn(&dir.0, &args);
+    let got = wait_for(Duration::from_secs(20), || {
+        let r = results(addr, "");
+        let names: std::collections::HashSet<_> = r
+            .iter()
+            .map(|x| x["target_name"].as_str().unwrap().to_owned())
+            .collect();
+        (names.len() == 3).then_some(r)
+    })
+    .expect("results for all three targets");
+    let lo4 = got.iter().find(|r| r["target_name"] == "Lo4").unwrap();
+    assert_eq!(lo4["success"], true);
+    assert_eq!(lo4["protocol"], "udp");
+    assert_eq!(lo4["path"], "127.0.0.1 | reached");
+    assert!(lo4["hops"][0]["rtt_ns"].as_i64().unwrap() > 0);
+    let lo6 = got.iter().find(|r| r["target_name"] == "Lo6").unwrap();
+    assert_eq!(lo6["protocol"], "icmp");
+    assert_eq!(lo6["path"], "::1 | reached");
+    let nowhere = got.iter().find(|r| r["target_name"] == "Nowhere").unwrap();
+    assert_eq!(nowhere["success"], false);
+    assert!(
+        nowhere["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot resolve"),
+        "{nowhere}"
+    );
+    assert_eq!(nowhere["path"], "| error");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}

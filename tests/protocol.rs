@@ -114,7 +114,8 @@ fn wrong_password_is_401_and_does_not_hold_a_worker() {
     let addr = master.addr();
     let bad = GO_RESULT.replace("\"1234\"", "\"4321\"");
     let done_bad = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..8)
+    // Fewer than the failures that block an address (5), so each one waits its 2 s.
+    let threads: Vec<_> = (0..4)
         .map(|_| {
             let (bad, done_bad) = (bad.clone(), done_bad.clone());
             std::thread::spawn(move || {
@@ -136,9 +137,35 @@ fn wrong_password_is_401_and_does_not_hold_a_worker() {
     for t in threads {
         assert_eq!(t.join().unwrap(), 401);
     }
-    let a = post(addr, "/config/", br#"{"Name":"slave1","Password":"nope"}"#);
-    assert_eq!((a.status, a.text().as_str()), (401, "Unauthorized\n"));
+    // The good login cleared the address; five failures in a row block it, the sixth
+    // request gets 429 with Retry-After, at once.
+    let bad_config = br#"{"Name":"slave1","Password":"nope"}"#;
+    let threads: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || post(addr, "/config/", bad_config)))
+        .collect();
+    for t in threads {
+        let a = t.join().unwrap();
+        assert_eq!((a.status, a.text().as_str()), (401, "Unauthorized\n"));
+    }
     assert!(results(addr, "").is_empty());
+    let a = post(addr, "/config/", bad_config);
+    assert_eq!(a.status, 429);
+    assert!(
+        a.head.to_ascii_lowercase().contains("retry-after:"),
+        "{}",
+        a.head
+    );
+    let log = std::fs::read_to_string(dir.path("dt-master.log")).unwrap();
+    assert_eq!(
+        log.matches("too many failed logins: address 127.0.0.1 blocked")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("nope") && !log.contains("1234"),
+        "no secret in the log"
+    );
 }
 
 #[test]

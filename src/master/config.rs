@@ -5,9 +5,10 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// A config file that failed to load: where and why.
@@ -61,14 +62,75 @@ impl<'de> Deserialize<'de> for Alnum {
     }
 }
 
+/// How a slave's secret is kept in the file.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// `Password`: the secret itself (the original's way).
+    Plain(String),
+    /// `PasswordHash`: an Argon2 PHC string, e.g. from `dist-traceroute hash-password`.
+    Hash(String),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Plain(_) => f.write_str("Plain(<redacted>)"),
+            Secret::Hash(_) => f.write_str("Hash(<redacted>)"),
+        }
+    }
+}
+
 /// One allowed slave.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[serde(try_from = "RawSlave")]
 pub struct SlaveConf {
     /// Unique slave name.
     pub name: Alnum,
-    /// Its shared secret.
-    pub password: Alnum,
+    /// Its secret.
+    pub secret: Secret,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct RawSlave {
+    name: Alnum,
+    #[serde(default)]
+    password: Option<Alnum>,
+    #[serde(default)]
+    password_hash: Option<String>,
+}
+
+impl TryFrom<RawSlave> for SlaveConf {
+    type Error = String;
+
+    fn try_from(raw: RawSlave) -> Result<Self, String> {
+        let name = raw.name;
+        let secret = match (raw.password, raw.password_hash) {
+            (Some(p), None) => Secret::Plain(p.0),
+            (None, Some(h)) => {
+                argon2::password_hash::phc::PasswordHash::new(&h).map_err(|e| {
+                    format!(
+                        "slave '{}': PasswordHash is not a PHC hash string ({e}); make one with `dist-traceroute hash-password`",
+                        name.0
+                    )
+                })?;
+                Secret::Hash(h)
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "slave '{}': give Password or PasswordHash, not both",
+                    name.0
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "slave '{}': missing field `Password` (or `PasswordHash`)",
+                    name.0
+                ));
+            }
+        };
+        Ok(SlaveConf { name, secret })
+    }
 }
 
 /// `dt-slaves.json`.
@@ -142,6 +204,29 @@ pub struct TargetConf {
     /// Extension: destination port for UDP/TCP probes.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Extension: alert when the destination RTT stays above this many ms (1..600000).
+    #[serde(default, rename = "RttAlertMs", deserialize_with = "rtt_alert_ms")]
+    pub rtt_alert_ms: Option<u32>,
+    /// Extension: trace this target this often (`30s`, `5m`; 1s..1d) instead of every minute.
+    #[serde(default, deserialize_with = "interval")]
+    pub interval: Option<String>,
+}
+
+fn rtt_alert_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    ranged(d, "RttAlertMs", 1, 600_000).map(|v| Some(v as u32))
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    match humantime::parse_duration(&s) {
+        Ok(i) if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&i) => Ok(Some(s)),
+        Ok(_) => Err(de::Error::custom(format!(
+            "Interval: '{s}' is out of range 1s..1d"
+        ))),
+        Err(e) => Err(de::Error::custom(format!(
+            "Interval: '{s}' is not a duration like 30s or 5m ({e})"
+        ))),
+    }
 }
 
 fn protocol<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -273,18 +358,59 @@ pub struct Config {
     pub targets: TargetsFile,
     /// The targets file's bytes, served as they are to the slaves (as the original does).
     pub targets_raw: Arc<[u8]>,
+    /// Digests of name/hash/password triples that passed the slow hash check.
+    pub verified: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
 
 impl Config {
     /// True when `name`/`password` is an allowed pair.
+    ///
+    /// Plain passwords are compared in constant time; hashes are checked with Argon2, and a
+    /// pair that checked out once is remembered (by a digest) so a slave's every request does
+    /// not pay for the slow hash again.
     pub fn check_password(&self, name: &str, password: &str) -> bool {
-        // Compare every entry in full so the time taken does not tell which part was wrong.
         let mut ok = false;
         for s in &self.slaves.slaves {
-            ok |= constant_time_eq(s.name.0.as_bytes(), name.as_bytes())
-                & constant_time_eq(s.password.0.as_bytes(), password.as_bytes());
+            let name_matches = constant_time_eq(s.name.0.as_bytes(), name.as_bytes());
+            match &s.secret {
+                Secret::Plain(p) => {
+                    ok |= name_matches & constant_time_eq(p.as_bytes(), password.as_bytes())
+                }
+                Secret::Hash(h) if name_matches => ok |= self.check_hash(name, h, password),
+                Secret::Hash(_) => {}
+            }
         }
         ok
+    }
+
+    fn check_hash(&self, name: &str, hash: &str, password: &str) -> bool {
+        use argon2::password_hash::PasswordVerifier;
+        use sha2::Digest;
+        let mut d = sha2::Sha256::new();
+        for part in [name, hash, password] {
+            d.update(part.as_bytes());
+            d.update([0u8]);
+        }
+        let key: [u8; 32] = d.finalize().into();
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.contains(&key) {
+            return true;
+        }
+        drop(cache);
+        let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
+            return false;
+        };
+        let good = argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        if good {
+            cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(key);
+        }
+        good
     }
 
     /// The UUID of the configured target with this name and address, if any.
@@ -302,6 +428,20 @@ impl Config {
             .targets
             .contains_key(&TargetId(uuid.to_owned()))
     }
+
+    /// The configured target `uuid`.
+    pub fn target(&self, uuid: &str) -> Option<&TargetConf> {
+        self.targets.targets.get(&TargetId(uuid.to_owned()))
+    }
+}
+
+/// An Argon2id PHC string for `password`, for `PasswordHash` in `dt-slaves.json`.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -330,6 +470,7 @@ pub fn load(slaves: &Path, targets: &Path) -> Result<Config, ConfigError> {
         slaves: slaves_file,
         targets: targets_file,
         targets_raw: raw.into(),
+        verified: Arc::default(),
     })
 }
 
@@ -532,6 +673,45 @@ mod tests {
     }
 
     #[test]
+    fn password_hashes_are_checked_and_rules_enforced() {
+        let hash = hash_password("s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        let text = format!(
+            r#"{{"Slaves":[{{"Name":"h","PasswordHash":"{hash}"}},{{"Name":"p","Password":"1"}}]}}"#
+        );
+        let config = Config {
+            slaves: parse_slaves(Path::new("s"), text.as_bytes()).unwrap(),
+            targets: parse_targets(Path::new("t"), TARGETS.as_bytes()).unwrap(),
+            targets_raw: Arc::from(&b""[..]),
+            verified: Arc::default(),
+        };
+        assert!(config.check_password("h", "s3cret"));
+        assert!(config.check_password("h", "s3cret"), "cached");
+        assert!(!config.check_password("h", "s3cret2"));
+        assert!(!config.check_password("p", "s3cret"));
+        assert!(config.check_password("p", "1"));
+        assert!(
+            slaves_err(r#"{"Slaves":[{"Name":"a","PasswordHash":"nope"}]}"#)
+                .message
+                .contains("not a PHC hash string")
+        );
+        assert!(
+            slaves_err(&format!(
+                r#"{{"Slaves":[{{"Name":"a","Password":"1","PasswordHash":"{hash}"}}]}}"#
+            ))
+            .message
+            .contains("not both")
+        );
+        assert!(
+            slaves_err(r#"{"Slaves":[{"Name":"a"}]}"#)
+                .message
+                .contains("missing field `Password`")
+        );
+        assert!(!format!("{:?}", config.slaves).contains("s3cret"));
+        assert!(!format!("{:?}", config.slaves).contains("\"1\""));
+    }
+
+    #[test]
     fn passwords_checked_per_pair() {
         let config = Config {
             slaves: parse_slaves(
@@ -541,6 +721,7 @@ mod tests {
             .unwrap(),
             targets: parse_targets(Path::new("t"), TARGETS.as_bytes()).unwrap(),
             targets_raw: Arc::from(&b""[..]),
+            verified: Arc::default(),
         };
         assert!(config.check_password("a", "1"));
         assert!(config.check_password("b", "2"));

@@ -1,10 +1,17 @@
 //! The master: loads the config files, keeps them live, stores results and serves slaves.
 
+pub mod alert;
+pub mod analysis;
+pub mod api;
 pub mod config;
+pub mod export;
+pub mod metrics;
 pub mod path;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod throttle;
+pub mod tls;
 
 use crate::cli::MasterArgs;
 use anyhow::Context;
@@ -28,6 +35,16 @@ pub struct Settings {
     pub reload_interval: Duration,
     /// Connection and request limits.
     pub limits: server::Limits,
+    /// Certificate and key files for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Results in a row that confirm a change.
+    pub confirm: u32,
+    /// Where alerts are POSTed.
+    pub alert_webhook: Option<String>,
+    /// Age after which results are deleted.
+    pub retention: Option<Duration>,
+    /// Age after which events and unused paths are deleted.
+    pub retention_paths: Option<Duration>,
 }
 
 impl From<&MasterArgs> for Settings {
@@ -46,6 +63,11 @@ impl From<&MasterArgs> for Settings {
                 workers: usize::try_from(a.workers).unwrap_or(8),
                 ..server::Limits::default()
             },
+            tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+            confirm: a.path_confirm,
+            alert_webhook: a.alert_webhook.clone(),
+            retention: a.retention.0,
+            retention_paths: a.retention_paths.0,
         }
     }
 }
@@ -55,6 +77,7 @@ pub struct Master {
     app: Arc<routes::App>,
     listener: std::net::TcpListener,
     limits: server::Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Master {
@@ -69,7 +92,12 @@ impl Master {
             config.targets.targets.len(),
             s.targets_file.display()
         );
-        let store = store::Store::open(&s.db)?;
+        let store = Arc::new(store::Store::open(&s.db)?.with_confirm(s.confirm));
+        store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
+        let alerts = match &s.alert_webhook {
+            Some(url) => alert::Alerts::with_webhook(url.clone())?,
+            None => alert::Alerts::log_only(),
+        };
         let live = config::Live::new(config);
         config::watch(
             live.clone(),
@@ -77,15 +105,27 @@ impl Master {
             s.targets_file.clone(),
             s.reload_interval,
         )?;
+        let tls = match &s.tls {
+            Some((cert, key)) => Some(tls::server_config(
+                cert.clone(),
+                key.clone(),
+                s.reload_interval,
+            )?),
+            None => None,
+        };
         let listener = server::bind(s.listen)?;
         Ok(Master {
             app: Arc::new(routes::App {
                 config: live,
-                store: Arc::new(store),
+                store,
                 counters: routes::Counters::default(),
+                throttle: throttle::Throttle::new(),
+                alerts,
+                metrics: metrics::Metrics::default(),
             }),
             listener,
             limits: s.limits.clone(),
+            tls,
         })
     }
 
@@ -96,9 +136,14 @@ impl Master {
             .context("cannot read the bound address")
     }
 
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Serves until the process ends.
     pub fn serve(self) -> anyhow::Result<()> {
-        server::serve(self.listener, self.app, self.limits)
+        server::serve(self.listener, self.app, self.limits, self.tls)
     }
 }
 

@@ -74,6 +74,29 @@ impl Path {
         s
     }
 
+    /// Reads back the text [`Path::canonical`] wrote; `None` for text it did not write.
+    pub fn parse_canonical(text: &str) -> Option<Path> {
+        let (hops, terminal) = text.rsplit_once("| ")?;
+        let hops = hops
+            .split_whitespace()
+            .map(|h| {
+                if h == "*" {
+                    Ok(None)
+                } else {
+                    h.parse::<IpAddr>().map(Some)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let terminal = match terminal {
+            "reached" => Terminal::Reached,
+            "gave-up" => Terminal::GaveUp,
+            "error" => Terminal::Error,
+            other => Terminal::Unreachable(other.strip_prefix("unreachable ")?.to_owned()),
+        };
+        Some(Path { hops, terminal })
+    }
+
     /// A stable ID: the first 16 hex digits of the SHA-256 of the canonical text.
     pub fn hash(&self) -> String {
         let digest = Sha256::digest(self.canonical().as_bytes());
@@ -111,6 +134,22 @@ mod tests {
             Path::from_hops([], Terminal::Unreachable("!H".into())).canonical(),
             "| unreachable !H"
         );
+    }
+
+    #[test]
+    fn canonical_text_reads_back() {
+        for p in [
+            Path::from_hops(
+                [(1, ip("10.0.0.1")), (3, ip("2001:db8::3"))],
+                Terminal::Reached,
+            ),
+            Path::from_hops([], Terminal::Unreachable("!X".into())),
+            Path::from_hops([(2, ip("10.0.0.2"))], Terminal::GaveUp),
+            Path::from_hops([], Terminal::Error),
+        ] {
+            assert_eq!(Path::parse_canonical(&p.canonical()), Some(p));
+        }
+        assert_eq!(Path::parse_canonical("nonsense"), None);
     }
 
     #[test]

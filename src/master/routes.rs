@@ -50,7 +50,8 @@ pub struct Response {
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+    /// A response with any content type.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
         Response {
             status,
             content_type,
@@ -98,6 +99,8 @@ pub struct Counters {
     pub rejected_invalid: AtomicU64,
     /// Requests with wrong credentials.
     pub auth_failures: AtomicU64,
+    /// Login attempts refused with 429 while their address or name was blocked.
+    pub auth_throttled: AtomicU64,
     /// Config documents served.
     pub configs_served: AtomicU64,
     /// Storage errors.
@@ -116,10 +119,24 @@ pub struct App {
     pub store: Arc<Store>,
     /// Request counters.
     pub counters: Counters,
+    /// Failed-login throttling.
+    pub throttle: super::throttle::Throttle,
+    /// Where events go.
+    pub alerts: super::alert::Alerts,
+    /// Request-duration histograms.
+    pub metrics: super::metrics::Metrics,
 }
 
-/// Routes one request.
+/// Routes one request and records how long it took.
 pub fn handle(app: &App, req: &Request) -> Response {
+    let start = std::time::Instant::now();
+    let r = route(app, req);
+    app.metrics
+        .observe(super::metrics::route_class(&req.path), start.elapsed());
+    r
+}
+
+fn route(app: &App, req: &Request) -> Response {
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
         (_, "/config") => Response::redirect("/config/"),
@@ -129,10 +146,21 @@ pub fn handle(app: &App, req: &Request) -> Response {
         ("POST", "/api/v1/results") => api_post_result(app, req),
         ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
         ("GET", "/api/v1/results") => api_results(app, req),
+        ("GET", "/metrics") => match super::metrics::render(app) {
+            Ok(text) => Response::new(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(e) => {
+                log::error!("metrics failed: {e:#}");
+                Response::error(500, "metrics failed")
+            }
+        },
         ("GET", "/") => Response::text(
             200,
             format!(
-                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nResults: GET /api/v1/results?slave=&target=&limit=\n",
+                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nAPI: /api/v1/slaves, /api/v1/targets, /api/v1/results, /api/v1/paths/current, /api/v1/paths/history, /api/v1/events, /api/v1/export/..., /metrics\n",
                 env!("CARGO_PKG_VERSION")
             ),
         ),
@@ -154,7 +182,11 @@ pub fn handle(app: &App, req: &Request) -> Response {
             r.headers.push(("Allow", allow.into()));
             r
         }
-        _ => Response::error(404, format!("no such path: {}", truncate(path, 200))),
+        _ => super::api::handle(app, req)
+            .or_else(|| super::export::handle(app, req))
+            .unwrap_or_else(|| {
+                Response::error(404, format!("no such path: {}", truncate(path, 200)))
+            }),
     }
 }
 
@@ -165,26 +197,80 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn unauthorized(app: &App, req: &Request, name: &str, what: &str) {
+/// Why a login failed.
+#[derive(Debug)]
+enum AuthFail {
+    /// Wrong name or password: 401 after a delay.
+    Wrong,
+    /// Too many failures lately: 429, try again after this long.
+    Throttled(Duration),
+}
+
+/// Checks a name/password pair under the failed-login throttle.
+fn authenticate(
+    app: &App,
+    req: &Request,
+    name: &str,
+    password: &str,
+    what: &str,
+) -> Result<(), AuthFail> {
+    let now = std::time::Instant::now();
+    if let Some(wait) = app.throttle.blocked(req.remote.ip(), name, now) {
+        bump(&app.counters.auth_throttled);
+        return Err(AuthFail::Throttled(wait));
+    }
+    if app.config.get().check_password(name, password) {
+        app.throttle.success(req.remote.ip());
+        return Ok(());
+    }
     bump(&app.counters.auth_failures);
-    log::warn!(
-        "{what}: wrong name or password for slave '{}' from {}",
-        truncate(name, 64).escape_debug(),
-        req.remote
-    );
+    let blocks = app.throttle.failure(req.remote.ip(), name, now);
+    if blocks.is_empty() {
+        log::warn!(
+            "{what}: wrong name or password for slave '{}' from {}",
+            truncate(name, 64).escape_debug(),
+            req.remote
+        );
+    }
+    for b in blocks {
+        log::warn!(
+            "too many failed logins: {} blocked for {}s (answered 429 meanwhile)",
+            b.what,
+            b.duration.as_secs()
+        );
+    }
+    Err(AuthFail::Wrong)
+}
+
+/// The answer for a failed login: `wrong` delayed for a 401, or 429 with `Retry-After`.
+fn auth_failed(fail: AuthFail, wrong: Response, throttled: Response) -> Response {
+    match fail {
+        AuthFail::Wrong => Response {
+            delay: FAILED_LOGIN_DELAY,
+            ..wrong
+        },
+        AuthFail::Throttled(wait) => {
+            let mut r = throttled;
+            r.status = 429;
+            r.headers
+                .push(("Retry-After", (wait.as_secs() + 1).to_string()));
+            r
+        }
+    }
 }
 
 fn config(app: &App, req: &Request) -> Response {
     let Ok(creds) = serde_json::from_slice::<ConfigRequest>(&req.body) else {
         return Response::text(400, "Can't unmarshal request body");
     };
-    let config = app.config.get();
-    if !config.check_password(&creds.name, &creds.password) {
-        unauthorized(app, req, &creds.name, "config request");
-        let mut r = Response::text(401, "Unauthorized\n");
-        r.delay = FAILED_LOGIN_DELAY;
-        return r;
+    if let Err(fail) = authenticate(app, req, &creds.name, &creds.password, "config request") {
+        return auth_failed(
+            fail,
+            Response::text(401, "Unauthorized\n"),
+            Response::text(429, "Too Many Requests\n"),
+        );
     }
+    let config = app.config.get();
     bump(&app.counters.configs_served);
     if let Err(e) = app.store.touch_slave(
         &creds.name,
@@ -209,7 +295,7 @@ fn config(app: &App, req: &Request) -> Response {
 #[derive(Debug)]
 enum Reject {
     Decode(String),
-    Auth,
+    Auth(AuthFail),
     Invalid(String),
     Store(String),
 }
@@ -220,11 +306,15 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
         bump(&app.counters.rejected_decode);
         Reject::Decode(e.to_string())
     })?;
+    authenticate(
+        app,
+        req,
+        &result.creds.name,
+        &result.creds.password,
+        "result",
+    )
+    .map_err(Reject::Auth)?;
     let config = app.config.get();
-    if !config.check_password(&result.creds.name, &result.creds.password) {
-        unauthorized(app, req, &result.creds.name, "result");
-        return Err(Reject::Auth);
-    }
     let new = check_result(&result, &config).map_err(|e| {
         bump(&app.counters.rejected_invalid);
         log::warn!(
@@ -244,7 +334,10 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
         );
     }
     match app.store.insert(&new) {
-        Ok(Stored::New(row)) => {
+        Ok((Stored::New(row), events)) => {
+            for e in &events {
+                app.alerts.send(e);
+            }
             bump(&app.counters.results_stored);
             log::debug!(
                 "result {} from {} stored as {row}",
@@ -253,7 +346,7 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
             );
             Ok(Stored::New(row))
         }
-        Ok(Stored::Duplicate) => {
+        Ok((Stored::Duplicate, _)) => {
             bump(&app.counters.results_duplicate);
             log::info!(
                 "result {} from {} was stored before",
@@ -331,6 +424,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             size: h.n,
             kind: h.kind.clone(),
             replies: h.replies.clone(),
+            reply_ttl: h.reply_ttl.map(i64::from),
         });
     }
     for text in [
@@ -365,6 +459,10 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         Terminal::GaveUp
     };
     let path = NetPath::from_hops(r.hops.iter().map(|h| (h.ttl, h.addr())), terminal);
+    let rtt_alert_ns = config
+        .target(&target_uuid)
+        .and_then(|t| t.rtt_alert_ms)
+        .map(|ms| i64::from(ms) * 1_000_000);
     Ok(NewResult {
         result_id: r.id.clone(),
         slave: r.creds.name.clone(),
@@ -383,6 +481,8 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         unreachable: r.unreachable.clone(),
         error: r.error.clone(),
         agent: r.agent.clone(),
+        duration_ns: r.duration_ns.filter(|d| *d >= 0),
+        rtt_alert_ns,
         hops,
     })
 }
@@ -399,17 +499,17 @@ fn legacy_result(app: &App, req: &Request) -> Response {
                 &ResultAnswer::rejected(format!("Couldn't decode request body into JSON: {e}")),
             )
         }
-        Err(Reject::Auth) => {
-            let mut r = Response::json(
-                401,
-                &ResultAnswer {
-                    success: false,
-                    error: "Unauthorized".into(),
-                    retry_possible: true,
-                },
-            );
-            r.delay = FAILED_LOGIN_DELAY;
-            r
+        Err(Reject::Auth(fail)) => {
+            let answer = |error: &str| ResultAnswer {
+                success: false,
+                error: error.into(),
+                retry_possible: true,
+            };
+            auth_failed(
+                fail,
+                Response::json(401, &answer("Unauthorized")),
+                Response::json(429, &answer("Too many failed logins")),
+            )
         }
         Err(Reject::Invalid(e)) => Response::json(
             200,
@@ -439,11 +539,11 @@ fn api_post_result(app: &App, req: &Request) -> Response {
             &serde_json::json!({ "stored": true, "duplicate": stored == Stored::Duplicate }),
         ),
         Err(Reject::Decode(e)) => Response::error(400, format!("body is not a result: {e}")),
-        Err(Reject::Auth) => {
-            let mut r = Response::error(401, "wrong name or password");
-            r.delay = FAILED_LOGIN_DELAY;
-            r
-        }
+        Err(Reject::Auth(fail)) => auth_failed(
+            fail,
+            Response::error(401, "wrong name or password"),
+            Response::error(429, "too many failed logins"),
+        ),
         Err(Reject::Invalid(e)) => Response::error(400, format!("result validation failed: {e}")),
         Err(Reject::Store(e)) => Response::error(503, format!("storage error: {e}")),
     }
@@ -462,13 +562,20 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
             return Response::error(400, format!("body is not a batch of results: {e}"));
         }
     };
-    let config = app.config.get();
-    if !config.check_password(&batch.creds.name, &batch.creds.password) {
-        unauthorized(app, req, &batch.creds.name, "result batch");
-        let mut r = Response::error(401, "wrong name or password");
-        r.delay = FAILED_LOGIN_DELAY;
-        return r;
+    if let Err(fail) = authenticate(
+        app,
+        req,
+        &batch.creds.name,
+        &batch.creds.password,
+        "result batch",
+    ) {
+        return auth_failed(
+            fail,
+            Response::error(401, "wrong name or password"),
+            Response::error(429, "too many failed logins"),
+        );
     }
+    let config = app.config.get();
     if batch.results.len() > MAX_BATCH {
         return Response::error(413, format!("more than {MAX_BATCH} results in one batch"));
     }
@@ -511,7 +618,10 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
     }
     match app.store.insert_batch(&valid) {
         Ok(stored) => {
-            for (slot, s) in slot_of_valid.into_iter().zip(stored) {
+            for (slot, (s, events)) in slot_of_valid.into_iter().zip(stored) {
+                for e in &events {
+                    app.alerts.send(e);
+                }
                 items[slot].status = match s {
                     Stored::New(_) => {
                         bump(&app.counters.results_stored);
@@ -548,39 +658,45 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
     Response::json(200, &BatchAnswer { results: items })
 }
 
-/// `GET /api/v1/results?slave=&target=&limit=`.
+/// `GET /api/v1/results?slave=&target=&from=&to=&limit=&cursor=`: newest first; a full page
+/// carries `next_cursor` for the next, older page.
 fn api_results(app: &App, req: &Request) -> Response {
-    let mut q = ResultQuery {
-        limit: 100,
-        ..Default::default()
-    };
-    for (k, v) in form_urlencoded::parse(req.query.as_bytes()) {
-        match k.as_ref() {
-            "slave" if !v.is_empty() => q.slave = Some(v.into_owned()),
-            "target" if !v.is_empty() => q.target = Some(v.into_owned()),
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => q.limit = n,
-                _ => {
-                    return Response::error(
-                        400,
-                        format!("limit '{}' is not 1..1000", truncate(&v, 32)),
-                    );
-                }
-            },
-            "slave" | "target" => {}
-            other => {
-                return Response::error(
-                    400,
-                    format!(
-                        "unknown parameter '{}' (slave, target, limit)",
-                        truncate(other, 32)
-                    ),
-                );
+    let q = (|| -> Result<ResultQuery, String> {
+        let p = super::api::Params::parse(
+            &req.query,
+            &["slave", "target", "from", "to", "limit", "cursor"],
+        )?;
+        let before = match p.text("cursor") {
+            None => None,
+            Some(c) => {
+                let (t, id) = c.split_once('.').ok_or("cursor is not one this API gave")?;
+                Some((
+                    t.parse().map_err(|_| "cursor is not one this API gave")?,
+                    id.parse().map_err(|_| "cursor is not one this API gave")?,
+                ))
             }
-        }
-    }
+        };
+        Ok(ResultQuery {
+            slave: p.text("slave").map(str::to_owned),
+            target: p.text("target").map(str::to_owned),
+            from: p.time("from")?,
+            to: p.time("to")?,
+            before,
+            limit: p.number("limit", 1, 1000, 100)? as u32,
+        })
+    })();
+    let q = match q {
+        Ok(q) => q,
+        Err(e) => return Response::error(400, e),
+    };
     match app.store.results(&q) {
-        Ok(results) => Response::json(200, &serde_json::json!({ "results": results })),
+        Ok((results, next)) => Response::json(
+            200,
+            &serde_json::json!({
+                "results": results,
+                "next_cursor": next.map(|(t, id)| format!("{t}.{id}")),
+            }),
+        ),
         Err(e) => {
             log::error!("results query failed: {e:#}");
             Response::error(500, "results query failed")
@@ -609,9 +725,13 @@ mod tests {
                 slaves,
                 targets,
                 targets_raw: Arc::from(&raw[..]),
+                verified: Arc::default(),
             }),
             store: Arc::new(Store::open_in_memory().unwrap()),
             counters: Counters::default(),
+            throttle: crate::master::throttle::Throttle::new(),
+            alerts: crate::master::alert::Alerts::log_only(),
+            metrics: crate::master::metrics::Metrics::default(),
         }
     }
 
@@ -653,6 +773,30 @@ mod tests {
     }
 
     #[test]
+    fn repeated_failures_get_429_without_a_password_check() {
+        let app = app();
+        let bad = post("/config/", br#"{"Name":"slave1","Password":"nope"}"#);
+        for _ in 0..super::super::throttle::BY_ADDRESS.max_failures {
+            assert_eq!(handle(&app, &bad).status, 401);
+        }
+        let r = handle(&app, &bad);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.delay, Duration::ZERO);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| *k == "Retry-After" && v.parse::<u64>().unwrap() > 0)
+        );
+        // Even the right password waits out the block from that address.
+        let good = post("/config/", br#"{"Name":"slave1","Password":"1234"}"#);
+        assert_eq!(handle(&app, &good).status, 429);
+        let mut elsewhere = good.clone();
+        elsewhere.remote = "127.0.0.2:1".parse().unwrap();
+        assert_eq!(handle(&app, &elsewhere).status, 200);
+        assert_eq!(app.counters.auth_throttled.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn go_result_is_stored_once_and_matched_to_its_target() {
         let app = app();
         for _ in 0..2 {
@@ -666,7 +810,8 @@ mod tests {
                 limit: 5,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].target_id, "76d96640-d357-47b3-ba50-5248a7604bc9");
         assert!(got[0].target_known);
@@ -779,7 +924,8 @@ mod tests {
                 limit: 5,
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(!got[0].target_known);
         assert_eq!(got[0].target_name, "Gone");
     }
@@ -804,6 +950,8 @@ mod tests {
         get.query = "limit=0".into();
         assert_eq!(handle(&app, &get).status, 400);
         get.query = "bogus=1".into();
+        assert_eq!(handle(&app, &get).status, 400);
+        get.query = "cursor=nonsense".into();
         assert_eq!(handle(&app, &get).status, 400);
         get.query = "slave=slave1&limit=3".into();
         let r = handle(&app, &get);

@@ -30,22 +30,55 @@ pub struct Client {
 }
 
 /// `http://host:port` for a `-master` value: a host name, an IP (v6 gets brackets), or a
-/// full `http://…` URL, which is taken as it is.
-pub fn base_url(master: &str, port: u16) -> String {
+/// full `http://…` / `https://…` URL, which is taken as it is (its own port, or the scheme's).
+/// `tls` picks `https` for a bare host.
+pub fn base_url(master: &str, port: u16, tls: bool) -> String {
     if master.starts_with("http://") || master.starts_with("https://") {
         return master.trim_end_matches('/').to_owned();
     }
+    let scheme = if tls { "https" } else { "http" };
     match master.parse::<std::net::Ipv6Addr>() {
-        Ok(v6) => format!("http://[{v6}]:{port}"),
-        Err(_) => format!("http://{master}:{port}"),
+        Ok(v6) => format!("{scheme}://[{v6}]:{port}"),
+        Err(_) => format!("{scheme}://{master}:{port}"),
     }
 }
 
+/// The CA certificates in a PEM file, for `-ca`.
+pub fn load_ca(file: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    use anyhow::Context;
+    let pem = std::fs::read(file).with_context(|| format!("cannot read -ca {}", file.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("-ca {} is not PEM: {e}", file.display()),
+        }
+    }
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "-ca {} holds no certificate",
+        file.display()
+    );
+    Ok(certs)
+}
+
 impl Client {
-    /// A client for the master at `base` (see [`base_url`]); a request that takes longer than
-    /// `timeout` in all is abandoned (a master that hangs must not stop the slave).
-    pub fn new(base: String, creds: Creds, timeout: Duration) -> Client {
+    /// A client for the master at `base` (see [`base_url`]); `ca` replaces the public roots.
+    /// A request that takes longer than `timeout` in all is abandoned (a master that hangs
+    /// must not stop the slave).
+    pub fn new(
+        base: String,
+        creds: Creds,
+        ca: Option<Vec<ureq::tls::Certificate<'static>>>,
+        timeout: Duration,
+    ) -> Client {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(certs) = ca {
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
@@ -208,11 +241,12 @@ mod tests {
 
     #[test]
     fn master_forms() {
-        assert_eq!(base_url("localhost", 8990), "http://localhost:8990");
-        assert_eq!(base_url("::1", 80), "http://[::1]:80");
+        assert_eq!(base_url("localhost", 8990, false), "http://localhost:8990");
+        assert_eq!(base_url("::1", 80, false), "http://[::1]:80");
         assert_eq!(
-            base_url("http://m.example:81/", 8990),
+            base_url("http://m.example:81/", 8990, true),
             "http://m.example:81"
         );
+        assert_eq!(base_url("m.example", 8990, true), "https://m.example:8990");
     }
 }

@@ -54,6 +54,8 @@ pub struct Settings {
     pub master_timeout: Duration,
     /// On SIGINT/SIGTERM: time for running traces to finish, then again to flush the spool.
     pub shutdown_timeout: Duration,
+    /// CA certificates to trust for HTTPS instead of the public roots.
+    pub ca: Option<Vec<ureq::tls::Certificate<'static>>>,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             retry_max: Duration::from_secs(60),
             master_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            ca: None,
         }
     }
 
@@ -86,16 +89,12 @@ impl Settings {
         let Some(name) = a.name.as_deref().filter(|n| !n.is_empty()) else {
             bail!("-name is required: this slave's name as listed in the master's dt-slaves.json");
         };
-        let Some(passwd) = a.passwd.as_deref().filter(|p| !p.is_empty()) else {
-            bail!(
-                "-passwd is required: this slave's secret as listed in the master's dt-slaves.json"
-            );
-        };
+        let passwd = secret(a)?;
         Ok(Settings {
-            master: client::base_url(master, a.master_port),
+            master: client::base_url(master, a.master_port, a.tls),
             creds: Creds {
                 name: name.to_owned(),
-                password: passwd.to_owned(),
+                password: passwd,
             },
             fake: a.z_debug_results,
             interval: a.interval,
@@ -110,6 +109,7 @@ impl Settings {
             retry_max: a.retry_max,
             master_timeout: a.master_timeout,
             shutdown_timeout: a.shutdown_timeout,
+            ca: a.ca.as_deref().map(client::load_ca).transpose()?,
         })
     }
 }
@@ -117,6 +117,28 @@ impl Settings {
 /// The spool next to the log: `./dt-slave.log` → `./dt-slave.spool`.
 pub fn default_spool(log: &std::path::Path) -> PathBuf {
     log.with_extension("spool")
+}
+
+/// The slave's secret: `-passwd`, else the first line of `-passwd-file`, else `DT_PASSWD`.
+fn secret(a: &SlaveArgs) -> anyhow::Result<String> {
+    if let Some(p) = a.passwd.as_deref().filter(|p| !p.is_empty()) {
+        return Ok(p.to_owned());
+    }
+    if let Some(file) = &a.passwd_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read -passwd-file {}", file.display()))?;
+        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if line.is_empty() {
+            bail!("-passwd-file {} is empty", file.display());
+        }
+        return Ok(line.to_owned());
+    }
+    match std::env::var("DT_PASSWD") {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => bail!(
+            "-passwd is required (or -passwd-file FILE, or the DT_PASSWD environment variable): this slave's secret as listed in the master's dt-slaves.json"
+        ),
+    }
 }
 
 /// Exponential backoff with jitter, capped.
@@ -199,6 +221,7 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(
         s.master.clone(),
         s.creds.clone(),
+        s.ca.clone(),
         s.master_timeout,
     ));
     let stats = Arc::new(Stats::default());
@@ -416,11 +439,7 @@ fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
         });
     match outcome {
         Ok(mut trace) => {
-            for hop in &mut trace.hops {
-                if let Some(a) = hop.addr {
-                    hop.host = crate::trace::reverse_name(a, Duration::from_millis(200));
-                }
-            }
+            trace.fill_hosts(Duration::from_millis(300));
             report::from_trace(&trace, creds, &job.id, &job.target)
         }
         Err(e) => {

@@ -54,6 +54,7 @@ pub fn from_trace(
                     .terminal()
                     .or(h.probes.iter().find_map(|p| p.kind))
                     .map(kind_text),
+                reply_ttl: None,
             })
         })
         .collect();
@@ -74,6 +75,7 @@ pub fn from_trace(
         unreachable: trace.unreachable().map(|u| u.annotation()),
         error: None,
         agent: Some(agent()),
+        duration_ns: Some(nanos(trace.duration)),
     }
 }
 
@@ -102,6 +104,7 @@ pub fn from_error(
         unreachable: None,
         error: Some(error.to_owned()),
         agent: Some(agent()),
+        duration_ns: None,
     }
 }
 

@@ -385,6 +385,7 @@ mod tests {
             unreachable: None,
             error: None,
             agent: None,
+            duration_ns: None,
         }
     }
 

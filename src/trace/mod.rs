@@ -1,10 +1,26 @@
 //! The trace engine: probes a path hop by hop and reports what answered.
 //!
-//! The data model below is what the rest of the program sees; how the probes are
-//! sent and matched lives in the engine and socket files of this module.
+//! The data model below is what the rest of the program sees. Behind it:
+//! - [`engine`]: the TTL logic of one trace (what to send, when a hop is done, when to
+//!   stop), over the narrow [`engine::Network`] trait, unit-tested with a scripted fake;
+//! - `tracer`: [`Tracer`], shared raw sockets and receive threads, routing each reply to
+//!   its trace by flow identity (or the unprivileged `IP_RECVERR` fallback);
+//! - `socket`: every system call (the only `nix` user);
+//! - [`wire`]: zero-copy packet views, probe construction and reply parsing (no I/O);
+//! - `dns`: [`resolve`] and [`reverse_name`].
+//!
+//! The reply parser is fuzzed by `fuzz/` (`cd fuzz && cargo +nightly fuzz run reply`).
 
-mod pending;
-pub use pending::{Error, Family, Tracer, resolve, reverse_name};
+mod dns;
+pub mod engine;
+mod error;
+mod socket;
+mod tracer;
+pub mod wire;
+
+pub use dns::{Family, resolve, reverse_name};
+pub use error::Error;
+pub use tracer::{Mode, Tracer};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -201,6 +217,18 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// Fills [`Hop::host`] with reverse names, looked up in parallel, each waiting at
+    /// most `timeout` (see [`reverse_name`]).
+    pub fn fill_hosts(&mut self, timeout: Duration) {
+        std::thread::scope(|s| {
+            for hop in &mut self.hops {
+                if let Some(addr) = hop.addr {
+                    s.spawn(move || hop.host = reverse_name(addr, timeout));
+                }
+            }
+        });
+    }
+
     /// The unreachable code that ended the path, if one did.
     pub fn unreachable(&self) -> Option<Unreachable> {
         self.hops.iter().rev().find_map(|h| match h.terminal() {

@@ -115,13 +115,14 @@ impl Proc {
         p
     }
 
-    fn read_listen_line(&mut self) -> SocketAddr {
+    pub fn read_listen_line(&mut self) -> SocketAddr {
         let out = self.child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("master did not start: {line:?}"));
         addr.parse().unwrap()
     }

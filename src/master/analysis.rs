@@ -1,0 +1,361 @@
+//! Path-change detection per (slave, target, flow): pure logic over a small state, so every
+//! rule is unit-tested without a database. A new path must be seen `confirm` times in a row
+//! before it replaces the current one (one lost reply raises no alert), and differences in
+//! silent hops alone are not a change.
+
+use super::path::{Path, Terminal};
+use serde::Serialize;
+
+/// What the detector remembers of one series between results.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// The confirmed path: its row id and hops.
+    pub current: Option<(i64, Path)>,
+    /// A different path seen lately: row id, hops, times in a row, when first seen (ms).
+    pub candidate: Option<Candidate>,
+    /// Results in a row that did not reach the destination.
+    pub unreached_streak: u32,
+    /// The destination was reached at least once.
+    pub ever_reached: bool,
+    /// An "unreachable" alert is standing.
+    pub unreachable_alerted: bool,
+    /// Results in a row whose destination RTT was over the target's threshold.
+    pub rtt_high_streak: u32,
+    /// An "rtt-high" alert is standing.
+    pub rtt_alerted: bool,
+}
+
+/// A path waiting for confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Path row id.
+    pub path_id: i64,
+    /// Its hops.
+    pub path: Path,
+    /// Times seen in a row.
+    pub count: u32,
+    /// When first seen, Unix ms.
+    pub since: i64,
+}
+
+/// One result as the detector sees it.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Path row id.
+    pub path_id: i64,
+    /// Its hops.
+    pub path: Path,
+    /// Measurement time, Unix ms.
+    pub at: i64,
+    /// Destination RTT, when it answered.
+    pub rtt_ns: Option<i64>,
+    /// The target's RTT alert threshold, if it has one.
+    pub rtt_alert_ns: Option<i64>,
+}
+
+/// Something worth telling an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// The confirmed path changed.
+    PathChange {
+        /// Old path row id.
+        from_path: i64,
+        /// New path row id.
+        to_path: i64,
+        /// First TTL where the two differ.
+        first_diff_ttl: u32,
+        /// When the new path was first seen, Unix ms.
+        since: i64,
+    },
+    /// The destination stopped answering.
+    Unreachable {
+        /// Results in a row without an answer.
+        results: u32,
+    },
+    /// The destination answers again.
+    Reachable,
+    /// The destination RTT rose over the threshold.
+    RttHigh {
+        /// The RTT that confirmed it, ns.
+        rtt_ns: i64,
+        /// The threshold, ns.
+        threshold_ns: i64,
+    },
+    /// The destination RTT is back under the threshold.
+    RttNormal {
+        /// The RTT, ns.
+        rtt_ns: i64,
+    },
+}
+
+impl Event {
+    /// The event kind as stored and filtered on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::PathChange { .. } => "path-change",
+            Event::Unreachable { .. } => "unreachable",
+            Event::Reachable => "reachable",
+            Event::RttHigh { .. } => "rtt-high",
+            Event::RttNormal { .. } => "rtt-normal",
+        }
+    }
+}
+
+/// True when the two paths differ at most where one of them has a silent hop.
+pub fn same_route(a: &Path, b: &Path) -> bool {
+    a.terminal == b.terminal && first_difference(a, b).is_none()
+}
+
+/// The first TTL where both paths have an answering hop and the addresses differ, or where
+/// one path answers beyond the other's end.
+pub fn first_difference(a: &Path, b: &Path) -> Option<u32> {
+    let len = a.hops.len().max(b.hops.len());
+    for i in 0..len {
+        let x = a.hops.get(i).copied().flatten();
+        let y = b.hops.get(i).copied().flatten();
+        let beyond_a = i >= a.hops.len();
+        let beyond_b = i >= b.hops.len();
+        let differs = match (x, y) {
+            (Some(x), Some(y)) => x != y,
+            // One path ended (reached or gave up) and the other still answers here: the route
+            // is longer or shorter.
+            (Some(_), None) => beyond_b && b.terminal == Terminal::Reached,
+            (None, Some(_)) => beyond_a && a.terminal == Terminal::Reached,
+            (None, None) => false,
+        };
+        if differs {
+            return Some(i as u32 + 1);
+        }
+    }
+    (a.terminal != b.terminal).then_some(len as u32 + 1)
+}
+
+/// Feeds one result to a series; returns the events it caused.
+pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event> {
+    let mut events = Vec::new();
+    let confirm = confirm.max(1);
+    match &state.current {
+        None => state.current = Some((obs.path_id, obs.path.clone())),
+        Some((_, current)) if same_route(current, &obs.path) => state.candidate = None,
+        Some((current_id, current)) => {
+            let count = match &state.candidate {
+                Some(c) if same_route(&c.path, &obs.path) => c.count + 1,
+                _ => 1,
+            };
+            let since = match &state.candidate {
+                Some(c) if count > 1 => c.since,
+                _ => obs.at,
+            };
+            let (cand_id, cand_path) = match &state.candidate {
+                Some(c) if count > 1 => (c.path_id, c.path.clone()),
+                _ => (obs.path_id, obs.path.clone()),
+            };
+            if count >= confirm {
+                events.push(Event::PathChange {
+                    from_path: *current_id,
+                    to_path: cand_id,
+                    first_diff_ttl: first_difference(current, &cand_path).unwrap_or(1),
+                    since,
+                });
+                state.current = Some((cand_id, cand_path));
+                state.candidate = None;
+            } else {
+                state.candidate = Some(Candidate {
+                    path_id: cand_id,
+                    path: cand_path,
+                    count,
+                    since,
+                });
+            }
+        }
+    }
+
+    let reached = obs.path.terminal == Terminal::Reached;
+    if reached {
+        state.unreached_streak = 0;
+        state.ever_reached = true;
+        if state.unreachable_alerted {
+            state.unreachable_alerted = false;
+            events.push(Event::Reachable);
+        }
+    } else {
+        state.unreached_streak += 1;
+        if state.ever_reached && !state.unreachable_alerted && state.unreached_streak >= confirm {
+            state.unreachable_alerted = true;
+            events.push(Event::Unreachable {
+                results: state.unreached_streak,
+            });
+        }
+    }
+
+    match (obs.rtt_ns, obs.rtt_alert_ns) {
+        (Some(rtt), Some(threshold)) if rtt > threshold => {
+            state.rtt_high_streak += 1;
+            if !state.rtt_alerted && state.rtt_high_streak >= confirm {
+                state.rtt_alerted = true;
+                events.push(Event::RttHigh {
+                    rtt_ns: rtt,
+                    threshold_ns: threshold,
+                });
+            }
+        }
+        (Some(rtt), _) => {
+            state.rtt_high_streak = 0;
+            if state.rtt_alerted {
+                state.rtt_alerted = false;
+                events.push(Event::RttNormal { rtt_ns: rtt });
+            }
+        }
+        (None, _) => {}
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str, terminal: Terminal) -> Path {
+        Path {
+            hops: text
+                .split_whitespace()
+                .map(|h| {
+                    if h == "*" {
+                        None
+                    } else {
+                        Some(format!("10.0.0.{h}").parse().unwrap())
+                    }
+                })
+                .collect(),
+            terminal,
+        }
+    }
+
+    fn obs(id: i64, p: &Path, at: i64) -> Observation {
+        Observation {
+            path_id: id,
+            path: p.clone(),
+            at,
+            rtt_ns: None,
+            rtt_alert_ns: None,
+        }
+    }
+
+    #[test]
+    fn silent_hops_do_not_make_a_different_route() {
+        let a = path("1 2 3", Terminal::Reached);
+        assert!(same_route(&a, &path("1 * 3", Terminal::Reached)));
+        assert!(same_route(&a, &path("* * 3", Terminal::Reached)));
+        assert!(!same_route(&a, &path("1 4 3", Terminal::Reached)));
+        assert_eq!(
+            first_difference(&a, &path("1 4 3", Terminal::Reached)),
+            Some(2)
+        );
+        assert_eq!(
+            first_difference(&a, &path("1 2 5 3", Terminal::Reached)),
+            Some(3)
+        );
+        assert_eq!(
+            first_difference(&a, &path("1 2 3 9", Terminal::Reached)),
+            Some(4)
+        );
+        assert!(!same_route(&a, &path("1 2 3", Terminal::GaveUp)));
+        // A gave-up trace whose tail is silent matches the same prefix.
+        assert!(same_route(
+            &path("1 2", Terminal::GaveUp),
+            &path("1 2 * *", Terminal::GaveUp)
+        ));
+    }
+
+    #[test]
+    fn a_new_path_counts_only_when_confirmed() {
+        let a = path("1 2 3", Terminal::Reached);
+        let b = path("1 7 3", Terminal::Reached);
+        let mut s = State::default();
+        let mut events = Vec::new();
+        for t in 0..5 {
+            events.extend(observe(&mut s, &obs(1, &a, t), 2));
+        }
+        events.extend(observe(&mut s, &obs(2, &b, 5), 2));
+        assert!(events.is_empty(), "one B is not yet a change");
+        events.extend(observe(&mut s, &obs(1, &a, 6), 2));
+        events.extend(observe(&mut s, &obs(2, &b, 7), 2));
+        assert!(events.is_empty(), "an A in between resets the count");
+        for t in 8..11 {
+            events.extend(observe(&mut s, &obs(2, &b, t), 2));
+        }
+        assert_eq!(
+            events,
+            vec![Event::PathChange {
+                from_path: 1,
+                to_path: 2,
+                first_diff_ttl: 2,
+                since: 7
+            }]
+        );
+        assert_eq!(s.current.as_ref().unwrap().0, 2);
+    }
+
+    #[test]
+    fn silent_hop_variants_raise_nothing() {
+        let a = path("1 2 3 4", Terminal::Reached);
+        let mut s = State::default();
+        let mut events = observe(&mut s, &obs(1, &a, 0), 2);
+        for (i, v) in ["1 * 3 4", "* 2 3 4", "1 2 * *", "1 * * 4"]
+            .iter()
+            .enumerate()
+        {
+            events.extend(observe(
+                &mut s,
+                &obs(10 + i as i64, &path(v, Terminal::Reached), 1),
+                2,
+            ));
+            events.extend(observe(
+                &mut s,
+                &obs(10 + i as i64, &path(v, Terminal::Reached), 2),
+                2,
+            ));
+        }
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn unreachable_and_back() {
+        let up = path("1 2", Terminal::Reached);
+        let down = path("1", Terminal::GaveUp);
+        let mut s = State::default();
+        let mut kinds = Vec::new();
+        for (p, id) in [
+            (&up, 1),
+            (&down, 2),
+            (&down, 2),
+            (&down, 2),
+            (&up, 1),
+            (&up, 1),
+        ] {
+            kinds.extend(observe(&mut s, &obs(id, p, 0), 2).iter().map(Event::kind));
+        }
+        // Reachability recovers at the first answer; the path change back needs confirming.
+        assert_eq!(
+            kinds,
+            vec!["path-change", "unreachable", "reachable", "path-change"]
+        );
+    }
+
+    #[test]
+    fn rtt_over_the_threshold_alerts_once_and_clears() {
+        let a = path("1", Terminal::Reached);
+        let mut s = State::default();
+        let mut kinds = Vec::new();
+        for rtt in [5, 50, 60, 70, 6] {
+            let o = Observation {
+                rtt_ns: Some(rtt),
+                rtt_alert_ns: Some(40),
+                ..obs(1, &a, 0)
+            };
+            kinds.extend(observe(&mut s, &o, 2).iter().map(Event::kind));
+        }
+        assert_eq!(kinds, vec!["rtt-high", "rtt-normal"]);
+    }
+}

@@ -1,0 +1,713 @@
+//! The query API (`GET /api/v1/…`): slaves, targets, results with cursor paging, the current
+//! path of each (slave, target, flow) with per-hop statistics over a time window, path history
+//! and change events. Read-only; runs on the store's read connection.
+
+use super::routes::{App, Request, Response};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Query parameters, checked against what an endpoint accepts.
+pub struct Params(BTreeMap<String, String>);
+
+impl Params {
+    /// Parses `query`; a parameter not in `allowed` or given twice is an error.
+    pub fn parse(query: &str, allowed: &[&str]) -> Result<Params, String> {
+        let mut map = BTreeMap::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(format!(
+                    "unknown parameter '{}' (this endpoint takes: {})",
+                    k.chars().take(32).collect::<String>(),
+                    allowed.join(", ")
+                ));
+            }
+            if map.insert(k.into_owned(), v.into_owned()).is_some() {
+                return Err("a parameter is given twice".into());
+            }
+        }
+        Ok(Params(map))
+    }
+
+    /// A non-empty text parameter.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole number in `lo..=hi`, or `default`.
+    pub fn number(&self, key: &str, lo: i64, hi: i64, default: i64) -> Result<i64, String> {
+        match self.text(key) {
+            None => Ok(default),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "{key} '{}' is not a number in {lo}..{hi}",
+                    v.chars().take(32).collect::<String>()
+                )),
+            },
+        }
+    }
+
+    /// A time: RFC 3339, or Unix seconds; as Unix ms.
+    pub fn time(&self, key: &str) -> Result<Option<i64>, String> {
+        let Some(v) = self.text(key) else {
+            return Ok(None);
+        };
+        if let Ok(secs) = v.parse::<i64>() {
+            return secs
+                .checked_mul(1000)
+                .map(Some)
+                .ok_or_else(|| format!("{key} is out of range"));
+        }
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|_| {
+                format!(
+                    "{key} '{}' is neither RFC 3339 nor Unix seconds",
+                    v.chars().take(40).collect::<String>()
+                )
+            })
+    }
+
+    /// A duration like `1h` or `30m`, at most a year.
+    pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, String> {
+        match self.text(key) {
+            None => Ok(default),
+            Some(v) => match humantime::parse_duration(v) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(366 * 86_400) => Ok(d),
+                _ => Err(format!(
+                    "{key} '{}' is not a duration like 1h or 30m (at most a year)",
+                    v.chars().take(32).collect::<String>()
+                )),
+            },
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn iso_opt(ms: Option<i64>) -> Option<String> {
+    ms.map(iso)
+}
+
+/// Runs `f` against the read connection; any error becomes a 400 (bad parameter) or 500.
+fn answer<T: Serialize>(app: &App, f: impl FnOnce(&Connection) -> Result<T, ApiError>) -> Response {
+    let conn = app.store.read();
+    match f(&conn) {
+        Ok(v) => Response::json(200, &v),
+        Err(ApiError::Bad(m)) => Response::error(400, m),
+        Err(ApiError::NotFound(m)) => Response::error(404, m),
+        Err(ApiError::Db(e)) => {
+            log::error!("query failed: {e}");
+            Response::error(500, "query failed")
+        }
+    }
+}
+
+/// Why a query failed.
+pub enum ApiError {
+    /// A bad parameter: 400.
+    Bad(String),
+    /// Nothing matched a required selection: 404.
+    NotFound(String),
+    /// The database failed: 500.
+    Db(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::Db(e)
+    }
+}
+
+impl From<String> for ApiError {
+    fn from(m: String) -> Self {
+        ApiError::Bad(m)
+    }
+}
+
+/// Routes `GET /api/v1/...` paths this module serves; `None` for others.
+pub fn handle(app: &App, req: &Request) -> Option<Response> {
+    if req.method != "GET" {
+        return None;
+    }
+    let r = match req.path.as_str() {
+        "/api/v1/slaves" => slaves(app, req),
+        "/api/v1/targets" => targets(app, req),
+        "/api/v1/paths/current" => current_paths(app, req),
+        "/api/v1/paths/history" => path_history(app, req),
+        "/api/v1/events" => events(app, req),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Default age after which a slave counts as offline.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(180);
+
+#[derive(Serialize)]
+struct SlaveView {
+    name: String,
+    configured: bool,
+    online: bool,
+    first_seen: Option<String>,
+    last_seen: Option<String>,
+    last_seen_age_s: Option<f64>,
+    last_config: Option<String>,
+    remote_addr: Option<String>,
+    version: Option<String>,
+    results_stored: i64,
+    spool_depth: Option<i64>,
+    dropped_total: i64,
+}
+
+/// Every slave in the config or the store.
+pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveViewPub>> {
+    let config = app.config.get();
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
+                spool_depth, dropped_total FROM slaves ORDER BY name",
+    )?;
+    let mut out: BTreeMap<String, SlaveViewPub> = BTreeMap::new();
+    for row in stmt.query_map([], |r| {
+        Ok(SlaveViewPub {
+            name: r.get(0)?,
+            first_seen: Some(r.get(1)?),
+            last_seen: Some(r.get(2)?),
+            last_config: r.get(3)?,
+            remote_addr: r.get(4)?,
+            version: r.get(5)?,
+            results_stored: r.get(6)?,
+            spool_depth: r.get(7)?,
+            dropped_total: r.get(8)?,
+            configured: false,
+        })
+    })? {
+        let v = row?;
+        out.insert(v.name.clone(), v);
+    }
+    for s in &config.slaves.slaves {
+        out.entry(s.name.0.clone())
+            .or_insert_with(|| SlaveViewPub {
+                name: s.name.0.clone(),
+                first_seen: None,
+                last_seen: None,
+                last_config: None,
+                remote_addr: None,
+                version: None,
+                results_stored: 0,
+                spool_depth: None,
+                dropped_total: 0,
+                configured: true,
+            })
+            .configured = true;
+    }
+    Ok(out.into_values().collect())
+}
+
+/// What the store knows of a slave.
+pub struct SlaveViewPub {
+    /// Name.
+    pub name: String,
+    /// First seen, Unix ms.
+    pub first_seen: Option<i64>,
+    /// Last request, Unix ms.
+    pub last_seen: Option<i64>,
+    /// Last config fetch, Unix ms.
+    pub last_config: Option<i64>,
+    /// Remote address of its last config fetch.
+    pub remote_addr: Option<String>,
+    /// Program and version it reported.
+    pub version: Option<String>,
+    /// Results stored.
+    pub results_stored: i64,
+    /// Spool depth it reported.
+    pub spool_depth: Option<i64>,
+    /// Results it dropped in all.
+    pub dropped_total: i64,
+    /// Listed in dt-slaves.json now.
+    pub configured: bool,
+}
+
+fn slaves(app: &App, req: &Request) -> Response {
+    answer(app, |conn| {
+        let p = Params::parse(&req.query, &["offline_after"])?;
+        let offline_after = p.duration("offline_after", OFFLINE_AFTER)?;
+        let now = now_ms();
+        let views = slave_views(app, conn)?;
+        let list: Vec<SlaveView> = views
+            .into_iter()
+            .map(|v| {
+                let last = v.last_seen.max(v.last_config);
+                let age = last.map(|l| (now - l) as f64 / 1000.0);
+                SlaveView {
+                    online: age.is_some_and(|a| a <= offline_after.as_secs_f64()),
+                    name: v.name,
+                    configured: v.configured,
+                    first_seen: iso_opt(v.first_seen),
+                    last_seen: iso_opt(last),
+                    last_seen_age_s: age,
+                    last_config: iso_opt(v.last_config),
+                    remote_addr: v.remote_addr,
+                    version: v.version,
+                    results_stored: v.results_stored,
+                    spool_depth: v.spool_depth,
+                    dropped_total: v.dropped_total,
+                }
+            })
+            .collect();
+        Ok(serde_json::json!({ "slaves": list }))
+    })
+}
+
+fn targets(app: &App, req: &Request) -> Response {
+    answer(app, |conn| {
+        Params::parse(&req.query, &[])?;
+        let config = app.config.get();
+        let mut list: Vec<serde_json::Value> = config
+            .targets
+            .targets
+            .iter()
+            .map(|(id, t)| {
+                serde_json::json!({
+                    "id": id.0, "name": t.name.0, "address": t.address.0, "configured": true,
+                    "protocol": t.protocol.as_deref().unwrap_or("udp"), "port": t.port,
+                    "interval": t.interval, "rtt_alert_ms": t.rtt_alert_ms,
+                })
+            })
+            .collect();
+        let mut stmt =
+            conn.prepare_cached("SELECT uuid, name, address FROM targets ORDER BY name")?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (uuid, name, address) = row?;
+            if !config.has_target(&uuid) {
+                list.push(serde_json::json!({
+                    "id": uuid, "name": name, "address": address, "configured": false,
+                }));
+            }
+        }
+        Ok(serde_json::json!({ "targets": list }))
+    })
+}
+
+/// The series matching optional slave, target (UUID or name) and flow filters.
+fn series_ids(conn: &Connection, p: &Params) -> Result<Vec<SeriesRow>, ApiError> {
+    let flow = match p.text("flow") {
+        Some(_) => Some(p.number("flow", 0, 65_535, 0)?),
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, se.current_path, se.current_since,
+                se.last_measured, se.changes_total
+         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
+           AND (?3 IS NULL OR se.flow = ?3)
+         ORDER BY s.name, t.name, se.flow",
+    )?;
+    let rows = stmt.query_map(params![p.text("slave"), p.text("target"), flow], |r| {
+        Ok(SeriesRow {
+            id: r.get(0)?,
+            slave: r.get(1)?,
+            target_id: r.get(2)?,
+            target_name: r.get(3)?,
+            target_address: r.get(4)?,
+            flow: r.get(5)?,
+            current_path: r.get(6)?,
+            current_since: r.get(7)?,
+            last_measured: r.get(8)?,
+            changes_total: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One (slave, target, flow).
+pub struct SeriesRow {
+    /// Row id.
+    pub id: i64,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID.
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// Flow.
+    pub flow: i64,
+    /// Current path row.
+    pub current_path: Option<i64>,
+    /// Since when, Unix ms.
+    pub current_since: Option<i64>,
+    /// Newest result, Unix ms.
+    pub last_measured: Option<i64>,
+    /// Path changes so far.
+    pub changes_total: i64,
+}
+
+fn path_text(conn: &Connection, id: Option<i64>) -> rusqlite::Result<Option<(String, String)>> {
+    let Some(id) = id else { return Ok(None) };
+    conn.query_row(
+        "SELECT hash, canonical FROM paths WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Statistics of one TTL over a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HopStats {
+    /// TTL.
+    pub ttl: i64,
+    /// The current path's address here (`null` = silent in the current path).
+    pub address: Option<String>,
+    /// Probes sent at this TTL in the window.
+    pub sent: i64,
+    /// Probes answered.
+    pub answered: i64,
+    /// `1 - answered / sent`.
+    pub loss: f64,
+    /// RTT statistics over the answered probes, ms.
+    pub rtt_ms: Option<RttStats>,
+    /// Every address that answered at this TTL, with its share of the answering results.
+    pub addresses: Vec<AddressShare>,
+}
+
+/// min/avg/max/stddev in ms.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RttStats {
+    /// Smallest.
+    pub min: f64,
+    /// Mean.
+    pub avg: f64,
+    /// Largest.
+    pub max: f64,
+    /// Population standard deviation.
+    pub stddev: f64,
+}
+
+/// An address seen at a TTL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AddressShare {
+    /// The address.
+    pub address: String,
+    /// Results in which it answered.
+    pub results: i64,
+    /// Its share of the results that had an answer at this TTL.
+    pub share: f64,
+}
+
+/// RTT statistics of a sample, ms.
+pub fn rtt_stats(ns: &[i64]) -> Option<RttStats> {
+    if ns.is_empty() {
+        return None;
+    }
+    let ms: Vec<f64> = ns.iter().map(|v| *v as f64 / 1e6).collect();
+    let n = ms.len() as f64;
+    let avg = ms.iter().sum::<f64>() / n;
+    let var = ms.iter().map(|v| (v - avg).powi(2)).sum::<f64>() / n;
+    Some(RttStats {
+        min: ms.iter().copied().fold(f64::INFINITY, f64::min),
+        avg,
+        max: ms.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        stddev: var.sqrt(),
+    })
+}
+
+/// Per-hop statistics of one series' results measured at or after `since` (Unix ms), hops
+/// 1 up to the longer of the current path and the deepest answer.
+pub fn hop_stats(
+    conn: &Connection,
+    series: i64,
+    since: i64,
+    current: &[Option<String>],
+) -> rusqlite::Result<(i64, Vec<HopStats>)> {
+    // Probes per result: the length of its Replies, else one.
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.id, h.ttl, h.address, h.rtt_ns, h.replies
+         FROM results r LEFT JOIN hops h ON h.result = r.id
+         WHERE r.series_id = ?1 AND r.measured_at >= ?2",
+    )?;
+    struct Row {
+        result: i64,
+        ttl: Option<i64>,
+        address: Option<String>,
+        rtt: Option<i64>,
+        replies: Option<Vec<Option<i64>>>,
+    }
+    let rows: Vec<Row> = stmt
+        .query_map(params![series, since], |r| {
+            let replies: Option<String> = r.get(4)?;
+            Ok(Row {
+                result: r.get(0)?,
+                ttl: r.get(1)?,
+                address: r.get(2)?,
+                rtt: r.get(3)?,
+                replies: replies.and_then(|s| serde_json::from_str(&s).ok()),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut probes_of: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in &rows {
+        let n = r.replies.as_ref().map_or(1, |v| v.len().max(1) as i64);
+        let e = probes_of.entry(r.result).or_insert(1);
+        *e = (*e).max(n);
+    }
+    let results = probes_of.len() as i64;
+    let total_probes: i64 = probes_of.values().sum();
+    let deepest = rows.iter().filter_map(|r| r.ttl).max().unwrap_or(0);
+    let len = deepest.max(current.len() as i64);
+    let mut out = Vec::with_capacity(len as usize);
+    for ttl in 1..=len {
+        let at: Vec<&Row> = rows.iter().filter(|r| r.ttl == Some(ttl)).collect();
+        let mut answered = 0;
+        let mut rtts = Vec::new();
+        let mut by_addr: BTreeMap<String, i64> = BTreeMap::new();
+        for r in &at {
+            match &r.replies {
+                Some(v) if !v.is_empty() => {
+                    answered += v.iter().flatten().count() as i64;
+                    rtts.extend(v.iter().flatten().copied());
+                }
+                _ => {
+                    answered += 1;
+                    rtts.extend(r.rtt);
+                }
+            }
+            if let Some(a) = &r.address {
+                *by_addr.entry(a.clone()).or_default() += 1;
+            }
+        }
+        let with_answer = at.len() as i64;
+        let mut addresses: Vec<AddressShare> = by_addr
+            .into_iter()
+            .map(|(address, n)| AddressShare {
+                address,
+                results: n,
+                share: n as f64 / with_answer.max(1) as f64,
+            })
+            .collect();
+        addresses.sort_by(|a, b| b.results.cmp(&a.results).then(a.address.cmp(&b.address)));
+        out.push(HopStats {
+            ttl,
+            address: current.get(ttl as usize - 1).cloned().flatten(),
+            sent: total_probes,
+            answered: answered.min(total_probes),
+            loss: if total_probes == 0 {
+                0.0
+            } else {
+                1.0 - answered.min(total_probes) as f64 / total_probes as f64
+            },
+            rtt_ms: rtt_stats(&rtts),
+            addresses,
+        });
+    }
+    Ok((results, out))
+}
+
+fn current_paths(app: &App, req: &Request) -> Response {
+    answer(app, |conn| {
+        let p = Params::parse(&req.query, &["slave", "target", "flow", "window"])?;
+        let window = p.duration("window", Duration::from_secs(3600))?;
+        let since = now_ms() - window.as_millis() as i64;
+        let mut list = Vec::new();
+        for s in series_ids(conn, &p)? {
+            let Some((hash, text)) = path_text(conn, s.current_path)? else {
+                continue;
+            };
+            let parsed = super::path::Path::parse_canonical(&text);
+            let current: Vec<Option<String>> = parsed
+                .as_ref()
+                .map(|p| p.hops.iter().map(|h| h.map(|a| a.to_string())).collect())
+                .unwrap_or_default();
+            let (results, hops) = hop_stats(conn, s.id, since, &current)?;
+            list.push(serde_json::json!({
+                "slave": s.slave, "target_id": s.target_id, "target_name": s.target_name,
+                "target_address": s.target_address, "flow": s.flow,
+                "path_id": hash, "path": text,
+                "terminal": parsed.map(|p| p.terminal.as_text()),
+                "since": iso_opt(s.current_since), "last_measured": iso_opt(s.last_measured),
+                "changes_total": s.changes_total,
+                "window_s": window.as_secs(), "results_in_window": results, "hops": hops,
+            }));
+        }
+        Ok(serde_json::json!({ "paths": list }))
+    })
+}
+
+fn path_history(app: &App, req: &Request) -> Response {
+    answer(app, |conn| {
+        let p = Params::parse(&req.query, &["slave", "target", "flow", "from", "to"])?;
+        let from = p.time("from")?.unwrap_or(i64::MIN);
+        let to = p.time("to")?.unwrap_or(i64::MAX);
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.hash, p.canonical, MIN(r.measured_at), MAX(r.measured_at), COUNT(*)
+             FROM results r JOIN paths p ON p.id = r.path_id
+             WHERE r.series_id = ?1 AND r.measured_at BETWEEN ?2 AND ?3
+             GROUP BY r.path_id ORDER BY MIN(r.measured_at)",
+        )?;
+        let mut list = Vec::new();
+        for s in series_ids(conn, &p)? {
+            let paths = stmt
+                .query_map(params![s.id, from, to], |r| {
+                    Ok(serde_json::json!({
+                        "path_id": r.get::<_, String>(0)?, "path": r.get::<_, String>(1)?,
+                        "first_seen": iso(r.get(2)?), "last_seen": iso(r.get(3)?),
+                        "count": r.get::<_, i64>(4)?,
+                    }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let current = path_text(conn, s.current_path)?.map(|(h, _)| h);
+            list.push(serde_json::json!({
+                "slave": s.slave, "target_id": s.target_id, "target_name": s.target_name,
+                "flow": s.flow, "current_path_id": current, "changes_total": s.changes_total,
+                "paths": paths,
+            }));
+        }
+        Ok(serde_json::json!({ "series": list }))
+    })
+}
+
+/// Event kinds the API filters on.
+pub const EVENT_KINDS: &[&str] = &[
+    "path-change",
+    "unreachable",
+    "reachable",
+    "rtt-high",
+    "rtt-normal",
+];
+
+fn events(app: &App, req: &Request) -> Response {
+    answer(app, |conn| {
+        let p = Params::parse(
+            &req.query,
+            &[
+                "slave", "target", "flow", "kind", "from", "to", "limit", "cursor",
+            ],
+        )?;
+        if let Some(kind) = p.text("kind")
+            && !EVENT_KINDS.contains(&kind)
+        {
+            return Err(format!(
+                "kind '{}' is not one of {}",
+                kind.chars().take(32).collect::<String>(),
+                EVENT_KINDS.join(", ")
+            )
+            .into());
+        }
+        let flow = match p.text("flow") {
+            Some(_) => Some(p.number("flow", 0, 65_535, 0)?),
+            None => None,
+        };
+        let limit = p.number("limit", 1, 1000, 100)?;
+        let cursor = match p.text("cursor") {
+            Some(c) => c
+                .parse::<i64>()
+                .map_err(|_| "cursor is not one this API gave".to_owned())?,
+            None => i64::MAX,
+        };
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.id, e.at, e.kind, s.name, t.uuid, t.name, se.flow, fp.hash, fp.canonical,
+                    tp.hash, tp.canonical, e.first_diff_ttl, e.detail
+             FROM events e JOIN series se ON se.id = e.series_id
+             JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+             LEFT JOIN paths fp ON fp.id = e.from_path LEFT JOIN paths tp ON tp.id = e.to_path
+             WHERE e.id < ?1 AND (?2 IS NULL OR s.name = ?2) AND (?3 IS NULL OR t.uuid = ?3 OR t.name = ?3)
+               AND (?4 IS NULL OR se.flow = ?4) AND (?5 IS NULL OR e.kind = ?5)
+               AND e.at >= ?6 AND e.at <= ?7
+             ORDER BY e.id DESC LIMIT ?8",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                cursor,
+                p.text("slave"),
+                p.text("target"),
+                flow,
+                p.text("kind"),
+                p.time("from")?.unwrap_or(i64::MIN),
+                p.time("to")?.unwrap_or(i64::MAX),
+                limit
+            ],
+            |r| {
+                let detail: String = r.get(12)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    serde_json::json!({
+                        "id": r.get::<_, i64>(0)?, "at": iso(r.get(1)?), "kind": r.get::<_, String>(2)?,
+                        "slave": r.get::<_, String>(3)?, "target_id": r.get::<_, String>(4)?,
+                        "target_name": r.get::<_, String>(5)?, "flow": r.get::<_, i64>(6)?,
+                        "from_path_id": r.get::<_, Option<String>>(7)?, "from_path": r.get::<_, Option<String>>(8)?,
+                        "to_path_id": r.get::<_, Option<String>>(9)?, "to_path": r.get::<_, Option<String>>(10)?,
+                        "first_diff_ttl": r.get::<_, Option<i64>>(11)?,
+                        "detail": serde_json::from_str::<serde_json::Value>(&detail).unwrap_or_default(),
+                    }),
+                ))
+            },
+        )?;
+        let rows: Vec<(i64, serde_json::Value)> = rows.collect::<Result<_, _>>()?;
+        let next = (rows.len() as i64 == limit)
+            .then(|| rows.last().map(|r| r.0.to_string()))
+            .flatten();
+        Ok(serde_json::json!({
+            "events": rows.into_iter().map(|r| r.1).collect::<Vec<_>>(),
+            "next_cursor": next,
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_statistics() {
+        let s = rtt_stats(&[1_000_000, 3_000_000]).unwrap();
+        assert_eq!((s.min, s.avg, s.max, s.stddev), (1.0, 2.0, 3.0, 1.0));
+        assert_eq!(rtt_stats(&[]), None);
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        assert!(Params::parse("slave=a&bogus=1", &["slave"]).is_err());
+        assert!(Params::parse("slave=a&slave=b", &["slave"]).is_err());
+        let p = Params::parse(
+            "limit=5&from=2019-02-07T21:06:10Z&to=1549573570&window=2h",
+            &["limit", "from", "to", "window"],
+        )
+        .unwrap();
+        assert_eq!(p.number("limit", 1, 10, 3), Ok(5));
+        assert_eq!(p.time("from"), Ok(Some(1_549_573_570_000)));
+        assert_eq!(p.time("to"), Ok(Some(1_549_573_570_000)));
+        assert_eq!(
+            p.duration("window", Duration::ZERO),
+            Ok(Duration::from_secs(7200))
+        );
+        let bad = Params::parse(
+            "limit=0&from=yesterday&window=forever",
+            &["limit", "from", "window"],
+        )
+        .unwrap();
+        assert!(bad.number("limit", 1, 10, 3).is_err());
+        assert!(bad.time("from").is_err());
+        assert!(bad.duration("window", Duration::ZERO).is_err());
+    }
+}

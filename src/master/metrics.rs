@@ -1,0 +1,296 @@
+//! `GET /metrics`: Prometheus/OpenMetrics text, built per scrape from the store and the
+//! request counters.
+//!
+//! Label cardinality is bounded by the config: per (slave, target, flow) series one sample of
+//! each series metric (and one `dt_path_info` with the current path ID), per slave one of each
+//! slave metric, per route class (`config`, `results`, `batch`, `api`, `metrics`, `other`) one
+//! histogram. Nothing is labelled with a remote address, a result ID or a hop address.
+
+use super::routes::{App, Counters};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Route classes for the request-duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// `config`, `results`, `batch`, `api`, `metrics` or `other`.
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeriesLabel {
+    slave: String,
+    target: String,
+    target_id: String,
+    flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    slave: String,
+    target: String,
+    target_id: String,
+    flow: String,
+    path_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlaveLabel {
+    slave: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+fn new_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Metrics that live across scrapes.
+#[derive(Clone)]
+pub struct Metrics {
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            durations: Family::new_with_constructor(new_histogram),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records how long a request to `route` took.
+    pub fn observe(&self, route: &'static str, took: Duration) {
+        self.durations
+            .get_or_create(&RouteLabel { route })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The route class of a path, for the histogram.
+pub fn route_class(path: &str) -> &'static str {
+    if path.starts_with("/config") {
+        "config"
+    } else if path.starts_with("/results") || path == "/api/v1/results" {
+        "results"
+    } else if path == "/api/v1/results:batch" {
+        "batch"
+    } else if path.starts_with("/api/") {
+        "api"
+    } else if path == "/metrics" {
+        "metrics"
+    } else {
+        "other"
+    }
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, value: &AtomicU64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value.load(Ordering::Relaxed));
+    reg.register(name, help, c);
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// The exposition text.
+pub fn render(app: &App) -> anyhow::Result<String> {
+    let mut reg = Registry::default();
+    let c: &Counters = &app.counters;
+    counter(
+        &mut reg,
+        "dt_results_received",
+        "Results received on any endpoint",
+        &c.results_received,
+    );
+    counter(
+        &mut reg,
+        "dt_results_stored",
+        "Results stored (new IDs)",
+        &c.results_stored,
+    );
+    counter(
+        &mut reg,
+        "dt_results_duplicate",
+        "Results whose ID was stored before",
+        &c.results_duplicate,
+    );
+    let rejected = Family::<ReasonLabel, Counter>::default();
+    for (reason, v) in [
+        ("decode", &c.rejected_decode),
+        ("invalid", &c.rejected_invalid),
+        ("storage", &c.store_errors),
+    ] {
+        rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(v.load(Ordering::Relaxed));
+    }
+    reg.register(
+        "dt_results_rejected",
+        "Results not stored, by reason",
+        rejected,
+    );
+    counter(
+        &mut reg,
+        "dt_auth_failures",
+        "Requests with a wrong slave name or password",
+        &c.auth_failures,
+    );
+    counter(
+        &mut reg,
+        "dt_auth_throttled",
+        "Login attempts answered 429 while blocked",
+        &c.auth_throttled,
+    );
+    counter(
+        &mut reg,
+        "dt_configs_served",
+        "Targets documents served to slaves",
+        &c.configs_served,
+    );
+    reg.register(
+        "dt_http_request_duration_seconds",
+        "Time to handle a request (body read to response), by route class",
+        app.metrics.durations.clone(),
+    );
+
+    let conn = app.store.read();
+    let storage = FGauge::default();
+    let bytes: i64 = conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        [],
+        |r| r.get(0),
+    )?;
+    storage.set(bytes as f64);
+    reg.register(
+        "dt_storage_bytes",
+        "Size of the database file (without the WAL)",
+        storage,
+    );
+
+    let reachable = Family::<SeriesLabel, FGauge>::default();
+    let hops = Family::<SeriesLabel, FGauge>::default();
+    let rtt = Family::<SeriesLabel, FGauge>::default();
+    let changes = Family::<SeriesLabel, Counter>::default();
+    let info = Family::<PathLabel, FGauge>::default();
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.name, t.name, t.uuid, se.flow, p.hash, p.hop_count, r.success, se.changes_total,
+                (SELECT h.rtt_ns FROM hops h WHERE h.result = r.id
+                 ORDER BY (h.kind = 'reached') DESC, h.ttl DESC LIMIT 1)
+         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         LEFT JOIN paths p ON p.id = se.current_path LEFT JOIN results r ON r.id = se.last_result",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Option<bool>>(6)?,
+            r.get::<_, i64>(7)?,
+            r.get::<_, Option<i64>>(8)?,
+        ))
+    })?;
+    for row in rows {
+        let (slave, target, target_id, flow, path, hop_count, success, changes_total, rtt_ns) =
+            row?;
+        let l = SeriesLabel {
+            slave: slave.clone(),
+            target: target.clone(),
+            target_id: target_id.clone(),
+            flow: flow.to_string(),
+        };
+        let reached = success.unwrap_or(false);
+        reachable
+            .get_or_create(&l)
+            .set(if reached { 1.0 } else { 0.0 });
+        hops.get_or_create(&l).set(hop_count.unwrap_or(0) as f64);
+        if reached && let Some(ns) = rtt_ns {
+            rtt.get_or_create(&l).set(ns as f64 / 1e9);
+        }
+        changes
+            .get_or_create(&l)
+            .inc_by(changes_total.max(0) as u64);
+        if let Some(path_id) = path {
+            info.get_or_create(&PathLabel {
+                slave,
+                target,
+                target_id,
+                flow: l.flow.clone(),
+                path_id,
+            })
+            .set(1.0);
+        }
+    }
+    reg.register(
+        "dt_target_reachable",
+        "1 when the newest result reached the destination",
+        reachable,
+    );
+    reg.register(
+        "dt_path_hops",
+        "Hops of the current path (to the last that answered)",
+        hops,
+    );
+    reg.register(
+        "dt_destination_rtt_seconds",
+        "Destination RTT of the newest result that reached it",
+        rtt,
+    );
+    reg.register("dt_path_changes", "Confirmed path changes", changes);
+    reg.register(
+        "dt_path_info",
+        "The current path ID of each series (always 1)",
+        info,
+    );
+
+    let age = Family::<SlaveLabel, FGauge>::default();
+    let spool = Family::<SlaveLabel, FGauge>::default();
+    let dropped = Family::<SlaveLabel, Counter>::default();
+    let now = chrono::Utc::now().timestamp_millis();
+    for v in super::api::slave_views(app, &conn)? {
+        let l = SlaveLabel {
+            slave: v.name.clone(),
+        };
+        if let Some(last) = v.last_seen.max(v.last_config) {
+            age.get_or_create(&l).set((now - last) as f64 / 1000.0);
+        }
+        if let Some(d) = v.spool_depth {
+            spool.get_or_create(&l).set(d as f64);
+        }
+        dropped
+            .get_or_create(&l)
+            .inc_by(v.dropped_total.max(0) as u64);
+    }
+    reg.register(
+        "dt_slave_last_seen_age_seconds",
+        "Seconds since the slave's last request",
+        age,
+    );
+    reg.register(
+        "dt_slave_spool_depth",
+        "Results waiting in the slave's spool, as it reported",
+        spool,
+    );
+    reg.register(
+        "dt_slave_dropped_results",
+        "Results the slave dropped (spool full), as it reported",
+        dropped,
+    );
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
+}

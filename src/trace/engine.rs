@@ -1,0 +1,634 @@
+//! The TTL logic of one trace: which probes go out, when a hop is finished, when the
+//! trace stops. It talks to the network only through [`Network`], so it is tested below
+//! with a scripted fake and no root.
+
+use super::{Error, Hop, Probe, ReplyKind, TraceOptions};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// A probe's sequence number: what a reply is matched on. Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seq(pub u16);
+
+/// A time-to-live / hop limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ttl(pub u8);
+
+/// A reply, already matched to this trace by its flow identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// The probe it answers.
+    pub seq: Seq,
+    /// Who answered.
+    pub from: IpAddr,
+    /// What it said.
+    pub kind: ReplyKind,
+    /// Reply size in bytes.
+    pub size: u16,
+    /// When it arrived (monotonic clock).
+    pub received: Instant,
+}
+
+/// What the engine needs from the network: send one probe, wait for one reply.
+pub trait Network {
+    /// The current time on the clock the other two methods use.
+    fn now(&self) -> Instant;
+    /// Sends one probe and returns the time read just before it left (a reply can
+    /// arrive before the send call returns).
+    fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error>;
+    /// Waits until `deadline` at most for a reply to one of this trace's probes.
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error>;
+}
+
+/// A silent hop is given up once probes beyond it have answered and this many times the
+/// slowest of their RTTs has passed (traceroute's `-w MAX,HERE,NEAR` "near" factor).
+const NEAR_FACTOR: u32 = 10;
+/// ... but never sooner than this, for routers that answer slowly from their slow path.
+const NEAR_FLOOR: Duration = Duration::from_millis(25);
+/// TTLs in flight beyond the highest router that answered. Sending all `max_hops` at
+/// once would also hit the destination (or the router that says "unreachable") with
+/// every TTL beyond it: 25 ICMP errors for a 5-hop path, enough to exhaust a Linux
+/// router's default ICMP budget (burst 50) in two traces, and then nobody's traces get
+/// answers. Probes within the window are still all in flight together.
+const WINDOW: u8 = 8;
+
+/// What a finished run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Hops from TTL 1 to the destination or to the end of the trailing gap.
+    pub hops: Vec<Hop>,
+    /// True when the destination itself answered.
+    pub reached: bool,
+}
+
+struct Sent {
+    ttl: u8,
+    sent: Instant,
+    reply: Option<Response>,
+}
+
+/// One trace's state between sending and deciding.
+struct Run<'o> {
+    opts: &'o TraceOptions,
+    sent: Vec<Sent>,
+    by_seq: HashMap<u16, usize>,
+    next_seq: u16,
+    /// Highest TTL probed so far.
+    sent_up_to: u8,
+}
+
+/// Checks the options the engine depends on; each rule names the field.
+pub fn validate(opts: &TraceOptions) -> Result<(), Error> {
+    if opts.max_hops == 0 {
+        return Err(Error::InvalidOptions(
+            "max_hops must be at least 1, got 0".into(),
+        ));
+    }
+    if opts.queries == 0 {
+        return Err(Error::InvalidOptions(
+            "queries must be at least 1, got 0".into(),
+        ));
+    }
+    if opts.timeout.is_zero() {
+        return Err(Error::InvalidOptions(
+            "timeout must be positive, got 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one trace over `net`; sequence numbers start at `first_seq`.
+pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Result<Outcome, Error> {
+    validate(opts)?;
+    let mut run = Run {
+        opts,
+        sent: Vec::new(),
+        by_seq: HashMap::new(),
+        next_seq: first_seq,
+        sent_up_to: 0,
+    };
+    // A window of TTLs goes out at once and slides as routers answer (see WINDOW), so
+    // the trace takes about one timeout, not one per hop.
+    let mut todo: Vec<u8> = (1..=run.window_end()).collect();
+    run.sent_up_to = run.window_end();
+    for round in 0..=opts.retries {
+        for &ttl in &todo {
+            for _ in 0..opts.queries {
+                run.send(net, ttl)?;
+            }
+        }
+        run.wait_round(net)?;
+        todo = run.unanswered();
+        if todo.is_empty() || round == opts.retries {
+            break;
+        }
+    }
+    Ok(run.outcome())
+}
+
+impl Run<'_> {
+    fn send<N: Network>(&mut self, net: &mut N, ttl: u8) -> Result<(), Error> {
+        if self.sent.len() >= usize::from(u16::MAX) - 1 {
+            // Sequence numbers would repeat and replies could not be told apart.
+            return Ok(());
+        }
+        let seq = self.next_seq.max(1);
+        self.next_seq = seq.wrapping_add(1);
+        let sent = net.send(Ttl(ttl), Seq(seq))?;
+        self.by_seq.insert(seq, self.sent.len());
+        self.sent.push(Sent {
+            ttl,
+            sent,
+            reply: None,
+        });
+        Ok(())
+    }
+
+    /// Receives until every hop that matters is answered or given up.
+    fn wait_round<N: Network>(&mut self, net: &mut N) -> Result<(), Error> {
+        loop {
+            let now = net.now();
+            let Some(wake) = self.pending_until(now) else {
+                return Ok(());
+            };
+            if let Some(r) = net.recv(wake)? {
+                self.record(r);
+                self.slide(net)?;
+            }
+        }
+    }
+
+    /// The highest TTL worth having in flight now.
+    fn window_end(&self) -> u8 {
+        let window = WINDOW.max(self.opts.gap_limit);
+        let routers = self
+            .sent
+            .iter()
+            .filter(|s| s.reply.is_some_and(|r| r.kind == ReplyKind::TimeExceeded))
+            .map(|s| s.ttl)
+            .max()
+            .unwrap_or(0);
+        let end = routers.saturating_add(window).min(self.opts.max_hops);
+        match self.terminal_ttl() {
+            Some(d) => end.min(d),
+            None => end,
+        }
+    }
+
+    /// Sends the TTLs the window has moved over since the last reply.
+    fn slide<N: Network>(&mut self, net: &mut N) -> Result<(), Error> {
+        let end = self.window_end();
+        while self.sent_up_to < end {
+            self.sent_up_to += 1;
+            for _ in 0..self.opts.queries {
+                self.send(net, self.sent_up_to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, r: Response) {
+        let Some(&i) = self.by_seq.get(&r.seq.0) else {
+            return;
+        };
+        let s = &mut self.sent[i];
+        // A duplicate changes nothing: the first answer is the one that was timed.
+        if s.reply.is_some() {
+            return;
+        }
+        if r.received.saturating_duration_since(s.sent) > self.opts.timeout {
+            return;
+        }
+        s.reply = Some(r);
+    }
+
+    fn answered(&self, ttl: u8) -> bool {
+        self.sent.iter().any(|s| s.ttl == ttl && s.reply.is_some())
+    }
+
+    /// The lowest TTL whose reply ends the path (destination or unreachable).
+    fn terminal_ttl(&self) -> Option<u8> {
+        self.sent
+            .iter()
+            .filter(|s| s.reply.is_some_and(|r| r.kind != ReplyKind::TimeExceeded))
+            .map(|s| s.ttl)
+            .min()
+    }
+
+    /// The highest TTL that has to be settled before the trace can end.
+    fn horizon(&self) -> u8 {
+        if let Some(d) = self.terminal_ttl() {
+            return d;
+        }
+        let last = self
+            .sent
+            .iter()
+            .filter(|s| s.reply.is_some())
+            .map(|s| s.ttl)
+            .max();
+        let last = last.unwrap_or(0);
+        last.saturating_add(self.opts.gap_limit)
+            .min(self.opts.max_hops)
+    }
+
+    /// When an unanswered probe stops being worth waiting for.
+    fn give_up_at(&self, s: &Sent, limit: u8) -> Instant {
+        let beyond = self
+            .sent
+            .iter()
+            .filter(|o| o.ttl > s.ttl && o.ttl <= limit)
+            .filter_map(|o| {
+                o.reply
+                    .map(|r| r.received.saturating_duration_since(o.sent))
+            })
+            .max();
+        let wait = match beyond {
+            Some(rtt) => (rtt * NEAR_FACTOR).max(NEAR_FLOOR).min(self.opts.timeout),
+            None => self.opts.timeout,
+        };
+        s.sent + wait
+    }
+
+    /// `None` when every hop up to the horizon is settled, else the next time to look again.
+    fn pending_until(&self, now: Instant) -> Option<Instant> {
+        let limit = self.horizon();
+        self.sent
+            .iter()
+            .filter(|s| s.ttl <= limit && s.reply.is_none())
+            .map(|s| self.give_up_at(s, limit))
+            .filter(|&t| t > now)
+            .min()
+    }
+
+    /// Hops below the end of the path with no answer yet, to probe again.
+    fn unanswered(&self) -> Vec<u8> {
+        let limit = match self.terminal_ttl() {
+            Some(d) => d - 1,
+            None => self.horizon(),
+        };
+        (1..=limit).filter(|&t| !self.answered(t)).collect()
+    }
+
+    fn outcome(&self) -> Outcome {
+        let last = self.horizon();
+        let reached = self
+            .sent
+            .iter()
+            .any(|s| s.ttl == last && s.reply.is_some_and(|r| r.kind == ReplyKind::Reached));
+        let hops = (1..=last)
+            .map(|ttl| {
+                let probes: Vec<Probe> = self
+                    .sent
+                    .iter()
+                    .filter(|s| s.ttl == ttl)
+                    .map(|s| match s.reply {
+                        Some(r) => Probe {
+                            // On a fast path the reply can be stamped a hair before the
+                            // send time was read; that is an RTT of zero, not an error.
+                            rtt: Some(r.received.saturating_duration_since(s.sent)),
+                            from: Some(r.from),
+                            size: r.size,
+                            kind: Some(r.kind),
+                        },
+                        None => Probe {
+                            rtt: None,
+                            from: None,
+                            size: 0,
+                            kind: None,
+                        },
+                    })
+                    .collect();
+                Hop {
+                    ttl,
+                    addr: probes.iter().find_map(|p| p.from),
+                    host: None,
+                    probes,
+                }
+            })
+            .collect();
+        Outcome { hops, reached }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::net::Ipv4Addr;
+
+    /// What the fake network does with the n-th probe at one TTL.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Silent,
+        /// Reply from 10.0.0.x after this many microseconds.
+        From(u8, u64, ReplyKind),
+    }
+
+    /// A scripted network on a virtual clock: replies are queued when probes are sent.
+    struct Fake {
+        start: Instant,
+        now: Duration,
+        script: HashMap<u8, VecDeque<Answer>>,
+        default: Answer,
+        queue: Vec<(Duration, Response)>,
+        sent: Vec<(u8, u16)>,
+        /// Extra replies delivered at given times (foreign, duplicate, spoofed).
+        injected: Vec<(Duration, Response)>,
+    }
+
+    impl Fake {
+        fn new(script: &[(u8, &[Answer])], default: Answer) -> Fake {
+            Fake {
+                start: Instant::now(),
+                now: Duration::ZERO,
+                script: script
+                    .iter()
+                    .map(|(t, a)| (*t, a.iter().copied().collect()))
+                    .collect(),
+                default,
+                queue: Vec::new(),
+                sent: Vec::new(),
+                injected: Vec::new(),
+            }
+        }
+
+        /// A path of `n` routers answering after ttl*100µs, then a destination.
+        fn chain(n: u8) -> Fake {
+            let mut script = Vec::new();
+            for t in 1..=n {
+                script.push((
+                    t,
+                    Answer::From(t, 100 * u64::from(t), ReplyKind::TimeExceeded),
+                ));
+            }
+            let dest = Answer::From(100, 100 * u64::from(n + 1), ReplyKind::Reached);
+            let mut f = Fake::new(&[], dest);
+            for (t, a) in script {
+                f.script.insert(t, VecDeque::from(vec![a; 8]));
+            }
+            f
+        }
+
+        fn elapsed(&self) -> Duration {
+            self.now
+        }
+    }
+
+    fn addr(x: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, x))
+    }
+
+    impl Network for Fake {
+        fn now(&self) -> Instant {
+            self.start + self.now
+        }
+
+        fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error> {
+            // Sending takes a microsecond of virtual time so send times differ.
+            self.now += Duration::from_micros(1);
+            self.sent.push((ttl.0, seq.0));
+            let answer = match self.script.get_mut(&ttl.0) {
+                Some(q) => q.pop_front().unwrap_or(Answer::Silent),
+                None => self.default,
+            };
+            if let Answer::From(x, us, kind) = answer {
+                let at = self.now + Duration::from_micros(us);
+                let r = Response {
+                    seq,
+                    from: addr(x),
+                    kind,
+                    size: 56,
+                    received: self.start + at,
+                };
+                self.queue.push((at, r));
+            }
+            Ok(self.start + self.now)
+        }
+
+        fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {
+            self.queue.append(&mut self.injected);
+            self.queue.sort_by_key(|(t, _)| *t);
+            let limit = deadline - self.start;
+            if let Some(&(t, r)) = self.queue.first()
+                && t <= limit
+            {
+                self.queue.remove(0);
+                self.now = self.now.max(t);
+                return Ok(Some(r));
+            }
+            self.now = self.now.max(limit);
+            Ok(None)
+        }
+    }
+
+    fn opts() -> TraceOptions {
+        TraceOptions {
+            max_hops: 30,
+            retries: 1,
+            gap_limit: 5,
+            ..TraceOptions::default()
+        }
+    }
+
+    fn addrs(o: &Outcome) -> Vec<Option<IpAddr>> {
+        o.hops.iter().map(|h| h.addr).collect()
+    }
+
+    #[test]
+    fn reaches_destination_and_trims_beyond() {
+        let mut net = Fake::chain(6);
+        let o = run(&mut net, &opts(), 1000).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7);
+        let want: Vec<_> = (1..=6)
+            .map(|t| Some(addr(t)))
+            .chain([Some(addr(100))])
+            .collect();
+        assert_eq!(addrs(&o), want);
+        // TTLs went out together, so the trace ends long before one timeout per hop.
+        assert!(
+            net.elapsed() < Duration::from_millis(5),
+            "{:?}",
+            net.elapsed()
+        );
+        assert_eq!(o.hops[2].probes[0].rtt, Some(Duration::from_micros(300)));
+        // Every hop answered: no retry round. The window slid to 6 + WINDOW and no
+        // further: not all 30 TTLs were spent on the destination.
+        assert_eq!(net.sent.len(), 6 + usize::from(WINDOW));
+        let first: Vec<u8> = net.sent[..8].iter().map(|s| s.0).collect();
+        assert_eq!(
+            first,
+            (1..=8).collect::<Vec<u8>>(),
+            "the first window goes out at once"
+        );
+    }
+
+    #[test]
+    fn silent_hop_is_none_and_given_up_early_then_retried() {
+        let mut net = Fake::chain(6);
+        net.script
+            .insert(3, VecDeque::from(vec![Answer::Silent; 8]));
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops[2].addr, None);
+        assert_eq!(o.hops[2].probes.len(), 2, "one probe per round, two rounds");
+        assert!(
+            o.hops[2]
+                .probes
+                .iter()
+                .all(|p| p.rtt.is_none() && p.from.is_none())
+        );
+        // Given up after NEAR_FLOOR per round (hops beyond answered in < 1 ms), not after
+        // the 500 ms timeout.
+        assert!(
+            net.elapsed() < Duration::from_millis(60),
+            "{:?}",
+            net.elapsed()
+        );
+        // Only the silent hop was re-probed (in the last send).
+        let first_round = 6 + usize::from(WINDOW);
+        let retried: Vec<u8> = net.sent[first_round..].iter().map(|s| s.0).collect();
+        assert_eq!(retried, vec![3]);
+    }
+
+    #[test]
+    fn retry_fills_a_lost_reply() {
+        let mut net = Fake::chain(4);
+        let a = Answer::From(2, 200, ReplyKind::TimeExceeded);
+        net.script
+            .insert(2, VecDeque::from(vec![Answer::Silent, a]));
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert_eq!(o.hops[1].addr, Some(addr(2)));
+        assert_eq!(o.hops[1].probes.len(), 2);
+        assert_eq!(o.hops[1].probes[0].rtt, None);
+        assert!(o.hops[1].probes[1].rtt.is_some());
+    }
+
+    #[test]
+    fn silent_destination_stops_after_gap() {
+        let mut net = Fake::chain(3);
+        net.default = Answer::Silent;
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(!o.reached);
+        // Three routers, then gap_limit silent hops, then nothing more.
+        assert_eq!(o.hops.len(), 3 + 5);
+        assert!(o.hops[3..].iter().all(Hop::is_silent));
+        // Two rounds of a full timeout each: silence beyond the last answer can't be proved sooner.
+        let e = net.elapsed();
+        assert!(
+            e >= Duration::from_millis(1000) && e < Duration::from_millis(1010),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn window_slides_along_a_long_path() {
+        let mut net = Fake::chain(20);
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 21);
+        assert!(o.hops.iter().all(|h| h.addr.is_some()));
+        assert!(net.sent.iter().all(|s| s.0 <= 20 + WINDOW));
+    }
+
+    #[test]
+    fn max_hops_bounds_the_trace() {
+        let mut net = Fake::chain(10);
+        let o = run(
+            &mut net,
+            &TraceOptions {
+                max_hops: 4,
+                ..opts()
+            },
+            1,
+        )
+        .unwrap();
+        assert!(!o.reached);
+        assert_eq!(o.hops.len(), 4);
+        assert!(net.sent.iter().all(|s| s.0 <= 4));
+    }
+
+    #[test]
+    fn unreachable_ends_the_path() {
+        let mut net = Fake::chain(2);
+        let u = ReplyKind::Unreachable(crate::trace::Unreachable::Host);
+        net.script
+            .insert(3, VecDeque::from(vec![Answer::From(3, 300, u); 8]));
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(!o.reached);
+        assert_eq!(o.hops.len(), 3);
+        assert_eq!(o.hops[2].terminal(), Some(u));
+    }
+
+    #[test]
+    fn queries_per_hop_and_sequences_distinct() {
+        let mut net = Fake::chain(2);
+        let o = run(
+            &mut net,
+            &TraceOptions {
+                queries: 3,
+                ..opts()
+            },
+            65534,
+        )
+        .unwrap();
+        assert!(o.hops.iter().all(|h| h.probes.len() == 3));
+        let mut seqs: Vec<u16> = net.sent.iter().map(|s| s.1).collect();
+        assert!(!seqs.contains(&0), "sequence 0 is skipped when wrapping");
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), net.sent.len());
+    }
+
+    #[test]
+    fn foreign_duplicate_and_early_replies_are_ignored() {
+        let mut net = Fake::chain(3);
+        let t = net.start;
+        let fake = |seq, x, us| Response {
+            seq: Seq(seq),
+            from: addr(x),
+            kind: ReplyKind::Reached,
+            size: 1,
+            received: t + Duration::from_micros(us),
+        };
+        // A sequence we never sent, and a second answer to TTL 1's probe (seq 1) from
+        // somebody else.
+        net.injected = vec![
+            (Duration::ZERO, fake(5000, 66, 0)),
+            (Duration::from_micros(500), fake(1, 77, 500)),
+        ];
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert_eq!(
+            o.hops[0].addr,
+            Some(addr(1)),
+            "first answer wins, duplicate ignored"
+        );
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 4);
+    }
+
+    #[test]
+    fn rejects_bad_options() {
+        let mut net = Fake::chain(1);
+        for bad in [
+            TraceOptions {
+                max_hops: 0,
+                ..opts()
+            },
+            TraceOptions {
+                queries: 0,
+                ..opts()
+            },
+            TraceOptions {
+                timeout: Duration::ZERO,
+                ..opts()
+            },
+        ] {
+            assert!(matches!(
+                run(&mut net, &bad, 1),
+                Err(Error::InvalidOptions(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The shared tracer: opens the sockets once, runs one receive thread per raw socket, and
+//! routes each reply to the trace whose flow identity it quotes.
+//!
+//! Concurrent traces are told apart by their flow identity (protocol, destination, source
+//! port or ICMP id, destination port). Two traces with the same identity would be
+//! indistinguishable on the wire, so the second waits for the first to finish. Replies to
+//! other programs' probes carry other identities (or sequences we never sent) and are
+//! dropped.
+
+use super::engine::{self, Network, Response, Seq, Ttl};
+use super::socket::{self, DgramSocket, RawSocket, Transport};
+use super::wire::probe::{self, ProbeSpec};
+use super::wire::reply::{self, ProbeId};
+use super::{Error, Protocol, Trace, TraceOptions};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Instant, SystemTime};
+
+/// First source port / ICMP id; flows count up from here. Linux hands out ephemeral ports
+/// from 32768..=60999, so ours never collide with a local client's.
+pub const IDENT_BASE: u16 = 61000;
+/// How many flows fit above [`IDENT_BASE`]; larger flow numbers wrap around.
+pub const FLOWS: u16 = u16::MAX - IDENT_BASE + 1;
+/// Default destination port of UDP probes.
+pub const UDP_PORT: u16 = 33434;
+/// Default destination port of TCP probes.
+pub const TCP_PORT: u16 = 80;
+
+/// How the tracer sends probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Raw sockets (root or CAP_NET_RAW): every protocol, shared receive sockets.
+    Raw,
+    /// Connected UDP sockets with `IP_RECVERR`: UDP only, no privilege needed.
+    Unprivileged,
+}
+
+/// The flow identity a reply is routed by (a [`ProbeId`] without the sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    protocol: Protocol,
+    dst: IpAddr,
+    ident: u16,
+    dst_port: u16,
+}
+
+impl From<&ProbeId> for FlowKey {
+    fn from(p: &ProbeId) -> FlowKey {
+        FlowKey {
+            protocol: p.protocol,
+            dst: p.dst,
+            ident: p.ident,
+            dst_port: p.dst_port,
+        }
+    }
+}
+
+/// The raw sockets of one address family.
+struct RawFamily {
+    icmp: Arc<RawSocket>,
+    udp: RawSocket,
+    /// Opened on the first TCP trace: a raw TCP socket copies every segment the host receives.
+    tcp: Mutex<Option<Arc<RawSocket>>>,
+}
+
+struct Shared {
+    routes: Mutex<HashMap<FlowKey, Sender<Response>>>,
+    busy: Mutex<HashSet<FlowKey>>,
+    freed: Condvar,
+    stop: AtomicBool,
+    /// Packets that parsed but answered no running trace, and packets that did not parse.
+    unmatched: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// Runs traces; one per process is enough, and it is shared by all threads.
+pub struct Tracer {
+    shared: Arc<Shared>,
+    mode: Mode,
+    v4: Option<RawFamily>,
+    v6: Option<RawFamily>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data that is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Tracer {
+    /// Opens raw sockets (or the unprivileged fallback) and starts the receive threads.
+    pub fn new() -> Result<Tracer, Error> {
+        match Tracer::with_mode(Mode::Raw) {
+            Err(e) if socket::is_permission(&e) => {
+                log::info!("raw sockets refused ({e}); falling back to unprivileged UDP");
+                Tracer::with_mode(Mode::Unprivileged).map_err(|e| match e {
+                    Error::Socket { source, .. } => Error::NotPermitted { source },
+                    other => other,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a tracer in the given mode, without falling back.
+    pub fn with_mode(mode: Mode) -> Result<Tracer, Error> {
+        let shared = Arc::new(Shared {
+            routes: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            freed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            unmatched: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        });
+        let mut t = Tracer {
+            shared,
+            mode,
+            v4: None,
+            v6: None,
+        };
+        if mode == Mode::Unprivileged {
+            // Prove the fallback works now rather than on the first trace.
+            DgramSocket::open(IpAddr::from([127, 0, 0, 1]), 0, UDP_PORT)?;
+            return Ok(t);
+        }
+        t.v4 = Some(t.open_family(false)?);
+        // A host without IPv6 still traces IPv4; trace() reports the missing family.
+        match t.open_family(true) {
+            Ok(f) => t.v6 = Some(f),
+            Err(e) => log::warn!("IPv6 raw sockets unavailable: {e}"),
+        }
+        Ok(t)
+    }
+
+    fn open_family(&self, v6: bool) -> Result<RawFamily, Error> {
+        let icmp = Arc::new(RawSocket::open(v6, Transport::Icmp, true)?);
+        let udp = RawSocket::open(v6, Transport::Udp, false)?;
+        self.spawn_receiver(icmp.clone(), v6, Transport::Icmp)?;
+        Ok(RawFamily {
+            icmp,
+            udp,
+            tcp: Mutex::new(None),
+        })
+    }
+
+    fn spawn_receiver(&self, sock: Arc<RawSocket>, v6: bool, t: Transport) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        let name = format!("trace-rx-{}-{:?}", if v6 { 6 } else { 4 }, t).to_lowercase();
+        thread::Builder::new()
+            .name(name)
+            .spawn(move || receive_loop(&shared, &sock, v6, t))
+            .map(drop)
+            .map_err(|source| Error::Socket {
+                op: "spawn receive thread",
+                source,
+            })
+    }
+
+    /// How probes are sent, for the log.
+    pub fn mode(&self) -> String {
+        match self.mode {
+            Mode::Raw => "raw sockets".into(),
+            Mode::Unprivileged => "unprivileged UDP (IP_RECVERR)".into(),
+        }
+    }
+
+    /// Counts of received packets that matched no running trace and that did not parse.
+    pub fn ignored(&self) -> (u64, u64) {
+        (
+            self.shared.unmatched.load(Ordering::Relaxed),
+            self.shared.malformed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Traces the path to `dest`; blocks until done. Safe to call from many threads.
+    pub fn trace(&self, dest: IpAddr, opts: &TraceOptions) -> Result<Trace, Error> {
+        engine::validate(opts)?;
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let dst_port = match opts.protocol {
+            Protocol::Udp => opts.port.unwrap_or(UDP_PORT),
+            Protocol::Tcp => opts.port.unwrap_or(TCP_PORT),
+            Protocol::Icmp => 0,
+        };
+        let ident = IDENT_BASE + opts.flow % FLOWS;
+        let key = FlowKey {
+            protocol: opts.protocol,
+            dst: dest,
+            ident,
+            dst_port,
+        };
+        let _busy = self.claim(key);
+        let src = socket::source_for(dest)?;
+        // A random start makes it unlikely that another process tracing the same flow at
+        // the same moment uses the same sequence numbers.
+        let first_seq = fastrand::u16(1..);
+        let outcome = match self.mode {
+            Mode::Raw => {
+                let sock = self.send_socket(dest, opts.protocol)?;
+                let (tx, rx) = mpsc::channel();
+                let _route = Route::add(&self.shared, key, tx);
+                let spec = ProbeSpec {
+                    protocol: opts.protocol,
+                    src,
+                    dst: dest,
+                    ident,
+                    dst_port,
+                    seq: 0,
+                };
+                let mut net = RawNet {
+                    sock: &sock,
+                    spec,
+                    rx,
+                    buf: Vec::with_capacity(64),
+                };
+                engine::run(&mut net, opts, first_seq)?
+            }
+            Mode::Unprivileged => {
+                if opts.protocol != Protocol::Udp {
+                    return Err(Error::Unsupported(format!(
+                        "{} probes need raw sockets (root or CAP_NET_RAW); unprivileged mode sends UDP only",
+                        opts.protocol
+                    )));
+                }
+                let sock = DgramSocket::open(dest, ident, dst_port)?;
+                let mut net = DgramNet { sock, dst: dest };
+                engine::run(&mut net, opts, first_seq)?
+            }
+        };
+        Ok(Trace {
+            destination: dest,
+            protocol: opts.protocol,
+            flow: opts.flow,
+            source: Some(src),
+            started,
+            duration: t0.elapsed(),
+            reached: outcome.reached,
+            hops: outcome.hops,
+        })
+    }
+
+    /// Waits until no other trace uses this flow identity, then holds it.
+    fn claim(&self, key: FlowKey) -> Claim<'_> {
+        let mut busy = lock(&self.shared.busy);
+        while busy.contains(&key) {
+            busy = self
+                .shared
+                .freed
+                .wait(busy)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        busy.insert(key);
+        Claim {
+            shared: &self.shared,
+            key,
+        }
+    }
+
+    fn send_socket(&self, dest: IpAddr, p: Protocol) -> Result<SendSocket<'_>, Error> {
+        let v6 = dest.is_ipv6();
+        let fam = if v6 {
+            self.v6.as_ref()
+        } else {
+            self.v4.as_ref()
+        };
+        let fam = fam.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "no raw sockets for {}",
+                if v6 { "IPv6" } else { "IPv4" }
+            ))
+        })?;
+        Ok(match p {
+            Protocol::Udp => SendSocket::Borrowed(&fam.udp),
+            Protocol::Icmp => SendSocket::Shared(fam.icmp.clone()),
+            Protocol::Tcp => {
+                let mut tcp = lock(&fam.tcp);
+                if tcp.is_none() {
+                    let s = Arc::new(RawSocket::open(v6, Transport::Tcp, true)?);
+                    self.spawn_receiver(s.clone(), v6, Transport::Tcp)?;
+                    *tcp = Some(s);
+                }
+                SendSocket::Shared(tcp.as_ref().expect("just set").clone())
+            }
+        })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // Receive threads notice within one poll interval and close their sockets.
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+enum SendSocket<'a> {
+    Borrowed(&'a RawSocket),
+    Shared(Arc<RawSocket>),
+}
+
+impl SendSocket<'_> {
+    fn get(&self) -> &RawSocket {
+        match self {
+            SendSocket::Borrowed(s) => s,
+            SendSocket::Shared(s) => s,
+        }
+    }
+}
+
+/// Holds a flow identity for one trace; frees it on drop (also on error or panic).
+struct Claim<'a> {
+    shared: &'a Shared,
+    key: FlowKey,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.busy).remove(&self.key);
+        self.shared.freed.notify_all();
+    }
+}
+
+/// Routes replies of one flow to one trace while it runs.
+struct Route<'a> {
+    shared: &'a Shared,
+    key: FlowKey,
+}
+
+impl<'a> Route<'a> {
+    fn add(shared: &'a Shared, key: FlowKey, tx: Sender<Response>) -> Route<'a> {
+        lock(&shared.routes).insert(key, tx);
+        Route { shared, key }
+    }
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.routes).remove(&self.key);
+    }
+}
+
+fn receive_loop(shared: &Shared, sock: &RawSocket, v6: bool, t: Transport) {
+    let mut buf = vec![0u8; 4096];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let rx = match sock.recv(&mut buf) {
+            Ok(Some(rx)) => rx,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("trace receive: {e}");
+                thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        let bytes = &buf[..rx.len.min(buf.len())];
+        let parsed = match (rx.from, t) {
+            (IpAddr::V4(_), _) if !v6 => reply::parse_ipv4(bytes),
+            (IpAddr::V6(from), Transport::Icmp) => reply::parse_icmpv6(from, bytes),
+            (IpAddr::V6(from), Transport::Tcp) => reply::parse_tcpv6(from, bytes),
+            _ => Ok(None),
+        };
+        let r = match parsed {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(_) => {
+                shared.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let resp = Response {
+            seq: Seq(r.probe.seq),
+            from: r.from,
+            kind: r.kind,
+            size: r.size,
+            received: rx.at,
+        };
+        let routes = lock(&shared.routes);
+        match routes.get(&FlowKey::from(&r.probe)) {
+            // A send fails only when the trace just ended; the reply is then moot.
+            Some(tx) => drop(tx.send(resp)),
+            None => {
+                shared.unmatched.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One raw-mode trace's view of the network.
+struct RawNet<'a> {
+    sock: &'a SendSocket<'a>,
+    spec: ProbeSpec,
+    rx: Receiver<Response>,
+    buf: Vec<u8>,
+}
+
+impl Network for RawNet<'_> {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error> {
+        let spec = ProbeSpec {
+            seq: seq.0,
+            ..self.spec
+        };
+        probe::emit(&spec, &mut self.buf);
+        let at = Instant::now();
+        self.sock.get().send(&self.buf, spec.dst, ttl.0, spec.src)?;
+        Ok(at)
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+}
+
+/// One unprivileged trace: its own UDP socket, errors from its error queue.
+struct DgramNet {
+    sock: DgramSocket,
+    dst: IpAddr,
+}
+
+impl Network for DgramNet {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error> {
+        // The payload starts with the sequence; the error queue hands it back. The UDP
+        // checksum varies with it, and routers do not hash the checksum.
+        let mut payload = [0u8; 2 + probe::TAG.len()];
+        payload[..2].copy_from_slice(&seq.0.to_be_bytes());
+        payload[2..].copy_from_slice(probe::TAG);
+        let at = Instant::now();
+        self.sock.send(&payload, ttl.0)?;
+        Ok(at)
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {
+        while let Some(e) = self.sock.recv_error(deadline)? {
+            let (Some(seq), Some(from)) = (e.seq, e.offender) else {
+                continue;
+            };
+            let kind = if self.dst.is_ipv6() {
+                reply::classify_v6(e.icmp_type, e.icmp_code, Protocol::Udp)
+            } else {
+                reply::classify_v4(e.icmp_type, e.icmp_code, Protocol::Udp)
+            };
+            let Some(kind) = kind else {
+                continue;
+            };
+            // The error queue gives the probe back, not the reply: its size is unknown.
+            return Ok(Some(Response {
+                seq: Seq(seq),
+                from,
+                kind,
+                size: 0,
+                received: e.at,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracer_can_be_shared_by_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Tracer>();
+    }
+
+    #[test]
+    fn flows_map_to_distinct_identities() {
+        let ids: HashSet<u16> = (0..FLOWS).map(|f| IDENT_BASE + f % FLOWS).collect();
+        assert_eq!(ids.len(), usize::from(FLOWS));
+        assert!(ids.iter().all(|&i| i >= IDENT_BASE));
+    }
+}

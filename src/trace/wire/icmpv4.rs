@@ -1,0 +1,222 @@
+//! ICMP for IPv4 (RFC 792, RFC 4884): echo for probes, time exceeded / unreachable replies.
+
+use super::{Error, Result, be16};
+
+mod field {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+    pub const ECHO_IDENT: Range<usize> = 4..6;
+    pub const ECHO_SEQNO: Range<usize> = 6..8;
+    /// RFC 4884 §4.1: length of the original datagram in 32-bit words, in the second word.
+    pub const ERR_LENGTH: usize = 5;
+    pub const DATA: usize = 8;
+}
+
+/// Length of the fixed part of every message we handle.
+pub const HEADER_LEN: usize = 8;
+
+/// ICMP message types the engine cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// Echo reply (0).
+    EchoReply,
+    /// Destination unreachable (3).
+    DstUnreachable,
+    /// Echo request (8).
+    EchoRequest,
+    /// Time exceeded (11).
+    TimeExceeded,
+    /// Anything else.
+    Unknown(u8),
+}
+
+impl From<u8> for Message {
+    fn from(v: u8) -> Message {
+        match v {
+            0 => Message::EchoReply,
+            3 => Message::DstUnreachable,
+            8 => Message::EchoRequest,
+            11 => Message::TimeExceeded,
+            other => Message::Unknown(other),
+        }
+    }
+}
+
+impl From<Message> for u8 {
+    fn from(m: Message) -> u8 {
+        match m {
+            Message::EchoReply => 0,
+            Message::DstUnreachable => 3,
+            Message::EchoRequest => 8,
+            Message::TimeExceeded => 11,
+            Message::Unknown(v) => v,
+        }
+    }
+}
+
+/// A view of an ICMP message.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps bytes without checking them; accessors may panic on short input.
+    pub fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wraps untrusted bytes: at least the 8-byte header must be present.
+    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
+        let p = Packet::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// Checks that the accessors cannot panic.
+    pub fn check_len(&self) -> Result<()> {
+        if self.buffer.as_ref().len() < HEADER_LEN {
+            Err(Error::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Message type.
+    pub fn msg_type(&self) -> Message {
+        Message::from(self.buffer.as_ref()[field::TYPE])
+    }
+
+    /// Message code.
+    pub fn msg_code(&self) -> u8 {
+        self.buffer.as_ref()[field::CODE]
+    }
+
+    /// Checksum field.
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::CHECKSUM.start)
+    }
+
+    /// Identifier of an echo request or reply.
+    pub fn echo_ident(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::ECHO_IDENT.start)
+    }
+
+    /// Sequence number of an echo request or reply.
+    pub fn echo_seq_no(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::ECHO_SEQNO.start)
+    }
+
+    /// Everything after the 8-byte header.
+    pub fn data(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::DATA..]
+    }
+
+    /// The original datagram quoted by an error message.
+    ///
+    /// RFC 4884 §4.1: a non-zero length field gives the quoted datagram's size in 32-bit
+    /// words, and ICMP extensions (MPLS labels, interface info) follow it; without the
+    /// field everything after the header is the quote. A length that overruns the buffer
+    /// is not trusted and the whole data is used.
+    pub fn quoted(&self) -> &[u8] {
+        let data = self.data();
+        let words = usize::from(self.buffer.as_ref()[field::ERR_LENGTH]);
+        if words != 0 && words * 4 <= data.len() {
+            &data[..words * 4]
+        } else {
+            data
+        }
+    }
+
+    /// True when the checksum over the whole message verifies.
+    pub fn verify_checksum(&self) -> bool {
+        super::checksum::fold(super::checksum::add(0, self.buffer.as_ref())) == 0xffff
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the message type.
+    pub fn set_msg_type(&mut self, m: Message) {
+        self.buffer.as_mut()[field::TYPE] = m.into();
+    }
+
+    /// Sets the code.
+    pub fn set_msg_code(&mut self, code: u8) {
+        self.buffer.as_mut()[field::CODE] = code;
+    }
+
+    /// Sets the checksum field.
+    pub fn set_checksum(&mut self, v: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Sets the echo identifier.
+    pub fn set_echo_ident(&mut self, v: u16) {
+        self.buffer.as_mut()[field::ECHO_IDENT].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Sets the echo sequence number.
+    pub fn set_echo_seq_no(&mut self, v: u16) {
+        self.buffer.as_mut()[field::ECHO_SEQNO].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// The bytes after the header, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[field::DATA..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The ICMP part of a time exceeded from router 10.99.0.2 quoting a UDP probe, and an
+    // echo reply from 10.99.1.2, both captured in a netns chain.
+    static TIME_EXCEEDED: [u8; 46] = [
+        0x0b, 0x00, 0x0a, 0xec, 0x00, 0x00, 0x00, 0x00, 0x45, 0x00, 0x00, 0x26, 0x26, 0x94, 0x40,
+        0x00, 0x01, 0x11, 0x3d, 0x6b, 0x0a, 0x63, 0x00, 0x01, 0x0a, 0x63, 0x01, 0x02, 0xee, 0x48,
+        0x82, 0x9a, 0x00, 0x12, 0xd8, 0xd3, 0x28, 0xf8, 0x64, 0x69, 0x73, 0x74, 0x2d, 0x74, 0x72,
+        0x00,
+    ];
+    static ECHO_REPLY: [u8; 18] = [
+        0x00, 0x00, 0x1a, 0xb4, 0xee, 0x48, 0x32, 0x9e, 0x4d, 0x12, 0x64, 0x69, 0x73, 0x74, 0x2d,
+        0x74, 0x72, 0x00,
+    ];
+
+    #[test]
+    fn deconstruct() {
+        let p = Packet::new_checked(&TIME_EXCEEDED[..]).unwrap();
+        assert_eq!(p.msg_type(), Message::TimeExceeded);
+        assert_eq!(p.msg_code(), 0);
+        assert!(p.verify_checksum());
+        assert_eq!(p.quoted().len(), 38);
+        let e = Packet::new_checked(&ECHO_REPLY[..]).unwrap();
+        assert_eq!(e.msg_type(), Message::EchoReply);
+        assert_eq!((e.echo_ident(), e.echo_seq_no()), (61000, 0x329e));
+        assert!(e.verify_checksum());
+    }
+
+    #[test]
+    fn construct() {
+        let mut b = [0u8; 18];
+        let mut p = Packet::new_unchecked(&mut b[..]);
+        p.set_msg_type(Message::EchoReply);
+        p.set_msg_code(0);
+        p.set_checksum(0x1ab4);
+        p.set_echo_ident(61000);
+        p.set_echo_seq_no(0x329e);
+        p.data_mut().copy_from_slice(&ECHO_REPLY[8..]);
+        assert_eq!(b, ECHO_REPLY);
+    }
+
+    #[test]
+    fn short_buffer() {
+        assert_eq!(
+            Packet::new_checked(&ECHO_REPLY[..7]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(Message::from(42), Message::Unknown(42));
+    }
+}

@@ -1,0 +1,312 @@
+//! Real-network tests: the engine traces through routers built from network namespaces.
+//! They need root (`ip netns`); without it they print why and pass, unless CI=true.
+//!
+//! Each test builds its own namespaces (names carry the pid and a counter), runs the
+//! `trace` example inside the prober namespace, and checks every hop.
+
+mod netns;
+
+use netns::{Chain, Lab, hops, must_skip};
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+/// The hops a trace through `chain` to hop `k`'s address must show when router `silent`
+/// never answers (the target is hop `k` itself).
+fn expected(chain: &Chain, k: usize, silent: usize, v6: bool) -> Vec<Option<String>> {
+    (1..=k)
+        .map(|h| (h != silent).then(|| chain.hop(h, v6)))
+        .collect()
+}
+
+#[test]
+fn chain_every_protocol_both_families_with_silent_router() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("c");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    for v6 in [false, true] {
+        let target = chain.target(v6);
+        for proto in ["udp", "icmp", "tcp"] {
+            let out = lab.trace("h", &["-p", proto, &target]);
+            let want = expected(&chain, 7, 3, v6);
+            assert_eq!(hops(&out[0]), want, "{proto} v6={v6}: {}", out[0]);
+            assert_eq!(out[0]["reached"], true, "{proto} v6={v6}");
+            // Kernel-stamped RTTs on veth are well under a millisecond, and never absent
+            // for an answered hop.
+            let rtts = out[0]["hops"].as_array().unwrap();
+            assert!(
+                rtts.iter()
+                    .all(|h| h["addr"].is_null() == h["rtt_ns"].is_null())
+            );
+        }
+    }
+}
+
+#[test]
+fn silent_target_ends_after_gap_limit() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("s");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    for (v6, q) in [(false, "10.99.200.2"), (true, "fd00:99:c8::2")] {
+        let out = lab.trace("h", &["--timeout-ms", "300", q]);
+        // Six routers (the third silent), then five silent hops (the gap limit), no more.
+        let mut want = expected(&chain, 6, 3, v6);
+        want.extend([None, None, None, None, None]);
+        assert_eq!(hops(&out[0]), want, "v6={v6}: {}", out[0]);
+        assert_eq!(out[0]["reached"], false);
+    }
+}
+
+#[test]
+fn default_icmp_rate_limits_still_give_exact_paths() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("r");
+    let chain = Chain::build(&mut lab, 6, &[], true);
+    for v6 in [false, true] {
+        for proto in ["udp", "icmp"] {
+            let out = lab.trace("h", &["-p", proto, &chain.target(v6)]);
+            assert_eq!(hops(&out[0]), expected(&chain, 7, 0, v6), "{proto} v6={v6}");
+        }
+    }
+}
+
+/// `h - r1 =(a|b)= r4 - t`: r1 balances over a and b by the L4 hash.
+fn ecmp_lab(lab: &mut Lab) {
+    for n in ["h", "r1", "a", "b", "r4", "t"] {
+        lab.node(n, false);
+    }
+    for (x, ix, y, iy, net) in [
+        ("h", "right", "r1", "left", "10.99.0"),
+        ("r1", "toa", "a", "left", "10.98.1"),
+        ("r1", "tob", "b", "left", "10.98.2"),
+        ("a", "right", "r4", "froma", "10.98.3"),
+        ("b", "right", "r4", "fromb", "10.98.4"),
+        ("r4", "right", "t", "left", "10.98.5"),
+    ] {
+        lab.link(x, ix, y, iy);
+        lab.ip(x, &format!("addr add {net}.1/24 dev {ix}\n"));
+        lab.ip(y, &format!("addr add {net}.2/24 dev {iy}\n"));
+    }
+    lab.ip("h", "route add default via 10.99.0.2\n");
+    lab.ip(
+        "r1",
+        "route add default nexthop via 10.98.1.2 nexthop via 10.98.2.2\n",
+    );
+    netns::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns("r1"),
+        "sysctl",
+        "-qw",
+        "net.ipv4.fib_multipath_hash_policy=1",
+    ]);
+    lab.ip(
+        "a",
+        "route add default via 10.98.3.2\nroute add 10.99.0.0/24 via 10.98.1.1\n",
+    );
+    lab.ip(
+        "b",
+        "route add default via 10.98.4.2\nroute add 10.99.0.0/24 via 10.98.2.1\n",
+    );
+    lab.ip(
+        "r4",
+        "route add default via 10.98.5.2\nroute add 10.99.0.0/24 via 10.98.3.1\n",
+    );
+    lab.ip("t", "route add default via 10.98.5.1\n");
+}
+
+#[test]
+fn ecmp_each_flow_keeps_one_branch_and_flows_find_both() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("e");
+    ecmp_lab(&mut lab);
+    let (a, b) = ("10.98.1.2", "10.98.2.2");
+    for proto in ["udp", "tcp"] {
+        let mut branch: HashMap<u64, BTreeSet<String>> = HashMap::new();
+        for _run in 0..4 {
+            for t in lab.trace("h", &["-p", proto, "--flows", "16", "10.98.5.2"]) {
+                let h = hops(&t);
+                assert_eq!(h.len(), 4, "{t}");
+                assert_eq!(h[0].as_deref(), Some("10.99.0.2"));
+                assert!(
+                    h[1].as_deref() == Some(a) || h[1].as_deref() == Some(b),
+                    "{t}"
+                );
+                // r4 answers from its interface on the route back, which is via a.
+                assert_eq!(h[2].as_deref(), Some("10.98.3.2"));
+                assert_eq!(h[3].as_deref(), Some("10.98.5.2"));
+                branch
+                    .entry(t["flow"].as_u64().unwrap())
+                    .or_default()
+                    .insert(h[1].clone().unwrap());
+            }
+        }
+        assert_eq!(branch.len(), 16);
+        for (flow, seen) in &branch {
+            assert_eq!(
+                seen.len(),
+                1,
+                "{proto} flow {flow} took several branches: {seen:?}"
+            );
+        }
+        let all: BTreeSet<_> = branch.values().flatten().collect();
+        assert_eq!(all.len(), 2, "{proto}: 16 flows all took {all:?}");
+    }
+}
+
+#[test]
+fn hundred_targets_at_once_beside_other_tracers() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("m");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    // Target i lives on node k = 1 + i % 7 (routers r1..r6, then t), so it is hop k.
+    let node = |k: usize| {
+        if k == 7 {
+            "t".to_string()
+        } else {
+            format!("r{k}")
+        }
+    };
+    let mut want = HashMap::new();
+    for i in 0..100usize {
+        let k = 1 + i % 7;
+        let addr = format!("10.97.{i}.1");
+        lab.ip(&node(k), &format!("addr add {addr}/32 dev lo\n"));
+        let mut w = expected(&chain, k - 1, 3, false);
+        if k == 3 {
+            // Its router is silent, so the target is too: five silent hops, then stop.
+            w.extend([None, None, None, None, None]);
+        } else {
+            w.push(Some(addr.clone()));
+        }
+        want.insert(addr, w);
+    }
+    let targets: Vec<String> = want.keys().cloned().collect();
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = ["--timeout-ms", "400"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(targets.iter().cloned());
+        v
+    };
+    // Two other tracers run at the same time in other processes on the same host: one
+    // pings (ICMP echo) every target, one traces them on another flow.
+    let spawn = |extra: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("h")])
+            .arg(netns::example("trace"))
+            .arg("--json")
+            .args(args(extra))
+            .output()
+    };
+    let (main, others) = std::thread::scope(|s| {
+        let icmp = s.spawn(|| spawn(&["-p", "icmp"]));
+        let flow1 = s.spawn(|| spawn(&["--flows", "2"]));
+        let main = spawn(&[]).unwrap();
+        (
+            main,
+            [
+                icmp.join().unwrap().unwrap(),
+                flow1.join().unwrap().unwrap(),
+            ],
+        )
+    });
+    for out in std::iter::once(&main).chain(&others) {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines.len() == 100 || lines.len() == 200);
+        for t in &lines {
+            let dest = t["dest"].as_str().unwrap();
+            assert_eq!(&hops(t), &want[dest], "{t}");
+        }
+    }
+}
+
+#[test]
+fn unprivileged_fallback_traces_udp_exactly() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("u");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    // As `nobody` with no capabilities, raw sockets are refused.
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let (t4, t6) = (chain.target(false), chain.target(true));
+    let (out, err) = lab.trace_raw("h", &nobody, &["--timeout-ms", "300", &t4, &t6]);
+    assert!(err.contains("unprivileged UDP (IP_RECVERR)"), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        hops(&lines[0]),
+        expected(&chain, 7, 3, false),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        hops(&lines[1]),
+        expected(&chain, 7, 3, true),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[0]["reached"], true);
+}
+
+#[test]
+fn unreachable_route_ends_the_path_with_its_code() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("x");
+    let chain = Chain::build(&mut lab, 6, &[], false);
+    // Linux limits "unreachable"/"prohibit" route errors per source host on its own
+    // (net.ipv4.route.error_burst: 5, then 1/s, not per netns), so every case gets its
+    // own router: router k rejects 10.55.k.0/24.
+    let cases = [
+        ("udp", "unreachable", "!H"),
+        ("icmp", "unreachable", "!H"),
+        ("tcp", "unreachable", "!H"),
+        ("udp", "prohibit", "!X"),
+        ("icmp", "prohibit", "!X"),
+        ("tcp", "prohibit", "!X"),
+    ];
+    for (i, (proto, route, code)) in cases.into_iter().enumerate() {
+        let k = i + 1;
+        lab.ip(
+            &format!("r{k}"),
+            &format!("route add {route} 10.55.{k}.0/24\n"),
+        );
+        let dest = format!("10.55.{k}.1");
+        let out = lab.trace("h", &["-p", proto, &dest]);
+        let want: Vec<_> = (1..=k).map(|h| Some(chain.hop(h, false))).collect();
+        assert_eq!(hops(&out[0]), want, "{proto} {route}: {}", out[0]);
+        assert_eq!(out[0]["reached"], false);
+        assert_eq!(out[0]["unreachable"], code, "{proto} {route}");
+    }
+}
