@@ -66,7 +66,7 @@ fn results_taken_while_the_master_is_down_all_arrive_once() {
         text.contains("status: traced"),
         "a status line each interval"
     );
-    assert!(text.contains("stopped; 0 results wait"), "{text}");
+    assert!(text.contains("; 0 results wait in"), "{text}");
 }
 
 #[test]

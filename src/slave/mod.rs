@@ -285,9 +285,13 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
         std::slice::from_ref(&deliverer),
         Instant::now() + s.shutdown_timeout + s.master_timeout,
     );
-    log_status(&stats, &spool, &mut StatusLine::default());
     log::info!(
-        "stopped; {} results wait in {}",
+        "stopped after tracing {}, spooling {}, delivering {}, rejected {}, dropped {}; {} results wait in {}",
+        stats.traced.load(Ordering::Relaxed),
+        stats.spooled.load(Ordering::Relaxed),
+        stats.delivered.load(Ordering::Relaxed),
+        stats.rejected.load(Ordering::Relaxed),
+        stats.dropped.load(Ordering::Relaxed),
         spool.depth(),
         s.spool.display()
     );
