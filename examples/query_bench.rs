@@ -18,7 +18,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
     // Two routes per series, switching every 200 results; hop 4 silent now and then.
     let variant = (i / (SLAVES * TARGETS) / 200) % 2;
     let hops: Vec<NewHop> = (1..=HOPS)
-        .filter(|ttl| !(*ttl == 4 && i % 7 == 0))
+        .filter(|ttl| !(*ttl == 4 && i.is_multiple_of(7)))
         .map(|ttl| NewHop {
             ttl,
             address: format!(
