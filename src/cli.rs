@@ -98,7 +98,10 @@ pub struct MasterArgs {
     /// Largest request body in bytes; larger gets 413
     #[arg(long = "max-body", value_name = "bytes", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     pub max_body: u64,
-    /// Most client connections open at once; more are closed at once
+    /// Largest request head (start line and headers) in bytes; larger gets 431
+    #[arg(long = "max-header-bytes", value_name = "bytes", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(8192..=1 << 20))]
+    pub max_header_bytes: u64,
+    /// Most client connections open at once; at the cap the one idle longest makes room
     #[arg(long = "max-connections", value_name = "n", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
     /// Threads that run request handlers

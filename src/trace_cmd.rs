@@ -13,8 +13,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         (_, true) => Some(Family::V6),
         _ => None,
     };
-    let dest = trace::resolve(&a.host, family)
-        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", a.host))?;
+    let dest = trace::resolve(&a.host, family).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tracer = Tracer::new().map_err(|e| {
         anyhow::anyhow!("{e}: run as root or give the binary CAP_NET_RAW (setcap cap_net_raw+ep)")
     })?;

@@ -59,9 +59,9 @@ impl From<&MasterArgs> for Settings {
                 header_timeout: a.header_timeout,
                 body_timeout: a.body_timeout,
                 max_body: usize::try_from(a.max_body).unwrap_or(usize::MAX),
+                max_header_bytes: usize::try_from(a.max_header_bytes).unwrap_or(16 * 1024),
                 max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
                 workers: usize::try_from(a.workers).unwrap_or(8),
-                ..server::Limits::default()
             },
             tls: a.tls_cert.clone().zip(a.tls_key.clone()),
             confirm: a.path_confirm,

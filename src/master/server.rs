@@ -1,6 +1,11 @@
 //! The connection layer, and the only file that knows hyper and tokio: accepts connections
-//! under a cap, reads each request within time and size limits, runs the synchronous handler
-//! on a bounded worker pool, and waits out a response's delay without holding a worker.
+//! under a cap (over TLS when configured), reads each request within time and size limits,
+//! runs the synchronous handler on a bounded worker pool, and waits out a response's delay
+//! without holding a worker.
+//!
+//! At the connection cap (or out of descriptors) the connection that has waited longest for
+//! its next request is closed to make room, as nginx reuses idle keep-alive connections:
+//! otherwise a client holding idle or half-sent connections locks every slave out.
 
 use super::routes::{self, App, Request, Response};
 use anyhow::Context;
@@ -11,10 +16,19 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// Descriptors kept for everything but client connections (database, log, config reads).
+const RESERVED_FDS: u64 = 64;
+/// How long a connection closed to make room may take to finish writing a response.
+const EVICT_GRACE: Duration = Duration::from_millis(250);
+/// How long a new connection at the cap waits for the slot freed for it.
+const ADMIT_WAIT: Duration = Duration::from_millis(500);
 
 /// The limits every connection and request is held to.
 #[derive(Debug, Clone)]
@@ -68,6 +82,7 @@ pub fn serve(
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
+    let limits = fit_descriptor_limit(limits);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(limits.workers.max(1))
@@ -82,6 +97,92 @@ pub fn serve(
     runtime.block_on(accept_loop(listener, app, Arc::new(limits), tls))
 }
 
+/// Raises the soft descriptor limit to the hard one, and lowers the connection cap to fit under
+/// it: a cap above the limit would make `accept` fail instead of the cap doing its work.
+fn fit_descriptor_limit(mut limits: Limits) -> Limits {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return limits;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let fit = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    if limits.max_connections > fit {
+        log::warn!(
+            "-max-connections {} does not fit the descriptor limit {soft}; using {fit}",
+            limits.max_connections
+        );
+        limits.max_connections = fit;
+    }
+    limits
+}
+
+/// One open connection as the eviction queue sees it.
+struct Conn {
+    id: u64,
+    /// Since when it waits for a request head; `None` while a request is served.
+    since: Mutex<Option<Instant>>,
+    /// Told to close to make room.
+    evict: Notify,
+}
+
+/// The connections waiting for a request head, oldest first.
+#[derive(Default)]
+struct Waiting {
+    next_id: AtomicU64,
+    queue: Mutex<BTreeMap<(Instant, u64), Arc<Conn>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Waiting {
+    fn open(&self) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            since: Mutex::new(None),
+            evict: Notify::new(),
+        });
+        self.idle(&conn);
+        conn
+    }
+
+    /// `conn` waits for its next request from now on.
+    fn idle(&self, conn: &Arc<Conn>) {
+        let mut queue = lock(&self.queue);
+        let mut since = lock(&conn.since);
+        if let Some(t) = since.take() {
+            queue.remove(&(t, conn.id));
+        }
+        let now = Instant::now();
+        *since = Some(now);
+        queue.insert((now, conn.id), conn.clone());
+    }
+
+    /// `conn` is serving a request, or closed: not a candidate for eviction.
+    fn busy(&self, conn: &Conn) {
+        let mut queue = lock(&self.queue);
+        if let Some(t) = lock(&conn.since).take() {
+            queue.remove(&(t, conn.id));
+        }
+    }
+
+    /// Tells the connection that has waited longest to close; false when none waits.
+    fn evict_oldest(&self) -> bool {
+        let mut queue = lock(&self.queue);
+        let Some((_, conn)) = queue.pop_first() else {
+            return false;
+        };
+        *lock(&conn.since) = None;
+        conn.evict.notify_one();
+        true
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
@@ -90,23 +191,43 @@ async fn accept_loop(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let waiting = Arc::new(Waiting::default());
     let mut refused: u64 = 0;
+    let mut failed: u64 = 0;
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // Out of file descriptors or memory: wait a little and go on accepting;
-                // connections already open keep being served.
-                log::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors or memory: free a descriptor by closing the
+                // connection idle longest, and go on accepting; connections already open keep
+                // being served.
+                failed += 1;
+                if failed.is_power_of_two() {
+                    log::warn!("accept failed: {e} ({failed} times so far)");
+                }
+                if !waiting.evict_oldest() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // At the cap: make room by closing the connection that waited longest for a
+            // request, and take its slot when it is gone.
+            Err(_) if waiting.evict_oldest() => {
+                tokio::time::timeout(ADMIT_WAIT, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             refused += 1;
             if refused.is_power_of_two() {
                 log::warn!(
-                    "connection limit {} reached: {refused} connections refused so far",
+                    "connection limit {} reached and every connection busy: {refused} connections refused so far",
                     limits.max_connections
                 );
             }
@@ -117,38 +238,60 @@ async fn accept_loop(
         let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
         let app = app.clone();
         let limits = limits.clone();
+        let waiting = waiting.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let conn = waiting.open();
             match tls {
-                None => serve_connection(stream, app, limits, remote).await,
+                None => serve_connection(stream, app, limits, remote, &waiting, &conn).await,
                 Some(acceptor) => {
-                    // The handshake gets the same time as a request's headers.
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, app, limits, remote).await
-                        }
-                        Ok(Err(e)) => log::debug!("TLS handshake with {remote} failed: {e}"),
-                        Err(_) => log::debug!("TLS handshake with {remote} timed out"),
+                    // The handshake gets the time of a request's headers, and may be cut to
+                    // make room like a connection waiting for its request.
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, app, limits, remote, &waiting, &conn).await
+                            }
+                            Ok(Err(e)) => log::debug!("TLS handshake with {remote} failed: {e}"),
+                            Err(_) => log::debug!("TLS handshake with {remote} timed out"),
+                        },
+                        () = conn.evict.notified() => {}
                     }
                 }
             }
+            waiting.busy(&conn);
             drop(permit);
         });
     }
 }
 
-/// Runs HTTP/1.1 on one accepted (plain or TLS) connection until it ends.
-async fn serve_connection<S>(stream: S, app: Arc<App>, limits: Arc<Limits>, remote: SocketAddr)
-where
+/// Runs HTTP/1.1 on one accepted (plain or TLS) connection until it ends or is closed to make
+/// room.
+async fn serve_connection<S>(
+    stream: S,
+    app: Arc<App>,
+    limits: Arc<Limits>,
+    remote: SocketAddr,
+    waiting: &Arc<Waiting>,
+    conn: &Arc<Conn>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = limits.header_timeout;
     let buf = limits.max_header_bytes.max(8192);
+    let (w, c) = (waiting.clone(), conn.clone());
     let service = service_fn(move |req| {
         let app = app.clone();
         let limits = limits.clone();
-        async move { Ok::<_, std::convert::Infallible>(respond(app, &limits, remote, req).await) }
+        let (waiting, conn) = (w.clone(), c.clone());
+        waiting.busy(&conn);
+        async move {
+            let response = respond(app, &limits, remote, req).await;
+            waiting.idle(&conn);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -158,10 +301,20 @@ where
         .max_buf_size(buf)
         .max_headers(100)
         .keep_alive(true);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = conn.evict.notified() => {
+            // Closes an idle connection at once, lets a response in flight finish;
+            // a half-sent head is simply dropped after the grace.
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(EVICT_GRACE, connection.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = ended {
         log::debug!("connection from {remote} ended: {e}");
     }
 }

@@ -995,6 +995,27 @@ mod tests {
     }
 
     #[test]
+    fn retention_deletes_old_results_with_their_hops_but_keeps_the_newest_of_a_series() {
+        let store = Store::open_in_memory().unwrap();
+        for (i, at) in [1_000, 2_000, 3_000].into_iter().enumerate() {
+            let mut r = result(&format!("r{i}"));
+            r.measured_at = at;
+            store.insert(&r).unwrap();
+        }
+        // Everything is older than the cutoff, but the series' newest result stays.
+        assert_eq!(store.delete_results_before(10_000).unwrap(), 2);
+        assert_eq!(store.delete_results_before(10_000).unwrap(), 0);
+        assert_eq!(store.count_results().unwrap(), 1);
+        let hops: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM hops", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(hops, 1, "the deleted results' hops went with them");
+        // The path is still used by the remaining result, so history retention keeps it.
+        assert_eq!(store.delete_history_before(i64::MAX).unwrap().1, 0);
+    }
+
+    #[test]
     fn reopening_a_file_keeps_results_and_schema() {
         let dir = std::env::temp_dir().join(format!("dt-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -300,7 +300,7 @@ fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
         return report::from_trace(&trace, creds, &job.id, &job.target);
     };
     let outcome = crate::trace::resolve(&job.target.address, None)
-        .map_err(|e| format!("cannot resolve {}: {e}", job.target.address))
+        .map_err(|e| e.to_string())
         .and_then(|addr| {
             tracer
                 .trace(addr, &job.options)

@@ -115,7 +115,7 @@ impl Proc {
         p
     }
 
-    fn read_listen_line(&mut self) -> SocketAddr {
+    pub fn read_listen_line(&mut self) -> SocketAddr {
         let out = self.child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).unwrap();
