@@ -1,16 +1,17 @@
 //! The trace engine used as a library: trace hosts and print the hops.
 //!
 //! `cargo run --example trace -- [--json] [-p udp|icmp|tcp] [--flows N] [-q N] [-m N]
-//! [--timeout-ms N] HOST...` traces every host (on flows 0..N) at once, one thread per
-//! trace, and prints the hops, or one JSON object per trace with `--json` (what the
-//! netns tests read). Needs root or CAP_NET_RAW for anything but UDP.
+//! [--timeout-ms N] [--rate PPS] HOST...` traces every host (on flows 0..N) at once, one
+//! thread per trace, all sharing one `Tracer` (and its probe-rate cap, `--rate`), and
+//! prints the hops, or one JSON object per trace with `--json` (what the netns tests
+//! read). Needs root or CAP_NET_RAW for anything but UDP.
 
 use dist_traceroute::trace::{Protocol, TraceOptions, Tracer, resolve};
 use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let mut opts = TraceOptions::default();
-    let (mut json, mut flows, mut hosts) = (false, 1, Vec::new());
+    let (mut json, mut flows, mut rate, mut hosts) = (false, 1, None, Vec::new());
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -24,11 +25,19 @@ fn main() -> anyhow::Result<()> {
             "-q" => opts.queries = val()?.parse()?,
             "-m" => opts.max_hops = val()?.parse()?,
             "--timeout-ms" => opts.timeout = Duration::from_millis(val()?.parse()?),
+            "--rate" => rate = Some(val()?.parse()?),
             _ => hosts.push(resolve(&a, None)?),
         }
     }
     let tracer = Tracer::new()?;
-    eprintln!("mode: {}", tracer.mode());
+    if let Some(pps) = rate {
+        tracer.set_probe_rate(pps);
+    }
+    eprintln!(
+        "mode: {}, at most {} probes/s",
+        tracer.mode(),
+        tracer.probe_rate()
+    );
     let jobs: Vec<_> = hosts
         .iter()
         .flat_map(|&h| (0..flows).map(move |f| (h, f)))

@@ -61,6 +61,35 @@ fn silent_target_ends_after_gap_limit() {
 }
 
 #[test]
+fn a_tight_probe_rate_cap_slows_traces_but_loses_no_hop() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("p");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    // 40 traces share 200 probes/s: each of a trace's sends waits ~0.2 s for its slot, far
+    // past the 150 ms timeout, yet every reply came in time and must count.
+    let target = chain.target(false);
+    let out = lab.trace(
+        "h",
+        &[
+            "--flows",
+            "40",
+            "--rate",
+            "200",
+            "--timeout-ms",
+            "150",
+            &target,
+        ],
+    );
+    assert_eq!(out.len(), 40);
+    for t in &out {
+        assert_eq!(hops(t), expected(&chain, 7, 3, false), "{t}");
+        assert_eq!(t["reached"], true, "{t}");
+    }
+}
+
+#[test]
 fn default_icmp_rate_limits_still_give_exact_paths() {
     if must_skip() {
         return;

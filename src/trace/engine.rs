@@ -149,12 +149,18 @@ impl Run<'_> {
     fn wait_round<N: Network>(&mut self, net: &mut N) -> Result<(), Error> {
         loop {
             let now = net.now();
-            let Some(wake) = self.pending_until(now) else {
-                return Ok(());
-            };
-            if let Some(r) = net.recv(wake)? {
-                self.record(r);
-                self.slide(net)?;
+            // With nothing left to wait for, still take the replies already queued: while
+            // sends wait for the probe-rate cap, answers that came in time sit unread, and
+            // a deadline that passed meanwhile must not turn them into silent hops
+            // (`record` judges each by its arrival stamp, not by when it is read).
+            let wake = self.pending_until(now);
+            match net.recv(wake.unwrap_or(now))? {
+                Some(r) => {
+                    self.record(r);
+                    self.slide(net)?;
+                }
+                None if wake.is_none() => return Ok(()),
+                None => {}
             }
         }
     }
@@ -335,6 +341,8 @@ mod tests {
         sent: Vec<(u8, u16)>,
         /// Extra replies delivered at given times (foreign, duplicate, spoofed).
         injected: Vec<(Duration, Response)>,
+        /// Virtual time one send takes (a rate cap makes sends wait).
+        send_cost: Duration,
     }
 
     impl Fake {
@@ -350,6 +358,7 @@ mod tests {
                 queue: Vec::new(),
                 sent: Vec::new(),
                 injected: Vec::new(),
+                send_cost: Duration::from_micros(1),
             }
         }
 
@@ -385,8 +394,9 @@ mod tests {
         }
 
         fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error> {
-            // Sending takes a microsecond of virtual time so send times differ.
-            self.now += Duration::from_micros(1);
+            // Sending takes a microsecond of virtual time so send times differ (or longer,
+            // as when waiting for the rate cap); the probe leaves at the end of it.
+            self.now += self.send_cost;
             self.sent.push((ttl.0, seq.0));
             let answer = match self.script.get_mut(&ttl.0) {
                 Some(q) => q.pop_front().unwrap_or(Answer::Silent),
@@ -519,6 +529,25 @@ mod tests {
         assert!(
             e >= Duration::from_millis(1000) && e < Duration::from_millis(1010),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn replies_read_late_behind_slow_sends_still_count() {
+        // Each send waits 300 ms (a busy rate cap) with a 500 ms timeout: by the time the
+        // first window is out, TTL 1's deadline is long past, but its reply came in time.
+        let mut net = Fake::chain(6);
+        net.send_cost = Duration::from_millis(300);
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(o.reached);
+        let want: Vec<_> = (1..=6)
+            .map(|t| Some(addr(t)))
+            .chain([Some(addr(100))])
+            .collect();
+        assert_eq!(addrs(&o), want);
+        assert!(
+            o.hops.iter().all(|h| h.probes.len() == 1),
+            "nothing retried"
         );
     }
 

@@ -5,6 +5,7 @@
 //!   stop), over the narrow [`engine::Network`] trait, unit-tested with a scripted fake;
 //! - `tracer`: [`Tracer`], shared raw sockets and receive threads, routing each reply to
 //!   its trace by flow identity (or the unprivileged `IP_RECVERR` fallback);
+//! - `pace`: the probe-rate cap, one token bucket per [`Tracer`];
 //! - `socket`: every system call (the only `nix` user);
 //! - [`wire`]: zero-copy packet views, probe construction and reply parsing (no I/O);
 //! - `dns`: [`resolve`] and [`reverse_name`].
@@ -14,12 +15,14 @@
 mod dns;
 pub mod engine;
 mod error;
+mod pace;
 mod socket;
 mod tracer;
 pub mod wire;
 
 pub use dns::{Family, resolve, reverse_name};
 pub use error::Error;
+pub use pace::DEFAULT_PROBE_RATE;
 pub use tracer::{Mode, Tracer};
 
 use std::fmt;

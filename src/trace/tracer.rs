@@ -8,6 +8,7 @@
 //! dropped.
 
 use super::engine::{self, Network, Response, Seq, Ttl};
+use super::pace::{DEFAULT_PROBE_RATE, Pacer};
 use super::socket::{self, DgramSocket, RawSocket, Transport};
 use super::wire::probe::{self, ProbeSpec};
 use super::wire::reply::{self, ProbeId};
@@ -81,6 +82,8 @@ struct Shared {
 pub struct Tracer {
     shared: Arc<Shared>,
     mode: Mode,
+    /// The probe-rate cap shared by every trace of this tracer.
+    pacer: Pacer,
     v4: Option<RawFamily>,
     v6: Option<RawFamily>,
 }
@@ -118,6 +121,7 @@ impl Tracer {
         let mut t = Tracer {
             shared,
             mode,
+            pacer: Pacer::new(DEFAULT_PROBE_RATE),
             v4: None,
             v6: None,
         };
@@ -167,6 +171,18 @@ impl Tracer {
         }
     }
 
+    /// Caps the probes all traces of this tracer send together, in probes per second
+    /// (0: no cap; the default is [`DEFAULT_PROBE_RATE`]). A probe over the cap waits
+    /// for its slot; bursts of a tenth of a second's worth (at least 32) leave at once.
+    pub fn set_probe_rate(&self, per_second: u32) {
+        self.pacer.set(per_second);
+    }
+
+    /// The probe-rate cap in probes per second (0: none).
+    pub fn probe_rate(&self) -> u32 {
+        self.pacer.rate()
+    }
+
     /// Counts of received packets that matched no running trace and that did not parse.
     pub fn ignored(&self) -> (u64, u64) {
         (
@@ -212,6 +228,7 @@ impl Tracer {
                 };
                 let mut net = RawNet {
                     sock: &sock,
+                    pacer: &self.pacer,
                     spec,
                     rx,
                     buf: Vec::with_capacity(64),
@@ -226,7 +243,11 @@ impl Tracer {
                     )));
                 }
                 let sock = DgramSocket::open(dest, ident, dst_port)?;
-                let mut net = DgramNet { sock, dst: dest };
+                let mut net = DgramNet {
+                    sock,
+                    dst: dest,
+                    pacer: &self.pacer,
+                };
                 engine::run(&mut net, opts, first_seq)?
             }
         };
@@ -389,6 +410,7 @@ fn receive_loop(shared: &Shared, sock: &RawSocket, v6: bool, t: Transport) {
 /// One raw-mode trace's view of the network.
 struct RawNet<'a> {
     sock: &'a SendSocket<'a>,
+    pacer: &'a Pacer,
     spec: ProbeSpec,
     rx: Receiver<Response>,
     buf: Vec<u8>,
@@ -405,6 +427,7 @@ impl Network for RawNet<'_> {
             ..self.spec
         };
         probe::emit(&spec, &mut self.buf);
+        self.pacer.wait();
         let at = Instant::now();
         self.sock.get().send(&self.buf, spec.dst, ttl.0, spec.src)?;
         Ok(at)
@@ -421,12 +444,13 @@ impl Network for RawNet<'_> {
 }
 
 /// One unprivileged trace: its own UDP socket, errors from its error queue.
-struct DgramNet {
+struct DgramNet<'a> {
     sock: DgramSocket,
     dst: IpAddr,
+    pacer: &'a Pacer,
 }
 
-impl Network for DgramNet {
+impl Network for DgramNet<'_> {
     fn now(&self) -> Instant {
         Instant::now()
     }
@@ -437,6 +461,7 @@ impl Network for DgramNet {
         let mut payload = [0u8; 2 + probe::TAG.len()];
         payload[..2].copy_from_slice(&seq.0.to_be_bytes());
         payload[2..].copy_from_slice(probe::TAG);
+        self.pacer.wait();
         let at = Instant::now();
         self.sock.send(&payload, ttl.0)?;
         Ok(at)
