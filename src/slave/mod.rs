@@ -203,7 +203,9 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
         let t = Tracer::new().context(
             "cannot trace: run as root, give the binary CAP_NET_RAW (setcap cap_net_raw+ep), or use -zDebugResults for fake results",
         )?;
-        log::info!("tracing with {}", t.mode());
+        // The engine paces the probes themselves at the same cap the scheduler plans with.
+        t.set_probe_rate(s.max_pps);
+        log::info!("tracing with {}, at most {} probes/s", t.mode(), s.max_pps);
         Some(Arc::new(t))
     };
     std::fs::create_dir_all(&s.spool)
