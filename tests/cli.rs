@@ -194,3 +194,52 @@ fn seed_command_lines_work_as_written() {
     assert!(got.iter().all(|r| r["target_known"] == true));
     assert!(dir.path("dt-slave.log").exists(), "default slave log file");
 }
+
+/// `-config`, `-targets`, `-db`, `-log` and `-loglevel` name other files and a quieter log.
+#[test]
+fn master_file_flags_name_other_files() {
+    let dir = Scratch::new("fileflags");
+    dir.write("allowed.json", SLAVES);
+    dir.write("where.json", TARGETS);
+    let master = Proc::master(
+        &dir.0,
+        &[
+            "-config=allowed.json",
+            "--targets",
+            "where.json",
+            "-db",
+            "store.db",
+            "--log=quiet.log",
+            "-loglevel",
+            "warn",
+        ],
+    );
+    let a = post(
+        master.addr(),
+        "/config/",
+        br#"{"Name":"slave2","Password":"123"}"#,
+    );
+    assert_eq!((a.status, a.text()), (200, TARGETS.to_owned()));
+    assert_eq!(
+        post(master.addr(), "/results/", GO_RESULT.as_bytes()).status,
+        200
+    );
+    assert!(dir.path("store.db").exists());
+    assert!(!dir.path("dt-results.db").exists() && !dir.path("dt-master.log").exists());
+    // At warn level the startup info lines stay out of the log; a failed login is a warning.
+    assert_eq!(
+        post(
+            master.addr(),
+            "/config/",
+            br#"{"Name":"slave2","Password":"x"}"#
+        )
+        .status,
+        401
+    );
+    let log = std::fs::read_to_string(dir.path("quiet.log")).unwrap();
+    assert!(!log.contains("[INFO]"), "{log}");
+    assert!(
+        log.contains("[WARN]") && log.contains("wrong name or password"),
+        "{log}"
+    );
+}
