@@ -3,6 +3,7 @@
 //! and change events. Read-only; runs on the store's read connection.
 
 use super::routes::{App, Request, Response};
+use super::store::ResultQuery;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -86,6 +87,35 @@ impl Params {
             },
         }
     }
+}
+
+/// The results filters shared by `/api/v1/results` and the exports: `slave`, `target`, `from`,
+/// `to`, `limit` (1..=`max_limit`) and the `cursor` of a previous page (`MEASURED_AT.ROW`).
+pub fn result_query(
+    query: &str,
+    max_limit: i64,
+    default_limit: i64,
+) -> Result<ResultQuery, String> {
+    let p = Params::parse(query, &["slave", "target", "from", "to", "limit", "cursor"])?;
+    let before = match p.text("cursor") {
+        None => None,
+        Some(c) => {
+            let bad = || "cursor is not one this API gave".to_owned();
+            let (t, id) = c.split_once('.').ok_or_else(bad)?;
+            Some((
+                t.parse().map_err(|_| bad())?,
+                id.parse().map_err(|_| bad())?,
+            ))
+        }
+    };
+    Ok(ResultQuery {
+        slave: p.text("slave").map(str::to_owned),
+        target: p.text("target").map(str::to_owned),
+        from: p.time("from")?,
+        to: p.time("to")?,
+        before,
+        limit: p.number("limit", 1, max_limit, default_limit)? as u32,
+    })
 }
 
 fn now_ms() -> i64 {

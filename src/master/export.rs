@@ -3,7 +3,7 @@
 
 use super::api::Params;
 use super::routes::{App, Request, Response};
-use super::store::{ResultQuery, StoredResult};
+use super::store::StoredResult;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -34,34 +34,8 @@ enum Format {
     Atlas,
 }
 
-fn query(req: &Request) -> Result<ResultQuery, String> {
-    let p = Params::parse(
-        &req.query,
-        &["slave", "target", "from", "to", "limit", "cursor"],
-    )?;
-    let before = match p.text("cursor") {
-        None => None,
-        Some(c) => {
-            let bad = || "cursor is not one this API gave".to_owned();
-            let (t, id) = c.split_once('.').ok_or_else(bad)?;
-            Some((
-                t.parse().map_err(|_| bad())?,
-                id.parse().map_err(|_| bad())?,
-            ))
-        }
-    };
-    Ok(ResultQuery {
-        slave: p.text("slave").map(str::to_owned),
-        target: p.text("target").map(str::to_owned),
-        from: p.time("from")?,
-        to: p.time("to")?,
-        before,
-        limit: p.number("limit", 1, MAX_EXPORT, 10_000)? as u32,
-    })
-}
-
 fn results(app: &App, req: &Request, format: Format) -> Response {
-    let q = match query(req) {
+    let q = match super::api::result_query(&req.query, MAX_EXPORT, 10_000) {
         Ok(q) => q,
         Err(e) => return Response::error(400, e),
     };

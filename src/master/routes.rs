@@ -3,7 +3,7 @@
 
 use super::config::Live;
 use super::path::{Path as NetPath, Terminal};
-use super::store::{NewHop, NewResult, ResultQuery, Store, Stored};
+use super::store::{NewHop, NewResult, Store, Stored};
 use crate::proto::{
     BatchAnswer, BatchItem, BatchRequest, ConfigRequest, ItemStatus, ResultAnswer, TraceResult,
 };
@@ -661,30 +661,7 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
 /// `GET /api/v1/results?slave=&target=&from=&to=&limit=&cursor=`: newest first; a full page
 /// carries `next_cursor` for the next, older page.
 fn api_results(app: &App, req: &Request) -> Response {
-    let q = (|| -> Result<ResultQuery, String> {
-        let p = super::api::Params::parse(
-            &req.query,
-            &["slave", "target", "from", "to", "limit", "cursor"],
-        )?;
-        let before = match p.text("cursor") {
-            None => None,
-            Some(c) => {
-                let (t, id) = c.split_once('.').ok_or("cursor is not one this API gave")?;
-                Some((
-                    t.parse().map_err(|_| "cursor is not one this API gave")?,
-                    id.parse().map_err(|_| "cursor is not one this API gave")?,
-                ))
-            }
-        };
-        Ok(ResultQuery {
-            slave: p.text("slave").map(str::to_owned),
-            target: p.text("target").map(str::to_owned),
-            from: p.time("from")?,
-            to: p.time("to")?,
-            before,
-            limit: p.number("limit", 1, 1000, 100)? as u32,
-        })
-    })();
+    let q = super::api::result_query(&req.query, 1000, 100);
     let q = match q {
         Ok(q) => q,
         Err(e) => return Response::error(400, e),
@@ -708,6 +685,7 @@ fn api_results(app: &App, req: &Request) -> Response {
 mod tests {
     use super::*;
     use crate::master::config::{Config, parse_slaves, parse_targets};
+    use crate::master::store::ResultQuery;
     use std::path::Path;
 
     const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
