@@ -243,3 +243,18 @@ fn master_file_flags_name_other_files() {
         "{log}"
     );
 }
+
+/// With no host in `-listen` the master takes IPv4 and IPv6 on one port.
+#[test]
+fn listening_on_all_interfaces_takes_both_families() {
+    let dir = Scratch::with_seed_config("dualstack");
+    let mut master = Proc::spawn(&dir.0, &["master", "-listen", ":0"]);
+    let addr = master.read_listen_line();
+    for ip in ["127.0.0.1", "::1"] {
+        let a = get(
+            std::net::SocketAddr::new(ip.parse().unwrap(), addr.port()),
+            "/",
+        );
+        assert_eq!(a.status, 200, "{ip}");
+    }
+}

@@ -64,15 +64,33 @@ impl Default for Limits {
 /// Binds the listening socket; an unspecified IPv6 address also takes IPv4 (dual stack), and
 /// falls back to IPv4 alone where the host has no IPv6.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(addr) {
+    match listen(addr) {
         Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
             log::warn!("cannot listen on {addr} ({e}); trying {v4}");
-            TcpListener::bind(v4).with_context(|| format!("cannot listen on {v4}"))
+            listen(v4).with_context(|| format!("cannot listen on {v4}"))
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
     }
+}
+
+/// Connections the kernel may hold for `accept`. std's 128 overflows under a burst of
+/// connects (1,000 from one attacker), and a dropped SYN costs a good client a 1 s
+/// retransmission; the kernel caps this at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // [::] takes IPv4 too, whatever the system default.
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Serves `listener` until the process ends; over TLS when `tls` is given.
