@@ -204,15 +204,15 @@ struct SlaveView {
 }
 
 /// Every slave in the config or the store.
-pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveViewPub>> {
+pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
     let config = app.config.get();
     let mut stmt = conn.prepare_cached(
         "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
                 spool_depth, dropped_total FROM slaves ORDER BY name",
     )?;
-    let mut out: BTreeMap<String, SlaveViewPub> = BTreeMap::new();
+    let mut out: BTreeMap<String, SlaveRecord> = BTreeMap::new();
     for row in stmt.query_map([], |r| {
-        Ok(SlaveViewPub {
+        Ok(SlaveRecord {
             name: r.get(0)?,
             first_seen: Some(r.get(1)?),
             last_seen: Some(r.get(2)?),
@@ -230,7 +230,7 @@ pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveVi
     }
     for s in &config.slaves.slaves {
         out.entry(s.name.0.clone())
-            .or_insert_with(|| SlaveViewPub {
+            .or_insert_with(|| SlaveRecord {
                 name: s.name.0.clone(),
                 first_seen: None,
                 last_seen: None,
@@ -248,7 +248,7 @@ pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveVi
 }
 
 /// What the store knows of a slave.
-pub struct SlaveViewPub {
+pub struct SlaveRecord {
     /// Name.
     pub name: String,
     /// First seen, Unix ms.
