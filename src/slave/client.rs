@@ -33,8 +33,22 @@ pub struct Client {
 /// full `http://…` / `https://…` URL, which is taken as it is (its own port, or the scheme's).
 /// `tls` picks `https` for a bare host.
 pub fn base_url(master: &str, port: u16, tls: bool) -> String {
-    if master.starts_with("http://") || master.starts_with("https://") {
-        return master.trim_end_matches('/').to_owned();
+    if let Some((scheme, rest)) = master.split_once("://")
+        && (scheme == "http" || scheme == "https")
+    {
+        // A URL without a port means the master's port (-master-port, 8990), not the
+        // scheme's: the master serves HTTPS on the port it served HTTP on.
+        // Only scheme://host[:port] counts: the protocol's paths are absolute.
+        let host = rest.split('/').next().unwrap_or_default();
+        let has_port = match host.rsplit_once(']') {
+            Some((_, after)) => after.starts_with(':'),
+            None => host.contains(':'),
+        };
+        return if has_port {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{host}:{port}")
+        };
     }
     let scheme = if tls { "https" } else { "http" };
     match master.parse::<std::net::Ipv6Addr>() {
