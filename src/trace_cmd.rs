@@ -40,7 +40,12 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             name: a.host.clone(),
             address: a.host.clone(),
         };
-        let r = report::from_trace(&t, &creds, "", &target);
+        let mut r = serde_json::to_value(report::from_trace(&t, &creds, "", &target))?;
+        // A one-shot trace has no slave credentials and no target ID to show.
+        if let Some(fields) = r.as_object_mut() {
+            fields.remove("Creds");
+            fields.remove("TargetID");
+        }
         emit(&format!("{}\n", serde_json::to_string_pretty(&r)?))
     } else {
         emit(&human(&a.host, &t, a.max_hops))
