@@ -398,7 +398,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records what a slave reports of itself: spool depth now, results dropped in all.
+    /// Records what a slave reports of itself: spool depth now, results dropped in all (the
+    /// latest report wins: a slave corrects its count when a result it dropped on its way
+    /// arrived after all).
     pub fn slave_status(
         &self,
         name: &str,
@@ -409,7 +411,7 @@ impl Store {
         upsert_slave(&conn, name, now_ms())?;
         conn.execute(
             "UPDATE slaves SET spool_depth = COALESCE(?2, spool_depth),
-                    dropped_total = MAX(dropped_total, COALESCE(?3, 0))
+                    dropped_total = COALESCE(?3, dropped_total)
              WHERE name = ?1",
             params![
                 name,

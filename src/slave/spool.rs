@@ -327,6 +327,16 @@ impl Spool {
             {
                 log::error!("cannot remove delivered {}: {err}", path.display());
             }
+        } else {
+            // The cap dropped it while it was on its way, and the master stored it after all:
+            // it is not lost, so it does not count as dropped.
+            {
+                let mut ix = self.lock();
+                ix.dropped_total = ix.dropped_total.saturating_sub(1);
+            }
+            if let Err(err) = self.save_state() {
+                log::error!("cannot save the spool state: {err:#}");
+            }
         }
     }
 
@@ -456,6 +466,38 @@ mod tests {
         assert_eq!(s.dropped_total(), 3);
         drop(s);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_result_dropped_on_its_way_but_delivered_is_not_counted_as_dropped() {
+        let dir = scratch("inflight");
+        let s = Spool::open(
+            &dir,
+            Caps {
+                max_results: 2,
+                max_bytes: u64::MAX,
+            },
+        )
+        .unwrap();
+        s.put(&result(0)).unwrap();
+        let on_its_way = s.oldest(1, u64::MAX).remove(0);
+        s.put(&result(1)).unwrap();
+        assert_eq!(s.put(&result(2)).unwrap().dropped, 1);
+        assert_eq!(s.dropped_total(), 1);
+        s.remove(&on_its_way);
+        assert_eq!(s.dropped_total(), 0);
+        assert_eq!(s.depth(), 2);
+        drop(s);
+        let again = Spool::open(
+            &dir,
+            Caps {
+                max_results: 2,
+                max_bytes: u64::MAX,
+            },
+        )
+        .unwrap();
+        assert_eq!(again.dropped_total(), 0, "the correction is saved");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
