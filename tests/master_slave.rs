@@ -176,12 +176,7 @@ fn wrong_password_slave_is_refused_and_nothing_stored() {
 /// families, with the protocols the targets ask for.
 #[test]
 fn real_traces_without_the_debug_flag() {
-    if !nix_is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI runs as root: this test must run"
-        );
-        eprintln!("skipped: real traces need root");
+    if !have_root("a real trace") {
         return;
     }
     let dir = Scratch::with_seed_config("real");
@@ -229,13 +224,4 @@ fn real_traces_without_the_debug_flag() {
         "{nowhere}"
     );
     assert_eq!(nowhere["path"], "| error");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false)
 }

@@ -403,3 +403,22 @@ pub fn assert_unique(ids: &[String]) {
     let unique: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a result is stored twice");
 }
+
+/// True when this process may use raw sockets (euid 0). Without root a test that needs it
+/// prints why it skips; under `CI=true` (CI runs as root) a skip is a failure.
+pub fn have_root(what: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root: {what} must run"
+        );
+        eprintln!("skipped: {what} needs root");
+    }
+    root
+}
