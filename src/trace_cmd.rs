@@ -14,7 +14,12 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let dest = trace::resolve(&a.host, family).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tracer = Tracer::new().map_err(|e| {
+    let only = if dest.is_ipv6() {
+        Family::V6
+    } else {
+        Family::V4
+    };
+    let tracer = Tracer::for_family(only).map_err(|e| {
         anyhow::anyhow!("{e}: run as root or give the binary CAP_NET_RAW (setcap cap_net_raw+ep)")
     })?;
     let opts = TraceOptions {

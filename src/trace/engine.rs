@@ -39,13 +39,22 @@ pub trait Network {
     fn send(&mut self, ttl: Ttl, seq: Seq) -> Result<Instant, Error>;
     /// Waits until `deadline` at most for a reply to one of this trace's probes.
     fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error>;
+    /// Returns once every reply that reached this host by now can be had from `recv`
+    /// without waiting (a receive thread may still hold some); called before the trace
+    /// gives up on what is unanswered.
+    fn settle(&mut self) {}
 }
 
 /// A silent hop is given up once probes beyond it have answered and this many times the
 /// slowest of their RTTs has passed (traceroute's `-w MAX,HERE,NEAR` "near" factor).
 const NEAR_FACTOR: u32 = 10;
-/// ... but never sooner than this, for routers that answer slowly from their slow path.
-const NEAR_FLOOR: Duration = Duration::from_millis(25);
+/// A probe whose hop already answered another probe is given up after this many times
+/// that hop's RTT (traceroute's "here" factor).
+const HERE_FACTOR: u32 = 3;
+/// ... but never sooner than this: on a path of microsecond RTTs (a data centre, a lab)
+/// a router that answers from its slow path a few hundred microseconds late is still
+/// heard.
+const NEAR_FLOOR: Duration = Duration::from_micros(500);
 /// TTLs in flight beyond the highest router that answered. Sending all `max_hops` at
 /// once would also hit the destination (or the router that says "unreachable") with
 /// every TTL beyond it: 25 ICMP errors for a 5-hop path, enough to exhaust a Linux
@@ -154,6 +163,9 @@ impl Run<'_> {
             // a deadline that passed meanwhile must not turn them into silent hops
             // (`record` judges each by its arrival stamp, not by when it is read).
             let wake = self.pending_until(now);
+            if wake.is_none() {
+                net.settle();
+            }
             match net.recv(wake.unwrap_or(now))? {
                 Some(r) => {
                     self.record(r);
@@ -238,19 +250,24 @@ impl Run<'_> {
             .min(self.opts.max_hops)
     }
 
-    /// When an unanswered probe stops being worth waiting for.
+    /// When an unanswered probe stops being worth waiting for: after a small multiple of
+    /// the RTT of its own hop's other probes, or of the hops beyond it, whichever is
+    /// longer; with neither, after the full timeout.
     fn give_up_at(&self, s: &Sent, limit: u8) -> Instant {
-        let beyond = self
-            .sent
-            .iter()
-            .filter(|o| o.ttl > s.ttl && o.ttl <= limit)
-            .filter_map(|o| {
-                o.reply
-                    .map(|r| r.received.saturating_duration_since(o.sent))
-            })
-            .max();
-        let wait = match beyond {
-            Some(rtt) => (rtt * NEAR_FACTOR).max(NEAR_FLOOR).min(self.opts.timeout),
+        let slowest = |ttls: &dyn Fn(u8) -> bool| {
+            self.sent
+                .iter()
+                .filter(|o| ttls(o.ttl))
+                .filter_map(|o| {
+                    o.reply
+                        .map(|r| r.received.saturating_duration_since(o.sent))
+                })
+                .max()
+        };
+        let here = slowest(&|t| t == s.ttl).map(|rtt| rtt * HERE_FACTOR);
+        let near = slowest(&|t| t > s.ttl && t <= limit).map(|rtt| rtt * NEAR_FACTOR);
+        let wait = match here.max(near) {
+            Some(w) => w.max(NEAR_FLOOR).min(self.opts.timeout),
             None => self.opts.timeout,
         };
         s.sent + wait
@@ -343,6 +360,9 @@ mod tests {
         injected: Vec<(Duration, Response)>,
         /// Virtual time one send takes (a rate cap makes sends wait).
         send_cost: Duration,
+        /// Replies a receive thread still holds: `recv` sees them only after `settle`.
+        held: Vec<(Duration, Response)>,
+        settled: usize,
     }
 
     impl Fake {
@@ -359,6 +379,8 @@ mod tests {
                 sent: Vec::new(),
                 injected: Vec::new(),
                 send_cost: Duration::from_micros(1),
+                held: Vec::new(),
+                settled: 0,
             }
         }
 
@@ -414,6 +436,11 @@ mod tests {
                 self.queue.push((at, r));
             }
             Ok(self.start + self.now)
+        }
+
+        fn settle(&mut self) {
+            self.settled += 1;
+            self.queue.append(&mut self.held);
         }
 
         fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {
@@ -489,10 +516,10 @@ mod tests {
                 .iter()
                 .all(|p| p.rtt.is_none() && p.from.is_none())
         );
-        // Given up after NEAR_FLOOR per round (hops beyond answered in < 1 ms), not after
-        // the 500 ms timeout.
+        // Given up after NEAR_FACTOR x the RTT beyond it (at most 700 us x 10) per round,
+        // not after the 500 ms timeout.
         assert!(
-            net.elapsed() < Duration::from_millis(60),
+            net.elapsed() < Duration::from_millis(15),
             "{:?}",
             net.elapsed()
         );
@@ -500,6 +527,71 @@ mod tests {
         let first_round = 6 + usize::from(WINDOW);
         let retried: Vec<u8> = net.sent[first_round..].iter().map(|s| s.0).collect();
         assert_eq!(retried, vec![3]);
+    }
+
+    #[test]
+    fn a_slow_router_is_heard_within_ten_times_the_rtt_beyond() {
+        // Router 3 answers after 5 ms from its slow path; hops beyond it answer within
+        // 0.7 ms, so it is given up at 7 ms and heard at 5 ms.
+        let mut net = Fake::chain(6);
+        let slow = Answer::From(3, 5_000, ReplyKind::TimeExceeded);
+        net.script.insert(3, VecDeque::from(vec![slow; 8]));
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert_eq!(o.hops[2].addr, Some(addr(3)));
+        assert_eq!(o.hops[2].probes.len(), 1, "heard in the first round");
+        assert_eq!(o.hops[2].probes[0].rtt, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_lost_probe_at_an_answered_hop_waits_three_times_its_rtt() {
+        // Three queries to the destination, the second lost: the trace ends three times
+        // the destination's RTT after that probe left (the floor here), not a timeout later.
+        let mut net = Fake::chain(2);
+        let dest = Answer::From(100, 300, ReplyKind::Reached);
+        net.default = Answer::Silent;
+        net.script
+            .insert(3, VecDeque::from(vec![dest, Answer::Silent, dest]));
+        let o = run(
+            &mut net,
+            &TraceOptions {
+                queries: 3,
+                retries: 0,
+                ..opts()
+            },
+            1,
+        )
+        .unwrap();
+        assert!(o.reached);
+        let rtts: Vec<bool> = o.hops[2].probes.iter().map(|p| p.rtt.is_some()).collect();
+        assert_eq!(rtts, vec![true, false, true]);
+        assert!(
+            net.elapsed() < Duration::from_millis(2),
+            "{:?}",
+            net.elapsed()
+        );
+    }
+
+    #[test]
+    fn replies_still_held_by_the_receiver_are_taken_before_giving_up() {
+        // Router 3's reply came in at 2 ms, within its wait, but the receive thread had
+        // not handed it over yet when the wait ran out: settling first finds it.
+        let mut net = Fake::chain(6);
+        net.script
+            .insert(3, VecDeque::from(vec![Answer::Silent; 8]));
+        net.held = vec![(
+            Duration::from_millis(2),
+            Response {
+                seq: Seq(3),
+                from: addr(3),
+                kind: ReplyKind::TimeExceeded,
+                size: 56,
+                received: net.start + Duration::from_millis(2),
+            },
+        )];
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(net.settled > 0);
+        assert_eq!(o.hops[2].addr, Some(addr(3)));
+        assert_eq!(o.hops[2].probes.len(), 1, "no retry was needed");
     }
 
     #[test]

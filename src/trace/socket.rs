@@ -17,14 +17,14 @@ use nix::sys::socket::{
     self as ns, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
     SockProtocol, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, sockopt,
 };
-use nix::sys::time::{TimeSpec, TimeVal, TimeValLike};
+use nix::sys::time::TimeSpec;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a blocked receive waits before looking at the stop flag again.
-const RECV_POLL: Duration = Duration::from_millis(200);
+pub const RECV_POLL: Duration = Duration::from_millis(200);
 /// Receive buffer for the shared raw sockets: a burst of replies to 100 traces of 30
 /// TTLs each must fit while the receive thread catches up.
 const RCVBUF: usize = 4 << 20;
@@ -82,7 +82,7 @@ pub fn is_permission(e: &Error) -> bool {
 }
 
 impl RawSocket {
-    /// Opens a raw socket; `receive` sockets get timestamps, a poll timeout and a big buffer.
+    /// Opens a raw socket; `receive` sockets get timestamps and a big buffer.
     pub fn open(v6: bool, t: Transport, receive: bool) -> Result<RawSocket, Error> {
         let af = if v6 {
             AddressFamily::Inet6
@@ -154,7 +154,23 @@ impl RawSocket {
         res.map(drop).map_err(|e| Error::socket("sendmsg", e))
     }
 
-    /// Receives one packet, or `None` after a short poll interval.
+    /// True once a packet is queued; waits for one at most `wait` (rounded up to whole
+    /// milliseconds), and not at all for a zero `wait`.
+    pub fn readable(&self, wait: Duration) -> Result<bool, Error> {
+        let ms = if wait.is_zero() {
+            0
+        } else {
+            u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX)
+        };
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::EINTR) => Ok(false),
+            Err(e) => Err(Error::socket("poll", e)),
+        }
+    }
+
+    /// Takes the next queued packet without waiting; `None` when there is none.
     pub fn recv(&self, buf: &mut [u8]) -> Result<Option<Received>, Error> {
         let mut cmsg = nix::cmsg_space!(TimeSpec);
         let mut iov = [IoSliceMut::new(buf)];
@@ -162,7 +178,7 @@ impl RawSocket {
             self.fd.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
-            MsgFlags::empty(),
+            MsgFlags::MSG_DONTWAIT,
         ) {
             Ok(m) => m,
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(None),
@@ -181,9 +197,6 @@ impl RawSocket {
 fn set_receive_options(fd: &OwnedFd) -> Result<(), Error> {
     ns::setsockopt(fd, sockopt::ReceiveTimestampns, &true)
         .map_err(|e| Error::socket("setsockopt(SO_TIMESTAMPNS)", e))?;
-    let t = TimeVal::milliseconds(RECV_POLL.as_millis() as i64);
-    ns::setsockopt(fd, sockopt::ReceiveTimeout, &t)
-        .map_err(|e| Error::socket("setsockopt(SO_RCVTIMEO)", e))?;
     // The kernel caps this at net.core.rmem_max; try the privileged variant first.
     if ns::setsockopt(fd, sockopt::RcvBufForce, &RCVBUF).is_err() {
         ns::setsockopt(fd, sockopt::RcvBuf, &RCVBUF)

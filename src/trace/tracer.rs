@@ -12,14 +12,14 @@ use super::pace::{DEFAULT_PROBE_RATE, Pacer};
 use super::socket::{self, DgramSocket, RawSocket, Transport};
 use super::wire::probe::{self, ProbeSpec};
 use super::wire::reply::{self, ProbeId};
-use super::{Error, Protocol, Trace, TraceOptions};
+use super::{Error, Family, Protocol, Trace, TraceOptions};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// First source port / ICMP id; flows count up from here. Linux hands out ephemeral ports
 /// from 32768..=60999, so ours never collide with a local client's.
@@ -62,13 +62,53 @@ impl From<&ProbeId> for FlowKey {
 
 /// The raw sockets of one address family.
 struct RawFamily {
-    icmp: Arc<RawSocket>,
+    icmp: Arc<Inbox>,
     udp: RawSocket,
     /// Opened on the first TCP trace: a raw TCP socket copies every segment the host receives.
-    tcp: Mutex<Option<Arc<RawSocket>>>,
+    tcp: Mutex<Option<Arc<Inbox>>>,
 }
 
+/// A receive socket and how far its thread has got with what the kernel queued.
+struct Inbox {
+    sock: RawSocket,
+    /// True while the thread holds a packet it took off the socket and has not routed yet.
+    busy: AtomicBool,
+    /// Arrival time of the last packet routed, in nanoseconds after [`Shared::epoch`].
+    routed_upto: AtomicU64,
+}
+
+impl Inbox {
+    fn new(sock: RawSocket) -> Inbox {
+        Inbox {
+            sock,
+            busy: AtomicBool::new(false),
+            routed_upto: AtomicU64::new(0),
+        }
+    }
+
+    /// True when every packet that arrived before `t` has been routed to its trace.
+    fn caught_up(&self, epoch: Instant, t: Instant) -> bool {
+        if self.routed_upto.load(Ordering::SeqCst) >= nanos_since(epoch, t) {
+            return true;
+        }
+        // An empty queue, read before the busy flag: a packet taken off the queue was
+        // taken after the thread raised the flag, so a lowered flag means it was routed.
+        let queued = self.sock.readable(Duration::ZERO).unwrap_or(false);
+        !queued && !self.busy.load(Ordering::SeqCst)
+    }
+}
+
+fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The longest a trace waits for the receive threads to catch up before it ends; only a
+/// starved machine comes near it.
+const SETTLE_MAX: Duration = Duration::from_millis(100);
+
 struct Shared {
+    /// The zero of every [`Inbox::routed_upto`].
+    epoch: Instant,
     routes: Mutex<HashMap<FlowKey, Sender<Response>>>,
     busy: Mutex<HashSet<FlowKey>>,
     freed: Condvar,
@@ -94,12 +134,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tracer {
-    /// Opens raw sockets (or the unprivileged fallback) and starts the receive threads.
+    /// Opens raw sockets for both families (or the unprivileged fallback) and starts the
+    /// receive threads.
     pub fn new() -> Result<Tracer, Error> {
-        match Tracer::with_mode(Mode::Raw) {
+        Tracer::open(None)
+    }
+
+    /// Like [`Tracer::new`], but opens the sockets of one address family only: a one-shot
+    /// trace spends no start-up time on the family it does not use.
+    pub fn for_family(family: Family) -> Result<Tracer, Error> {
+        Tracer::open(Some(family))
+    }
+
+    fn open(family: Option<Family>) -> Result<Tracer, Error> {
+        match Tracer::with_mode_for(Mode::Raw, family) {
             Err(e) if socket::is_permission(&e) => {
                 log::info!("raw sockets refused ({e}); falling back to unprivileged UDP");
-                Tracer::with_mode(Mode::Unprivileged).map_err(|e| match e {
+                Tracer::with_mode_for(Mode::Unprivileged, family).map_err(|e| match e {
                     Error::Socket { source, .. } => Error::NotPermitted { source },
                     other => other,
                 })
@@ -110,7 +161,12 @@ impl Tracer {
 
     /// Opens a tracer in the given mode, without falling back.
     pub fn with_mode(mode: Mode) -> Result<Tracer, Error> {
+        Tracer::with_mode_for(mode, None)
+    }
+
+    fn with_mode_for(mode: Mode, family: Option<Family>) -> Result<Tracer, Error> {
         let shared = Arc::new(Shared {
+            epoch: Instant::now(),
             routes: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             freed: Condvar::new(),
@@ -127,20 +183,30 @@ impl Tracer {
         };
         if mode == Mode::Unprivileged {
             // Prove the fallback works now rather than on the first trace.
-            DgramSocket::open(IpAddr::from([127, 0, 0, 1]), 0, UDP_PORT)?;
+            let loopback = match family {
+                Some(Family::V6) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                _ => IpAddr::from([127, 0, 0, 1]),
+            };
+            DgramSocket::open(loopback, 0, UDP_PORT)?;
             return Ok(t);
         }
-        t.v4 = Some(t.open_family(false)?);
-        // A host without IPv6 still traces IPv4; trace() reports the missing family.
-        match t.open_family(true) {
-            Ok(f) => t.v6 = Some(f),
-            Err(e) => log::warn!("IPv6 raw sockets unavailable: {e}"),
+        match family {
+            Some(Family::V4) => t.v4 = Some(t.open_family(false)?),
+            Some(Family::V6) => t.v6 = Some(t.open_family(true)?),
+            None => {
+                t.v4 = Some(t.open_family(false)?);
+                // A host without IPv6 still traces IPv4; trace() reports the missing family.
+                match t.open_family(true) {
+                    Ok(f) => t.v6 = Some(f),
+                    Err(e) => log::warn!("IPv6 raw sockets unavailable: {e}"),
+                }
+            }
         }
         Ok(t)
     }
 
     fn open_family(&self, v6: bool) -> Result<RawFamily, Error> {
-        let icmp = Arc::new(RawSocket::open(v6, Transport::Icmp, true)?);
+        let icmp = Arc::new(Inbox::new(RawSocket::open(v6, Transport::Icmp, true)?));
         let udp = RawSocket::open(v6, Transport::Udp, false)?;
         self.spawn_receiver(icmp.clone(), v6, Transport::Icmp)?;
         Ok(RawFamily {
@@ -150,7 +216,7 @@ impl Tracer {
         })
     }
 
-    fn spawn_receiver(&self, sock: Arc<RawSocket>, v6: bool, t: Transport) -> Result<(), Error> {
+    fn spawn_receiver(&self, sock: Arc<Inbox>, v6: bool, t: Transport) -> Result<(), Error> {
         let shared = self.shared.clone();
         let name = format!("trace-rx-{}-{:?}", if v6 { 6 } else { 4 }, t).to_lowercase();
         thread::Builder::new()
@@ -227,6 +293,7 @@ impl Tracer {
                     seq: 0,
                 };
                 let mut net = RawNet {
+                    shared: &self.shared,
                     sock: &sock,
                     pacer: &self.pacer,
                     spec,
@@ -294,16 +361,19 @@ impl Tracer {
             ))
         })?;
         Ok(match p {
-            Protocol::Udp => SendSocket::Borrowed(&fam.udp),
-            Protocol::Icmp => SendSocket::Shared(fam.icmp.clone()),
+            Protocol::Udp => SendSocket::Borrowed(&fam.udp, vec![fam.icmp.clone()]),
+            Protocol::Icmp => SendSocket::Shared(fam.icmp.clone(), vec![]),
             Protocol::Tcp => {
                 let mut tcp = lock(&fam.tcp);
                 if tcp.is_none() {
-                    let s = Arc::new(RawSocket::open(v6, Transport::Tcp, true)?);
+                    let s = Arc::new(Inbox::new(RawSocket::open(v6, Transport::Tcp, true)?));
                     self.spawn_receiver(s.clone(), v6, Transport::Tcp)?;
                     *tcp = Some(s);
                 }
-                SendSocket::Shared(tcp.as_ref().expect("just set").clone())
+                let s = tcp.as_ref().expect("just set").clone();
+                // TCP probes are answered on the TCP socket (SYN-ACK, RST) and on the
+                // ICMP socket (time exceeded, unreachable).
+                SendSocket::Shared(s, vec![fam.icmp.clone()])
             }
         })
     }
@@ -316,17 +386,27 @@ impl Drop for Tracer {
     }
 }
 
+/// The socket a trace sends on, and the other receive sockets its replies come in on.
 enum SendSocket<'a> {
-    Borrowed(&'a RawSocket),
-    Shared(Arc<RawSocket>),
+    Borrowed(&'a RawSocket, Vec<Arc<Inbox>>),
+    Shared(Arc<Inbox>, Vec<Arc<Inbox>>),
 }
 
 impl SendSocket<'_> {
     fn get(&self) -> &RawSocket {
         match self {
-            SendSocket::Borrowed(s) => s,
-            SendSocket::Shared(s) => s,
+            SendSocket::Borrowed(s, _) => s,
+            SendSocket::Shared(s, _) => &s.sock,
         }
+    }
+
+    /// Every receive socket a reply to this trace can arrive on.
+    fn inboxes(&self) -> impl Iterator<Item = &Inbox> {
+        let (own, others) = match self {
+            SendSocket::Borrowed(_, o) => (None, o),
+            SendSocket::Shared(s, o) => (Some(s), o),
+        };
+        own.into_iter().chain(others).map(|i| &**i)
     }
 }
 
@@ -362,53 +442,70 @@ impl Drop for Route<'_> {
     }
 }
 
-fn receive_loop(shared: &Shared, sock: &RawSocket, v6: bool, t: Transport) {
+fn receive_loop(shared: &Shared, inbox: &Inbox, v6: bool, t: Transport) {
     let mut buf = vec![0u8; 4096];
     while !shared.stop.load(Ordering::Relaxed) {
-        let rx = match sock.recv(&mut buf) {
-            Ok(Some(rx)) => rx,
-            Ok(None) => continue,
+        match inbox.sock.readable(socket::RECV_POLL) {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => {
                 log::warn!("trace receive: {e}");
-                thread::sleep(std::time::Duration::from_millis(100));
+                thread::sleep(Duration::from_millis(100));
                 continue;
             }
-        };
-        let bytes = &buf[..rx.len.min(buf.len())];
-        let parsed = match (rx.from, t) {
-            (IpAddr::V4(_), _) if !v6 => reply::parse_ipv4(bytes),
-            (IpAddr::V6(from), Transport::Icmp) => reply::parse_icmpv6(from, bytes),
-            (IpAddr::V6(from), Transport::Tcp) => reply::parse_tcpv6(from, bytes),
-            _ => Ok(None),
-        };
-        let r = match parsed {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(_) => {
-                shared.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
+        }
+        // Raised before the packet leaves the queue, lowered once it is routed: see
+        // `Inbox::caught_up`.
+        inbox.busy.store(true, Ordering::SeqCst);
+        match inbox.sock.recv(&mut buf) {
+            Ok(Some(rx)) => {
+                route(shared, &buf[..rx.len.min(buf.len())], rx.from, v6, t, rx.at);
+                let at = nanos_since(shared.epoch, rx.at);
+                inbox.routed_upto.fetch_max(at, Ordering::SeqCst);
             }
-        };
-        let resp = Response {
-            seq: Seq(r.probe.seq),
-            from: r.from,
-            kind: r.kind,
-            size: r.size,
-            received: rx.at,
-        };
-        let routes = lock(&shared.routes);
-        match routes.get(&FlowKey::from(&r.probe)) {
-            // A send fails only when the trace just ended; the reply is then moot.
-            Some(tx) => drop(tx.send(resp)),
-            None => {
-                shared.unmatched.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(None) => {}
+            Err(e) => log::warn!("trace receive: {e}"),
+        }
+        inbox.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Hands one received packet to the trace whose probe it answers, or counts it.
+fn route(shared: &Shared, bytes: &[u8], from: IpAddr, v6: bool, t: Transport, at: Instant) {
+    let parsed = match (from, t) {
+        (IpAddr::V4(_), _) if !v6 => reply::parse_ipv4(bytes),
+        (IpAddr::V6(from), Transport::Icmp) => reply::parse_icmpv6(from, bytes),
+        (IpAddr::V6(from), Transport::Tcp) => reply::parse_tcpv6(from, bytes),
+        _ => Ok(None),
+    };
+    let r = match parsed {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(_) => {
+            shared.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let resp = Response {
+        seq: Seq(r.probe.seq),
+        from: r.from,
+        kind: r.kind,
+        size: r.size,
+        received: at,
+    };
+    let routes = lock(&shared.routes);
+    match routes.get(&FlowKey::from(&r.probe)) {
+        // A send fails only when the trace just ended; the reply is then moot.
+        Some(tx) => drop(tx.send(resp)),
+        None => {
+            shared.unmatched.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// One raw-mode trace's view of the network.
 struct RawNet<'a> {
+    shared: &'a Shared,
     sock: &'a SendSocket<'a>,
     pacer: &'a Pacer,
     spec: ProbeSpec,
@@ -439,6 +536,16 @@ impl Network for RawNet<'_> {
             Ok(r) => Ok(Some(r)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+
+    fn settle(&mut self) {
+        let now = Instant::now();
+        let limit = now + SETTLE_MAX;
+        for inbox in self.sock.inboxes() {
+            while !inbox.caught_up(self.shared.epoch, now) && Instant::now() < limit {
+                thread::sleep(Duration::from_micros(20));
+            }
         }
     }
 }
