@@ -104,27 +104,40 @@ fn default_icmp_rate_limits_still_give_exact_paths() {
     }
 }
 
-/// `h - r1 =(a|b)= r4 - t`: r1 balances over a and b by the L4 hash.
+/// `h - r1 =(a|b)= r4 - t`, both families: r1 balances over a and b, IPv4 by the L4 hash
+/// (addresses, protocol, ports) and IPv6 by the L3 hash (addresses, flow label, next
+/// header), Linux's default for IPv6.
 fn ecmp_lab(lab: &mut Lab) {
     for n in ["h", "r1", "a", "b", "r4", "t"] {
         lab.node(n, false);
     }
     for (x, ix, y, iy, net) in [
-        ("h", "right", "r1", "left", "10.99.0"),
-        ("r1", "toa", "a", "left", "10.98.1"),
-        ("r1", "tob", "b", "left", "10.98.2"),
-        ("a", "right", "r4", "froma", "10.98.3"),
-        ("b", "right", "r4", "fromb", "10.98.4"),
-        ("r4", "right", "t", "left", "10.98.5"),
+        ("h", "right", "r1", "left", "99:0"),
+        ("r1", "toa", "a", "left", "98:1"),
+        ("r1", "tob", "b", "left", "98:2"),
+        ("a", "right", "r4", "froma", "98:3"),
+        ("b", "right", "r4", "fromb", "98:4"),
+        ("r4", "right", "t", "left", "98:5"),
     ] {
         lab.link(x, ix, y, iy);
-        lab.ip(x, &format!("addr add {net}.1/24 dev {ix}\n"));
-        lab.ip(y, &format!("addr add {net}.2/24 dev {iy}\n"));
+        let (v4, v6) = (net.replace(':', "."), format!("fd00:{net}::"));
+        lab.ip(
+            x,
+            &format!("addr add 10.{v4}.1/24 dev {ix}\naddr add {v6}1/64 dev {ix} nodad\n"),
+        );
+        lab.ip(
+            y,
+            &format!("addr add 10.{v4}.2/24 dev {iy}\naddr add {v6}2/64 dev {iy} nodad\n"),
+        );
     }
-    lab.ip("h", "route add default via 10.99.0.2\n");
+    lab.ip(
+        "h",
+        "route add default via 10.99.0.2\n-6 route add default via fd00:99:0::2\n",
+    );
     lab.ip(
         "r1",
-        "route add default nexthop via 10.98.1.2 nexthop via 10.98.2.2\n",
+        "route add default nexthop via 10.98.1.2 nexthop via 10.98.2.2\n\
+         -6 route add default nexthop via fd00:98:1::2 nexthop via fd00:98:2::2\n",
     );
     netns::run(&[
         "ip",
@@ -134,20 +147,26 @@ fn ecmp_lab(lab: &mut Lab) {
         "sysctl",
         "-qw",
         "net.ipv4.fib_multipath_hash_policy=1",
+        "net.ipv6.fib_multipath_hash_policy=0",
     ]);
+    for (n, fwd, back) in [
+        ("a", "98:3", "98:1"),
+        ("b", "98:4", "98:2"),
+        ("r4", "98:5", "98:3"),
+    ] {
+        let (f4, b4) = (fwd.replace(':', "."), back.replace(':', "."));
+        lab.ip(
+            n,
+            &format!(
+                "route add default via 10.{f4}.2\nroute add 10.99.0.0/24 via 10.{b4}.1\n\
+                 -6 route add default via fd00:{fwd}::2\n-6 route add fd00:99:0::/64 via fd00:{back}::1\n"
+            ),
+        );
+    }
     lab.ip(
-        "a",
-        "route add default via 10.98.3.2\nroute add 10.99.0.0/24 via 10.98.1.1\n",
+        "t",
+        "route add default via 10.98.5.1\n-6 route add default via fd00:98:5::1\n",
     );
-    lab.ip(
-        "b",
-        "route add default via 10.98.4.2\nroute add 10.99.0.0/24 via 10.98.2.1\n",
-    );
-    lab.ip(
-        "r4",
-        "route add default via 10.98.5.2\nroute add 10.99.0.0/24 via 10.98.3.1\n",
-    );
-    lab.ip("t", "route add default via 10.98.5.1\n");
 }
 
 #[test]
@@ -157,25 +176,40 @@ fn ecmp_each_flow_keeps_one_branch_and_flows_find_both() {
     }
     let mut lab = Lab::new("e");
     ecmp_lab(&mut lab);
-    let (a, b) = ("10.98.1.2", "10.98.2.2");
-    for proto in ["udp", "tcp"] {
-        let mut branch: HashMap<u64, BTreeSet<String>> = HashMap::new();
+    for (v6, proto) in [
+        (false, "udp"),
+        (false, "tcp"),
+        (false, "icmp"),
+        (true, "udp"),
+        (true, "tcp"),
+        (true, "icmp"),
+    ] {
+        let (first, a, b, dest) = if v6 {
+            ("fd00:99::2", "fd00:98:1::2", "fd00:98:2::2", "fd00:98:5::2")
+        } else {
+            ("10.99.0.2", "10.98.1.2", "10.98.2.2", "10.98.5.2")
+        };
+        let mut branch: HashMap<u64, BTreeSet<Vec<Option<String>>>> = HashMap::new();
         for _run in 0..4 {
-            for t in lab.trace("h", &["-p", proto, "--flows", "16", "10.98.5.2"]) {
+            for t in lab.trace("h", &["-p", proto, "--flows", "16", dest]) {
                 let h = hops(&t);
                 assert_eq!(h.len(), 4, "{t}");
-                assert_eq!(h[0].as_deref(), Some("10.99.0.2"));
-                assert!(
-                    h[1].as_deref() == Some(a) || h[1].as_deref() == Some(b),
-                    "{t}"
-                );
-                // r4 answers from its interface on the route back, which is via a.
-                assert_eq!(h[2].as_deref(), Some("10.98.3.2"));
-                assert_eq!(h[3].as_deref(), Some("10.98.5.2"));
+                assert_eq!(h[0].as_deref(), Some(first));
+                let via_a = h[1].as_deref() == Some(a);
+                assert!(via_a || h[1].as_deref() == Some(b), "{t}");
+                // An IPv4 router answers from its interface on the route back (via a), an
+                // IPv6 router from the one the probe came in on: the branch it took.
+                let r4 = match (v6, via_a) {
+                    (false, _) => "10.98.3.2",
+                    (true, true) => "fd00:98:3::2",
+                    (true, false) => "fd00:98:4::2",
+                };
+                assert_eq!(h[2].as_deref(), Some(r4), "{t}");
+                assert_eq!(h[3].as_deref(), Some(dest));
                 branch
                     .entry(t["flow"].as_u64().unwrap())
                     .or_default()
-                    .insert(h[1].clone().unwrap());
+                    .insert(h);
             }
         }
         assert_eq!(branch.len(), 16);
@@ -183,11 +217,18 @@ fn ecmp_each_flow_keeps_one_branch_and_flows_find_both() {
             assert_eq!(
                 seen.len(),
                 1,
-                "{proto} flow {flow} took several branches: {seen:?}"
+                "{proto} v6={v6} flow {flow} took several paths: {seen:?}"
             );
         }
         let all: BTreeSet<_> = branch.values().flatten().collect();
-        assert_eq!(all.len(), 2, "{proto}: 16 flows all took {all:?}");
+        if v6 || proto != "icmp" {
+            assert_eq!(all.len(), 2, "{proto} v6={v6}: 16 flows all took {all:?}");
+        } else {
+            // Linux hashes no ICMP field into its IPv4 multipath hash, so echo probes
+            // of every flow take one branch there; the ICMP id still differs per flow
+            // for routers that do read it.
+            assert_eq!(all.len(), 1, "{all:?}");
+        }
     }
 }
 

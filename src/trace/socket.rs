@@ -2,9 +2,11 @@
 //!
 //! Raw mode opens, per address family, one raw ICMP socket (sends echo probes, receives
 //! every ICMP reply), one send-only raw UDP socket and, on first use, one raw TCP socket
-//! (sends SYNs, receives SYN-ACK / RST). The kernel writes the IP header; the TTL and
-//! source address travel with each `sendmsg` as control messages, so one socket serves
-//! every concurrent trace without a race on a socket-wide TTL option.
+//! (sends SYNs, receives SYN-ACK / RST). For IPv4 the kernel writes the IP header; the
+//! TTL and source address travel with each `sendmsg` as control messages, so one socket
+//! serves every concurrent trace without a race on a socket-wide TTL option. IPv6 probes
+//! of every protocol leave through one `IPPROTO_RAW` socket with a header we write, which
+//! is the only way to give each flow its own flow label without leasing labels.
 //!
 //! Unprivileged mode uses one connected UDP socket per trace and reads ICMP errors from
 //! its error queue (`IP_RECVERR`), which needs no capability.
@@ -38,6 +40,9 @@ pub enum Transport {
     Udp,
     /// TCP.
     Tcp,
+    /// `IPPROTO_RAW` (send only): the caller writes the IP header too. IPv6 probes use it
+    /// to set their own flow label, which no socket option offers without a lease.
+    IpHeader,
 }
 
 /// One raw socket.
@@ -65,6 +70,8 @@ fn op_name(v6: bool, t: Transport) -> &'static str {
         (true, Transport::Icmp) => "socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6)",
         (true, Transport::Udp) => "socket(AF_INET6, SOCK_RAW, IPPROTO_UDP)",
         (true, Transport::Tcp) => "socket(AF_INET6, SOCK_RAW, IPPROTO_TCP)",
+        (false, Transport::IpHeader) => "socket(AF_INET, SOCK_RAW, IPPROTO_RAW)",
+        (true, Transport::IpHeader) => "socket(AF_INET6, SOCK_RAW, IPPROTO_RAW)",
     }
 }
 
@@ -94,6 +101,7 @@ impl RawSocket {
             (Transport::Icmp, true) => SockProtocol::IcmpV6,
             (Transport::Udp, _) => SockProtocol::Udp,
             (Transport::Tcp, _) => SockProtocol::Tcp,
+            (Transport::IpHeader, _) => SockProtocol::Raw,
         };
         let fd = ns::socket(af, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)
             .map_err(|e| Error::socket(op_name(v6, t), e))?;
@@ -108,50 +116,50 @@ impl RawSocket {
         Ok(RawSocket { fd })
     }
 
-    /// Sends `buf` (transport header and payload) to `dst` with this TTL, from `src`.
-    pub fn send(&self, buf: &[u8], dst: IpAddr, ttl: u8, src: IpAddr) -> Result<(), Error> {
+    /// Sends `buf` (transport header and payload) to `dst` with this TTL, from `src`; the
+    /// kernel writes the IPv4 header.
+    pub fn send(&self, buf: &[u8], dst: Ipv4Addr, ttl: u8, src: Ipv4Addr) -> Result<(), Error> {
         let iov = [IoSlice::new(buf)];
         let ttl = libc::c_int::from(ttl);
-        let fd = self.fd.as_raw_fd();
-        let res = match (dst, src) {
-            (IpAddr::V4(d), IpAddr::V4(s)) => {
-                // Pin the source the checksum was computed with (the routing choice could
-                // otherwise differ for a multi-homed host).
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from(s).to_be(),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                let cmsgs = [
-                    ControlMessage::Ipv4Ttl(&ttl),
-                    ControlMessage::Ipv4PacketInfo(&info),
-                ];
-                let addr = SockaddrIn::from(SocketAddrV4::new(d, 0));
-                ns::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&addr))
-            }
-            (IpAddr::V6(d), IpAddr::V6(s)) => {
-                let info = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: s.octets(),
-                    },
-                    ipi6_ifindex: 0,
-                };
-                let cmsgs = [
-                    ControlMessage::Ipv6HopLimit(&ttl),
-                    ControlMessage::Ipv6PacketInfo(&info),
-                ];
-                let addr = SockaddrIn6::from(SocketAddrV6::new(d, 0, 0, 0));
-                ns::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&addr))
-            }
-            _ => {
-                return Err(Error::Unsupported(
-                    "source and destination families differ".into(),
-                ));
-            }
+        // Pin the source the checksum was computed with (the routing choice could
+        // otherwise differ for a multi-homed host).
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(src).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
         };
-        res.map(drop).map_err(|e| Error::socket("sendmsg", e))
+        let cmsgs = [
+            ControlMessage::Ipv4Ttl(&ttl),
+            ControlMessage::Ipv4PacketInfo(&info),
+        ];
+        let addr = SockaddrIn::from(SocketAddrV4::new(dst, 0));
+        ns::sendmsg(
+            self.fd.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(drop)
+        .map_err(|e| Error::socket("sendmsg", e))
+    }
+
+    /// Sends a whole IPv6 packet, header included (an [`Transport::IpHeader`] socket):
+    /// hop limit, source and flow label are the ones written in it.
+    pub fn send_packet(&self, packet: &[u8], dst: Ipv6Addr) -> Result<(), Error> {
+        let iov = [IoSlice::new(packet)];
+        let addr = SockaddrIn6::from(SocketAddrV6::new(dst, 0, 0, 0));
+        ns::sendmsg(
+            self.fd.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(drop)
+        .map_err(|e| Error::socket("sendmsg", e))
     }
 
     /// True once a packet is queued; waits for one at most `wait` (rounded up to whole

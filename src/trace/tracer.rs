@@ -63,7 +63,9 @@ impl From<&ProbeId> for FlowKey {
 /// The raw sockets of one address family.
 struct RawFamily {
     icmp: Arc<Inbox>,
-    udp: RawSocket,
+    /// Send only. IPv4: a raw UDP socket. IPv6: an `IPPROTO_RAW` socket that sends every
+    /// protocol's probes with a header we write, flow label included.
+    send: RawSocket,
     /// Opened on the first TCP trace: a raw TCP socket copies every segment the host receives.
     tcp: Mutex<Option<Arc<Inbox>>>,
 }
@@ -207,11 +209,15 @@ impl Tracer {
 
     fn open_family(&self, v6: bool) -> Result<RawFamily, Error> {
         let icmp = Arc::new(Inbox::new(RawSocket::open(v6, Transport::Icmp, true)?));
-        let udp = RawSocket::open(v6, Transport::Udp, false)?;
+        let send = if v6 {
+            RawSocket::open(v6, Transport::IpHeader, false)?
+        } else {
+            RawSocket::open(v6, Transport::Udp, false)?
+        };
         self.spawn_receiver(icmp.clone(), v6, Transport::Icmp)?;
         Ok(RawFamily {
             icmp,
-            udp,
+            send,
             tcp: Mutex::new(None),
         })
     }
@@ -361,7 +367,8 @@ impl Tracer {
             ))
         })?;
         Ok(match p {
-            Protocol::Udp => SendSocket::Borrowed(&fam.udp, vec![fam.icmp.clone()]),
+            Protocol::Udp => SendSocket::Borrowed(&fam.send, vec![fam.icmp.clone()]),
+            Protocol::Icmp if v6 => SendSocket::Borrowed(&fam.send, vec![fam.icmp.clone()]),
             Protocol::Icmp => SendSocket::Shared(fam.icmp.clone(), vec![]),
             Protocol::Tcp => {
                 let mut tcp = lock(&fam.tcp);
@@ -373,7 +380,11 @@ impl Tracer {
                 let s = tcp.as_ref().expect("just set").clone();
                 // TCP probes are answered on the TCP socket (SYN-ACK, RST) and on the
                 // ICMP socket (time exceeded, unreachable).
-                SendSocket::Shared(s, vec![fam.icmp.clone()])
+                if v6 {
+                    SendSocket::Borrowed(&fam.send, vec![s, fam.icmp.clone()])
+                } else {
+                    SendSocket::Shared(s, vec![fam.icmp.clone()])
+                }
             }
         })
     }
@@ -523,11 +534,27 @@ impl Network for RawNet<'_> {
             seq: seq.0,
             ..self.spec
         };
-        probe::emit(&spec, &mut self.buf);
-        self.pacer.wait();
-        let at = Instant::now();
-        self.sock.get().send(&self.buf, spec.dst, ttl.0, spec.src)?;
-        Ok(at)
+        match spec.dst {
+            IpAddr::V6(dst) => {
+                probe::emit_ipv6(&spec, ttl.0, &mut self.buf);
+                self.pacer.wait();
+                let at = Instant::now();
+                self.sock.get().send_packet(&self.buf, dst)?;
+                Ok(at)
+            }
+            IpAddr::V4(dst) => {
+                let IpAddr::V4(src) = spec.src else {
+                    return Err(Error::Unsupported(
+                        "source and destination families differ".into(),
+                    ));
+                };
+                probe::emit(&spec, &mut self.buf);
+                self.pacer.wait();
+                let at = Instant::now();
+                self.sock.get().send(&self.buf, dst, ttl.0, src)?;
+                Ok(at)
+            }
+        }
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {

@@ -1,4 +1,5 @@
-//! IPv6 fixed header view (RFC 8200), as quoted inside ICMPv6 errors.
+//! IPv6 fixed header (RFC 8200): a view of the one quoted inside ICMPv6 errors, and
+//! the writer of our own probes' header.
 
 use super::{Error, Result, be16};
 use std::net::Ipv6Addr;
@@ -94,6 +95,34 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+/// The fields of a fixed header this program writes (traffic class 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Flow label; only its low 20 bits are written.
+    pub flow_label: u32,
+    /// Bytes after the fixed header.
+    pub payload_len: u16,
+    /// Protocol of the payload.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+}
+
+/// Writes `h` as a fixed header into the first [`HEADER_LEN`] bytes of `buf`.
+pub fn write_header(buf: &mut [u8; HEADER_LEN], h: &Header) {
+    let first = (6u32 << 28) | (h.flow_label & 0x000f_ffff);
+    buf[field::VER_TC_FLOW].copy_from_slice(&first.to_be_bytes());
+    buf[field::LENGTH].copy_from_slice(&h.payload_len.to_be_bytes());
+    buf[field::NXT_HDR] = h.next_header;
+    buf[field::HOP_LIMIT] = h.hop_limit;
+    buf[field::SRC].copy_from_slice(&h.src.octets());
+    buf[field::DST].copy_from_slice(&h.dst.octets());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +149,24 @@ mod tests {
         assert_eq!(p.dst_addr(), "fd00:99:1::2".parse::<Ipv6Addr>().unwrap());
         // 18 bytes were sent, 8 came back in this quote.
         assert_eq!(p.payload().len(), 8);
+    }
+
+    #[test]
+    fn written_header_reads_back_as_the_captured_one() {
+        let p = Packet::new_checked(&PACKET[..]).unwrap();
+        let mut buf = [0u8; HEADER_LEN];
+        write_header(
+            &mut buf,
+            &Header {
+                flow_label: p.flow_label(),
+                payload_len: p.payload_len(),
+                next_header: p.next_header(),
+                hop_limit: p.hop_limit(),
+                src: p.src_addr(),
+                dst: p.dst_addr(),
+            },
+        );
+        assert_eq!(buf[..], PACKET[..HEADER_LEN]);
     }
 
     #[test]

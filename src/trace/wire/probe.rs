@@ -1,4 +1,5 @@
-//! Writes probe packets (transport header and payload; the kernel adds the IP header).
+//! Writes probe packets: transport header and payload, to which the kernel adds the
+//! IPv4 header; IPv6 probes carry their own header (see [`emit_ipv6`]).
 //!
 //! Paris traceroute (Augustin et al., IMC 2006): routers that balance load hash the
 //! addresses, the protocol and the first four transport bytes (ports, or ICMP type, code
@@ -8,7 +9,7 @@
 //! - ICMP echo: the sequence field varies and two payload bytes keep the checksum constant.
 //! - TCP SYN: the sequence number (upper 16 bits) varies; ports stay fixed.
 
-use super::{checksum, icmpv4, icmpv6, ip_proto, tcp, udp};
+use super::{checksum, icmpv4, icmpv6, ip_proto, ipv6, tcp, udp};
 use crate::trace::Protocol;
 use std::net::IpAddr;
 
@@ -45,6 +46,41 @@ pub fn tcp_seq(seq: u16) -> u32 {
 /// The probe sequence carried by TCP sequence number `n`, if it is one of ours.
 pub fn seq_from_tcp(n: u32) -> Option<u16> {
     (n & 0xffff == 0).then_some((n >> 16) as u16)
+}
+
+/// The IPv6 flow label of every probe of the flow with this identity: routers that hash
+/// the label (Linux's default L3 multipath hash does) then spread flows like ports do,
+/// and keep each flow on one branch. Never 0, which would mean "no label".
+pub fn flow_label(ident: u16) -> u32 {
+    let mixed = u32::from(ident).wrapping_mul(0x9e37_79b1);
+    (mixed >> 12).max(1)
+}
+
+/// Writes an IPv6 probe with its fixed header into `buf` (cleared first): the header
+/// carries [`flow_label`] of the probe's identity, and `hop_limit`.
+pub fn emit_ipv6(spec: &ProbeSpec, hop_limit: u8, buf: &mut Vec<u8>) {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (spec.src, spec.dst) else {
+        return emit(spec, buf);
+    };
+    emit(spec, buf);
+    let next = match spec.protocol {
+        Protocol::Udp => ip_proto::UDP,
+        Protocol::Icmp => ip_proto::ICMPV6,
+        Protocol::Tcp => ip_proto::TCP,
+    };
+    let mut h = [0u8; ipv6::HEADER_LEN];
+    ipv6::write_header(
+        &mut h,
+        &ipv6::Header {
+            flow_label: flow_label(spec.ident),
+            payload_len: buf.len() as u16,
+            next_header: next,
+            hop_limit,
+            src,
+            dst,
+        },
+    );
+    buf.splice(0..0, h);
 }
 
 /// Writes the probe described by `spec` into `buf` (cleared first).
@@ -194,6 +230,29 @@ mod tests {
             assert!(verifies(&s6, &buf, ip_proto::ICMPV6));
             assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), icmp_checksum(61000));
         }
+    }
+
+    #[test]
+    fn ipv6_probes_carry_their_header_and_one_label_per_flow() {
+        let mut buf = Vec::new();
+        for proto in [Protocol::Udp, Protocol::Icmp, Protocol::Tcp] {
+            let s = spec(proto, 9, true);
+            emit_ipv6(&s, 7, &mut buf);
+            let p = ipv6::Packet::new_checked(&buf[..]).unwrap();
+            assert_eq!(p.hop_limit(), 7);
+            assert_eq!(p.flow_label(), flow_label(61000));
+            assert_eq!(usize::from(p.payload_len()) + ipv6::HEADER_LEN, buf.len());
+            assert_eq!(
+                (IpAddr::V6(p.src_addr()), IpAddr::V6(p.dst_addr())),
+                (s.src, s.dst)
+            );
+            let mut transport = Vec::new();
+            emit(&s, &mut transport);
+            assert_eq!(&buf[ipv6::HEADER_LEN..], &transport[..], "{proto:?}");
+        }
+        let labels: std::collections::HashSet<u32> = (61000..=65535).map(flow_label).collect();
+        assert_eq!(labels.len(), 4536, "every flow its own label");
+        assert!(labels.iter().all(|&l| l > 0 && l < 1 << 20));
     }
 
     #[test]
