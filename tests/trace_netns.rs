@@ -349,6 +349,39 @@ fn unprivileged_fallback_traces_udp_exactly() {
 }
 
 #[test]
+fn cap_net_raw_alone_traces_every_protocol_in_raw_mode() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("k");
+    let chain = Chain::build(&mut lab, 6, &[3], false);
+    // As `nobody` holding CAP_NET_RAW and nothing else (what `setcap cap_net_raw+ep` on
+    // the binary gives a normal user).
+    let only_net_raw = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all,+net_raw",
+        "--ambient-caps=+net_raw",
+    ];
+    for v6 in [false, true] {
+        for proto in ["udp", "icmp", "tcp"] {
+            let target = chain.target(v6);
+            let (out, err) = lab.trace_raw(
+                "h",
+                &only_net_raw,
+                &["--timeout-ms", "300", "-p", proto, &target],
+            );
+            assert!(err.contains("mode: raw sockets"), "{err}");
+            let t: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(hops(&t), expected(&chain, 7, 3, v6), "{proto} v6={v6}: {t}");
+            assert_eq!(t["reached"], true);
+        }
+    }
+}
+
+#[test]
 fn unreachable_route_ends_the_path_with_its_code() {
     if must_skip() {
         return;
