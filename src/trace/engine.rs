@@ -169,6 +169,12 @@ impl Run<'_> {
             match net.recv(wake.unwrap_or(now))? {
                 Some(r) => {
                     self.record(r);
+                    // Take every reply already waiting before sliding the window: one of
+                    // them may be the destination's, and then no TTL beyond it is sent.
+                    let now = net.now();
+                    while let Some(r) = net.recv(now)? {
+                        self.record(r);
+                    }
                     self.slide(net)?;
                 }
                 None if wake.is_none() => return Ok(()),
@@ -640,6 +646,22 @@ mod tests {
         assert!(
             o.hops.iter().all(|h| h.probes.len() == 1),
             "nothing retried"
+        );
+    }
+
+    #[test]
+    fn no_ttl_beyond_a_destination_whose_reply_is_already_queued() {
+        // Sends are slow (the kernel forwards each one before sendmsg returns), so every
+        // reply of the first window is queued by the time the trace reads the first one.
+        let mut net = Fake::chain(6);
+        net.send_cost = Duration::from_millis(1);
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7);
+        assert!(
+            net.sent.iter().all(|s| s.0 <= 8),
+            "sent past the window: {:?}",
+            net.sent
         );
     }
 
