@@ -312,6 +312,14 @@ fn hundred_targets_at_once_beside_other_tracers() {
     }
 }
 
+/// Runs the rest of a command line as user and group `nobody`, with no supplementary groups.
+const AS_NOBODY: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
 #[test]
 fn unprivileged_fallback_traces_udp_exactly() {
     if must_skip() {
@@ -320,14 +328,8 @@ fn unprivileged_fallback_traces_udp_exactly() {
     let mut lab = Lab::new("u");
     let chain = Chain::build(&mut lab, 6, &[3], false);
     // As `nobody` with no capabilities, raw sockets are refused.
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
     let (t4, t6) = (chain.target(false), chain.target(true));
-    let (out, err) = lab.trace_raw("h", &nobody, &["--timeout-ms", "300", &t4, &t6]);
+    let (out, err) = lab.trace_raw("h", AS_NOBODY, &["--timeout-ms", "300", &t4, &t6]);
     assert!(err.contains("unprivileged UDP (IP_RECVERR)"), "{err}");
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -358,13 +360,10 @@ fn cap_net_raw_alone_traces_every_protocol_in_raw_mode() {
     // As `nobody` holding CAP_NET_RAW and nothing else (what `setcap cap_net_raw+ep` on
     // the binary gives a normal user).
     let only_net_raw = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all,+net_raw",
-        "--ambient-caps=+net_raw",
-    ];
+        AS_NOBODY,
+        &["--inh-caps=-all,+net_raw", "--ambient-caps=+net_raw"],
+    ]
+    .concat();
     for v6 in [false, true] {
         for proto in ["udp", "icmp", "tcp"] {
             let target = chain.target(v6);
