@@ -55,6 +55,10 @@ const HERE_FACTOR: u32 = 3;
 /// a router that answers from its slow path a few hundred microseconds late is still
 /// heard.
 const NEAR_FLOOR: Duration = Duration::from_micros(500);
+/// Each retry round waits this many times longer for a hop than the round before: a
+/// router that answers from a slow control plane, much later than the hops beyond it, is
+/// given up in the first round but heard in the next, while a silent hop costs little.
+const RETRY_PATIENCE: u32 = 10;
 /// TTLs in flight beyond the highest router that answered. Sending all `max_hops` at
 /// once would also hit the destination (or the router that says "unreachable") with
 /// every TTL beyond it: 25 ICMP errors for a 5-hop path, enough to exhaust a Linux
@@ -85,6 +89,9 @@ struct Run<'o> {
     next_seq: u16,
     /// Highest TTL probed so far.
     sent_up_to: u8,
+    /// How many times the adaptive waits are stretched: 1 in the first round, ten times
+    /// more in each retry round (see [`RETRY_PATIENCE`]).
+    patience: u32,
 }
 
 /// Checks the options the engine depends on; each rule names the field.
@@ -116,12 +123,14 @@ pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Resu
         by_seq: HashMap::new(),
         next_seq: first_seq,
         sent_up_to: 0,
+        patience: 1,
     };
     // A window of TTLs goes out at once and slides as routers answer (see WINDOW), so
     // the trace takes about one timeout, not one per hop.
     let mut todo: Vec<u8> = (1..=run.window_end()).collect();
     run.sent_up_to = run.window_end();
     for round in 0..=opts.retries {
+        run.patience = RETRY_PATIENCE.saturating_pow(u32::from(round));
         for &ttl in &todo {
             for _ in 0..opts.queries {
                 run.send(net, ttl)?;
@@ -273,7 +282,11 @@ impl Run<'_> {
         let here = slowest(&|t| t == s.ttl).map(|rtt| rtt * HERE_FACTOR);
         let near = slowest(&|t| t > s.ttl && t <= limit).map(|rtt| rtt * NEAR_FACTOR);
         let wait = match here.max(near) {
-            Some(w) => w.max(NEAR_FLOOR).min(self.opts.timeout),
+            Some(w) => w
+                .max(NEAR_FLOOR)
+                .checked_mul(self.patience)
+                .unwrap_or(self.opts.timeout)
+                .min(self.opts.timeout),
             None => self.opts.timeout,
         };
         s.sent + wait
@@ -522,10 +535,10 @@ mod tests {
                 .iter()
                 .all(|p| p.rtt.is_none() && p.from.is_none())
         );
-        // Given up after NEAR_FACTOR x the RTT beyond it (at most 700 us x 10) per round,
-        // not after the 500 ms timeout.
+        // Given up after NEAR_FACTOR x the RTT beyond it (at most 700 us x 10 = 7 ms), then
+        // ten times that in the retry round (70 ms), not after two 500 ms timeouts.
         assert!(
-            net.elapsed() < Duration::from_millis(15),
+            net.elapsed() < Duration::from_millis(90),
             "{:?}",
             net.elapsed()
         );
@@ -546,6 +559,25 @@ mod tests {
         assert_eq!(o.hops[2].addr, Some(addr(3)));
         assert_eq!(o.hops[2].probes.len(), 1, "heard in the first round");
         assert_eq!(o.hops[2].probes[0].rtt, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_router_slower_than_that_is_heard_in_the_retry_round() {
+        // Router 2 answers after 20 ms; the hops beyond it within 0.7 ms. The first round
+        // gives it up at 7 ms, the retry round waits ten times longer and hears it.
+        let mut net = Fake::chain(6);
+        let slow = Answer::From(2, 20_000, ReplyKind::TimeExceeded);
+        net.script.insert(2, VecDeque::from(vec![slow; 8]));
+        let o = run(&mut net, &opts(), 1).unwrap();
+        assert_eq!(o.hops[1].addr, Some(addr(2)));
+        assert_eq!(o.hops[1].probes.len(), 2, "given up once, then retried");
+        // The first probe's reply came within the retry round's wait, so it counts too.
+        assert!(o.hops[1].probes.iter().all(|p| p.rtt.is_some()));
+        assert!(
+            net.elapsed() < Duration::from_millis(60),
+            "{:?}",
+            net.elapsed()
+        );
     }
 
     #[test]
