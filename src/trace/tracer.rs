@@ -287,7 +287,7 @@ impl Tracer {
         let first_seq = fastrand::u16(1..);
         let outcome = match self.mode {
             Mode::Raw => {
-                let sock = self.send_socket(dest, opts.protocol)?;
+                let sock = self.sockets(dest, opts.protocol)?;
                 let (tx, rx) = mpsc::channel();
                 let _route = Route::add(&self.shared, key, tx);
                 let spec = ProbeSpec {
@@ -353,7 +353,7 @@ impl Tracer {
         }
     }
 
-    fn send_socket(&self, dest: IpAddr, p: Protocol) -> Result<SendSocket<'_>, Error> {
+    fn sockets(&self, dest: IpAddr, p: Protocol) -> Result<Sockets<'_>, Error> {
         let v6 = dest.is_ipv6();
         let fam = if v6 {
             self.v6.as_ref()
@@ -366,27 +366,22 @@ impl Tracer {
                 if v6 { "IPv6" } else { "IPv4" }
             ))
         })?;
-        Ok(match p {
-            Protocol::Udp => SendSocket::Borrowed(&fam.send, vec![fam.icmp.clone()]),
-            Protocol::Icmp if v6 => SendSocket::Borrowed(&fam.send, vec![fam.icmp.clone()]),
-            Protocol::Icmp => SendSocket::Shared(fam.icmp.clone(), vec![]),
-            Protocol::Tcp => {
-                let mut tcp = lock(&fam.tcp);
-                if tcp.is_none() {
-                    let s = Arc::new(Inbox::new(RawSocket::open(v6, Transport::Tcp, true)?));
-                    self.spawn_receiver(s.clone(), v6, Transport::Tcp)?;
-                    *tcp = Some(s);
-                }
-                let s = tcp.as_ref().expect("just set").clone();
-                // TCP probes are answered on the TCP socket (SYN-ACK, RST) and on the
-                // ICMP socket (time exceeded, unreachable).
-                if v6 {
-                    SendSocket::Borrowed(&fam.send, vec![s, fam.icmp.clone()])
-                } else {
-                    SendSocket::Shared(s, vec![fam.icmp.clone()])
-                }
+        // Replies come in on the ICMP socket (time exceeded, unreachable, echo reply) and,
+        // for TCP probes, on the TCP socket (SYN-ACK, RST).
+        let mut inboxes = vec![fam.icmp.clone()];
+        if p == Protocol::Tcp {
+            let mut tcp = lock(&fam.tcp);
+            if tcp.is_none() {
+                let s = Arc::new(Inbox::new(RawSocket::open(v6, Transport::Tcp, true)?));
+                self.spawn_receiver(s.clone(), v6, Transport::Tcp)?;
+                *tcp = Some(s);
             }
-        })
+            inboxes.push(tcp.as_ref().expect("just set").clone());
+        }
+        // IPv6 probes all leave through the header-writing socket, IPv4 UDP probes through
+        // the raw UDP one; IPv4 ICMP and TCP probes through the socket their replies use.
+        let send = (v6 || p == Protocol::Udp).then_some(&fam.send);
+        Ok(Sockets { send, inboxes })
     }
 }
 
@@ -397,27 +392,21 @@ impl Drop for Tracer {
     }
 }
 
-/// The socket a trace sends on, and the other receive sockets its replies come in on.
-enum SendSocket<'a> {
-    Borrowed(&'a RawSocket, Vec<Arc<Inbox>>),
-    Shared(Arc<Inbox>, Vec<Arc<Inbox>>),
+/// The sockets one trace uses.
+struct Sockets<'a> {
+    /// The socket probes leave through; `None`: the last of `inboxes` (a raw ICMP or TCP
+    /// socket both sends and receives).
+    send: Option<&'a RawSocket>,
+    /// Every receive socket a reply to this trace can arrive on.
+    inboxes: Vec<Arc<Inbox>>,
 }
 
-impl SendSocket<'_> {
-    fn get(&self) -> &RawSocket {
-        match self {
-            SendSocket::Borrowed(s, _) => s,
-            SendSocket::Shared(s, _) => &s.sock,
+impl Sockets<'_> {
+    fn send(&self) -> &RawSocket {
+        match self.send {
+            Some(s) => s,
+            None => &self.inboxes.last().expect("at least the ICMP inbox").sock,
         }
-    }
-
-    /// Every receive socket a reply to this trace can arrive on.
-    fn inboxes(&self) -> impl Iterator<Item = &Inbox> {
-        let (own, others) = match self {
-            SendSocket::Borrowed(_, o) => (None, o),
-            SendSocket::Shared(s, o) => (Some(s), o),
-        };
-        own.into_iter().chain(others).map(|i| &**i)
     }
 }
 
@@ -517,7 +506,7 @@ fn route(shared: &Shared, bytes: &[u8], from: IpAddr, v6: bool, t: Transport, at
 /// One raw-mode trace's view of the network.
 struct RawNet<'a> {
     shared: &'a Shared,
-    sock: &'a SendSocket<'a>,
+    sock: &'a Sockets<'a>,
     pacer: &'a Pacer,
     spec: ProbeSpec,
     rx: Receiver<Response>,
@@ -534,27 +523,24 @@ impl Network for RawNet<'_> {
             seq: seq.0,
             ..self.spec
         };
-        match spec.dst {
-            IpAddr::V6(dst) => {
-                probe::emit_ipv6(&spec, ttl.0, &mut self.buf);
-                self.pacer.wait();
-                let at = Instant::now();
-                self.sock.get().send_packet(&self.buf, dst)?;
-                Ok(at)
-            }
-            IpAddr::V4(dst) => {
-                let IpAddr::V4(src) = spec.src else {
-                    return Err(Error::Unsupported(
-                        "source and destination families differ".into(),
-                    ));
-                };
-                probe::emit(&spec, &mut self.buf);
-                self.pacer.wait();
-                let at = Instant::now();
-                self.sock.get().send(&self.buf, dst, ttl.0, src)?;
-                Ok(at)
+        if spec.dst.is_ipv6() {
+            probe::emit_ipv6(&spec, ttl.0, &mut self.buf);
+        } else {
+            probe::emit(&spec, &mut self.buf);
+        }
+        self.pacer.wait();
+        let at = Instant::now();
+        let sock = self.sock.send();
+        match (spec.dst, spec.src) {
+            (IpAddr::V6(dst), _) => sock.send_packet(&self.buf, dst)?,
+            (IpAddr::V4(dst), IpAddr::V4(src)) => sock.send(&self.buf, dst, ttl.0, src)?,
+            (IpAddr::V4(_), IpAddr::V6(_)) => {
+                return Err(Error::Unsupported(
+                    "source and destination families differ".into(),
+                ));
             }
         }
+        Ok(at)
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Response>, Error> {
@@ -569,7 +555,7 @@ impl Network for RawNet<'_> {
     fn settle(&mut self) {
         let now = Instant::now();
         let limit = now + SETTLE_MAX;
-        for inbox in self.sock.inboxes() {
+        for inbox in &self.sock.inboxes {
             while !inbox.caught_up(self.shared.epoch, now) && Instant::now() < limit {
                 thread::sleep(Duration::from_micros(20));
             }
