@@ -487,6 +487,12 @@ mod tests {
         }
     }
 
+    /// Asserts that the run took less than `ms` of virtual time.
+    fn took_under(net: &Fake, ms: u64) {
+        let e = net.elapsed();
+        assert!(e < Duration::from_millis(ms), "took {e:?}");
+    }
+
     fn addrs(o: &Outcome) -> Vec<Option<IpAddr>> {
         o.hops.iter().map(|h| h.addr).collect()
     }
@@ -503,11 +509,7 @@ mod tests {
             .collect();
         assert_eq!(addrs(&o), want);
         // TTLs went out together, so the trace ends long before one timeout per hop.
-        assert!(
-            net.elapsed() < Duration::from_millis(5),
-            "{:?}",
-            net.elapsed()
-        );
+        took_under(&net, 5);
         assert_eq!(o.hops[2].probes[0].rtt, Some(Duration::from_micros(300)));
         // Every hop answered: no retry round. The window slid to 6 + WINDOW and no
         // further: not all 30 TTLs were spent on the destination.
@@ -537,11 +539,7 @@ mod tests {
         );
         // Given up after NEAR_FACTOR x the RTT beyond it (at most 700 us x 10 = 7 ms), then
         // ten times that in the retry round (70 ms), not after two 500 ms timeouts.
-        assert!(
-            net.elapsed() < Duration::from_millis(90),
-            "{:?}",
-            net.elapsed()
-        );
+        took_under(&net, 90);
         // Only the silent hop was re-probed (in the last send).
         let first_round = 6 + usize::from(WINDOW);
         let retried: Vec<u8> = net.sent[first_round..].iter().map(|s| s.0).collect();
@@ -573,11 +571,7 @@ mod tests {
         assert_eq!(o.hops[1].probes.len(), 2, "given up once, then retried");
         // The first probe's reply came within the retry round's wait, so it counts too.
         assert!(o.hops[1].probes.iter().all(|p| p.rtt.is_some()));
-        assert!(
-            net.elapsed() < Duration::from_millis(60),
-            "{:?}",
-            net.elapsed()
-        );
+        took_under(&net, 60);
     }
 
     #[test]
@@ -602,11 +596,7 @@ mod tests {
         assert!(o.reached);
         let rtts: Vec<bool> = o.hops[2].probes.iter().map(|p| p.rtt.is_some()).collect();
         assert_eq!(rtts, vec![true, false, true]);
-        assert!(
-            net.elapsed() < Duration::from_millis(2),
-            "{:?}",
-            net.elapsed()
-        );
+        took_under(&net, 2);
     }
 
     #[test]
