@@ -6,7 +6,7 @@
 use dist_traceroute::master::config::{Config, Live, parse_slaves, parse_targets};
 use dist_traceroute::master::path::{Path, Terminal};
 use dist_traceroute::master::routes::{App, Counters, Request, handle};
-use dist_traceroute::master::store::{NewHop, NewResult, Store};
+use dist_traceroute::master::store::{self, NewHop, NewResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("dt-query-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("bench.db");
-    let store = Arc::new(Store::open(&db)?);
+    let store = store::open(&db, 2)?;
     let start_ms =
         chrono::Utc::now().timestamp_millis() - (total / (SLAVES * TARGETS)) as i64 * 60_000;
     let t0 = Instant::now();

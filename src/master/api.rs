@@ -1,10 +1,9 @@
 //! The query API (`GET /api/v1/…`): slaves, targets, results with cursor paging, the current
 //! path of each (slave, target, flow) with per-hop statistics over a time window, path history
-//! and change events. Read-only; runs on the store's read connection.
+//! and change events. Read-only; every query goes through the store's interface.
 
 use super::routes::{App, Request, Response};
-use super::store::ResultQuery;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::store::{Cursor, EventQuery, NewHop, ResultQuery, SeriesFilter, SlaveRecord};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -100,12 +99,7 @@ pub fn result_query(
     let before = match p.text("cursor") {
         None => None,
         Some(c) => {
-            let bad = || "cursor is not one this API gave".to_owned();
-            let (t, id) = c.split_once('.').ok_or_else(bad)?;
-            Some((
-                t.parse().map_err(|_| bad())?,
-                id.parse().map_err(|_| bad())?,
-            ))
+            Some(Cursor::parse(c).ok_or_else(|| "cursor is not one this API gave".to_owned())?)
         }
     };
     Ok(ResultQuery {
@@ -132,15 +126,14 @@ fn iso_opt(ms: Option<i64>) -> Option<String> {
     ms.map(iso)
 }
 
-/// Runs `f` against the read connection; any error becomes a 400 (bad parameter) or 500.
-fn answer<T: Serialize>(app: &App, f: impl FnOnce(&Connection) -> Result<T, ApiError>) -> Response {
-    let conn = app.store.read();
-    match f(&conn) {
+/// Runs a query; any error becomes a 400 (bad parameter), 404 or 500.
+fn answer<T: Serialize>(f: impl FnOnce() -> Result<T, ApiError>) -> Response {
+    match f() {
         Ok(v) => Response::json(200, &v),
         Err(ApiError::Bad(m)) => Response::error(400, m),
         Err(ApiError::NotFound(m)) => Response::error(404, m),
         Err(ApiError::Db(e)) => {
-            log::error!("query failed: {e}");
+            log::error!("query failed: {e:#}");
             Response::error(500, "query failed")
         }
     }
@@ -153,11 +146,11 @@ pub enum ApiError {
     /// Nothing matched a required selection: 404.
     NotFound(String),
     /// The database failed: 500.
-    Db(rusqlite::Error),
+    Db(anyhow::Error),
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
         ApiError::Db(e)
     }
 }
@@ -201,33 +194,18 @@ struct SlaveView {
     results_stored: i64,
     spool_depth: Option<i64>,
     dropped_total: i64,
+    clock_skew_s: Option<f64>,
 }
 
 /// Every slave in the config or the store.
-pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
+pub fn slave_views(app: &App) -> anyhow::Result<Vec<SlaveRecord>> {
     let config = app.config.get();
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
-                spool_depth, dropped_total FROM slaves ORDER BY name",
-    )?;
-    let mut out: BTreeMap<String, SlaveRecord> = BTreeMap::new();
-    for row in stmt.query_map([], |r| {
-        Ok(SlaveRecord {
-            name: r.get(0)?,
-            first_seen: Some(r.get(1)?),
-            last_seen: Some(r.get(2)?),
-            last_config: r.get(3)?,
-            remote_addr: r.get(4)?,
-            version: r.get(5)?,
-            results_stored: r.get(6)?,
-            spool_depth: r.get(7)?,
-            dropped_total: r.get(8)?,
-            configured: false,
-        })
-    })? {
-        let v = row?;
-        out.insert(v.name.clone(), v);
-    }
+    let mut out: BTreeMap<String, SlaveRecord> = app
+        .store
+        .slaves()?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
     for s in &config.slaves.slaves {
         out.entry(s.name.0.clone())
             .or_insert_with(|| SlaveRecord {
@@ -240,6 +218,7 @@ pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveRe
                 results_stored: 0,
                 spool_depth: None,
                 dropped_total: 0,
+                clock_skew_ms: None,
                 configured: true,
             })
             .configured = true;
@@ -247,36 +226,12 @@ pub fn slave_views(app: &App, conn: &Connection) -> rusqlite::Result<Vec<SlaveRe
     Ok(out.into_values().collect())
 }
 
-/// What the store knows of a slave.
-pub struct SlaveRecord {
-    /// Name.
-    pub name: String,
-    /// First seen, Unix ms.
-    pub first_seen: Option<i64>,
-    /// Last request, Unix ms.
-    pub last_seen: Option<i64>,
-    /// Last config fetch, Unix ms.
-    pub last_config: Option<i64>,
-    /// Remote address of its last config fetch.
-    pub remote_addr: Option<String>,
-    /// Program and version it reported.
-    pub version: Option<String>,
-    /// Results stored.
-    pub results_stored: i64,
-    /// Spool depth it reported.
-    pub spool_depth: Option<i64>,
-    /// Results it dropped in all.
-    pub dropped_total: i64,
-    /// Listed in dt-slaves.json now.
-    pub configured: bool,
-}
-
 fn slaves(app: &App, req: &Request) -> Response {
-    answer(app, |conn| {
+    answer(|| {
         let p = Params::parse(&req.query, &["offline_after"])?;
         let offline_after = p.duration("offline_after", OFFLINE_AFTER)?;
         let now = now_ms();
-        let views = slave_views(app, conn)?;
+        let views = slave_views(app)?;
         let list: Vec<SlaveView> = views
             .into_iter()
             .map(|v| {
@@ -295,6 +250,7 @@ fn slaves(app: &App, req: &Request) -> Response {
                     results_stored: v.results_stored,
                     spool_depth: v.spool_depth,
                     dropped_total: v.dropped_total,
+                    clock_skew_s: v.clock_skew_ms.map(|ms| ms as f64 / 1000.0),
                 }
             })
             .collect();
@@ -303,7 +259,7 @@ fn slaves(app: &App, req: &Request) -> Response {
 }
 
 fn targets(app: &App, req: &Request) -> Response {
-    answer(app, |conn| {
+    answer(|| {
         Params::parse(&req.query, &[])?;
         let config = app.config.get();
         let mut list: Vec<serde_json::Value> = config
@@ -318,19 +274,10 @@ fn targets(app: &App, req: &Request) -> Response {
                 })
             })
             .collect();
-        let mut stmt =
-            conn.prepare_cached("SELECT uuid, name, address FROM targets ORDER BY name")?;
-        for row in stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })? {
-            let (uuid, name, address) = row?;
-            if !config.has_target(&uuid) {
+        for t in app.store.targets()? {
+            if !config.has_target(&t.uuid) {
                 list.push(serde_json::json!({
-                    "id": uuid, "name": name, "address": address, "configured": false,
+                    "id": t.uuid, "name": t.name, "address": t.address, "configured": false,
                 }));
             }
         }
@@ -338,69 +285,17 @@ fn targets(app: &App, req: &Request) -> Response {
     })
 }
 
-/// The series matching optional slave, target (UUID or name) and flow filters.
-fn series_ids(conn: &Connection, p: &Params) -> Result<Vec<SeriesRow>, ApiError> {
+/// The slave, target (UUID or name) and flow filters of a query.
+fn series_filter(p: &Params) -> Result<SeriesFilter, ApiError> {
     let flow = match p.text("flow") {
         Some(_) => Some(p.number("flow", 0, 65_535, 0)?),
         None => None,
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, se.current_path, se.current_since,
-                se.last_measured, se.changes_total
-         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
-         WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
-           AND (?3 IS NULL OR se.flow = ?3)
-         ORDER BY s.name, t.name, se.flow",
-    )?;
-    let rows = stmt.query_map(params![p.text("slave"), p.text("target"), flow], |r| {
-        Ok(SeriesRow {
-            id: r.get(0)?,
-            slave: r.get(1)?,
-            target_id: r.get(2)?,
-            target_name: r.get(3)?,
-            target_address: r.get(4)?,
-            flow: r.get(5)?,
-            current_path: r.get(6)?,
-            current_since: r.get(7)?,
-            last_measured: r.get(8)?,
-            changes_total: r.get(9)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// One (slave, target, flow).
-pub struct SeriesRow {
-    /// Row id.
-    pub id: i64,
-    /// Slave name.
-    pub slave: String,
-    /// Target UUID.
-    pub target_id: String,
-    /// Target name.
-    pub target_name: String,
-    /// Target address.
-    pub target_address: String,
-    /// Flow.
-    pub flow: i64,
-    /// Current path row.
-    pub current_path: Option<i64>,
-    /// Since when, Unix ms.
-    pub current_since: Option<i64>,
-    /// Newest result, Unix ms.
-    pub last_measured: Option<i64>,
-    /// Path changes so far.
-    pub changes_total: i64,
-}
-
-fn path_text(conn: &Connection, id: Option<i64>) -> rusqlite::Result<Option<(String, String)>> {
-    let Some(id) = id else { return Ok(None) };
-    conn.query_row(
-        "SELECT hash, canonical FROM paths WHERE id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
+    Ok(SeriesFilter {
+        slave: p.text("slave").map(str::to_owned),
+        target: p.text("target").map(str::to_owned),
+        flow,
+    })
 }
 
 /// Statistics of one TTL over a window.
@@ -463,75 +358,43 @@ pub fn rtt_stats(ns: &[i64]) -> Option<RttStats> {
     })
 }
 
-/// Per-hop statistics of one series' results measured at or after `since` (Unix ms), hops
-/// 1 up to the longer of the current path and the deepest answer.
-pub fn hop_stats(
-    conn: &Connection,
-    series: i64,
-    since: i64,
-    current: &[Option<String>],
-) -> rusqlite::Result<(i64, Vec<HopStats>)> {
-    // Probes per result: the length of its Replies, else one.
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id, h.ttl, h.address, h.rtt_ns, h.replies
-         FROM results r LEFT JOIN hops h ON h.result = r.id
-         WHERE r.series_id = ?1 AND r.measured_at >= ?2",
-    )?;
-    struct Row {
-        result: i64,
-        ttl: Option<i64>,
-        address: Option<String>,
-        rtt: Option<i64>,
-        replies: Option<Vec<Option<i64>>>,
-    }
-    let rows: Vec<Row> = stmt
-        .query_map(params![series, since], |r| {
-            let replies: Option<String> = r.get(4)?;
-            Ok(Row {
-                result: r.get(0)?,
-                ttl: r.get(1)?,
-                address: r.get(2)?,
-                rtt: r.get(3)?,
-                replies: replies.and_then(|s| serde_json::from_str(&s).ok()),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut probes_of: BTreeMap<i64, i64> = BTreeMap::new();
-    for r in &rows {
-        let n = r.replies.as_ref().map_or(1, |v| v.len().max(1) as i64);
-        let e = probes_of.entry(r.result).or_insert(1);
-        *e = (*e).max(n);
-    }
-    let results = probes_of.len() as i64;
-    let total_probes: i64 = probes_of.values().sum();
-    let deepest = rows.iter().filter_map(|r| r.ttl).max().unwrap_or(0);
+/// Per-hop statistics over the hops of a window's results, hops 1 up to the longer of the
+/// current path and the deepest answer. A result's probes per hop is the length of its
+/// longest `Replies`, else one.
+pub fn hop_stats(results: &[Vec<NewHop>], current: &[Option<String>]) -> Vec<HopStats> {
+    let probes_of = |hops: &Vec<NewHop>| -> i64 {
+        hops.iter()
+            .map(|h| h.replies.as_ref().map_or(1, |v| v.len().max(1) as i64))
+            .max()
+            .unwrap_or(1)
+    };
+    let total_probes: i64 = results.iter().map(probes_of).sum();
+    let deepest = results.iter().flatten().map(|h| h.ttl).max().unwrap_or(0);
     let len = deepest.max(current.len() as i64);
     let mut out = Vec::with_capacity(len as usize);
     for ttl in 1..=len {
-        let at: Vec<&Row> = rows.iter().filter(|r| r.ttl == Some(ttl)).collect();
         let mut answered = 0;
         let mut rtts = Vec::new();
-        let mut by_addr: BTreeMap<String, i64> = BTreeMap::new();
-        for r in &at {
-            match &r.replies {
+        let mut by_addr: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut with_answer = 0;
+        for h in results.iter().flatten().filter(|h| h.ttl == ttl) {
+            with_answer += 1;
+            match &h.replies {
                 Some(v) if !v.is_empty() => {
                     answered += v.iter().flatten().count() as i64;
                     rtts.extend(v.iter().flatten().copied());
                 }
                 _ => {
                     answered += 1;
-                    rtts.extend(r.rtt);
+                    rtts.push(h.rtt_ns);
                 }
             }
-            if let Some(a) = &r.address {
-                *by_addr.entry(a.clone()).or_default() += 1;
-            }
+            *by_addr.entry(h.address.as_str()).or_default() += 1;
         }
-        let with_answer = at.len() as i64;
         let mut addresses: Vec<AddressShare> = by_addr
             .into_iter()
             .map(|(address, n)| AddressShare {
-                address,
+                address: address.to_owned(),
                 results: n,
                 share: n as f64 / with_answer.max(1) as f64,
             })
@@ -551,17 +414,17 @@ pub fn hop_stats(
             addresses,
         });
     }
-    Ok((results, out))
+    out
 }
 
 fn current_paths(app: &App, req: &Request) -> Response {
-    answer(app, |conn| {
+    answer(|| {
         let p = Params::parse(&req.query, &["slave", "target", "flow", "window"])?;
         let window = p.duration("window", Duration::from_secs(3600))?;
         let since = now_ms() - window.as_millis() as i64;
         let mut list = Vec::new();
-        for s in series_ids(conn, &p)? {
-            let Some((hash, text)) = path_text(conn, s.current_path)? else {
+        for s in app.store.series(&series_filter(&p)?)? {
+            let Some((hash, text)) = s.current_path else {
                 continue;
             };
             let parsed = super::path::Path::parse_canonical(&text);
@@ -569,7 +432,8 @@ fn current_paths(app: &App, req: &Request) -> Response {
                 .as_ref()
                 .map(|p| p.hops.iter().map(|h| h.map(|a| a.to_string())).collect())
                 .unwrap_or_default();
-            let (results, hops) = hop_stats(conn, s.id, since, &current)?;
+            let results = app.store.series_hops(s.id, since)?;
+            let hops = hop_stats(&results, &current);
             list.push(serde_json::json!({
                 "slave": s.slave, "target_id": s.target_id, "target_name": s.target_name,
                 "target_address": s.target_address, "flow": s.flow,
@@ -577,7 +441,7 @@ fn current_paths(app: &App, req: &Request) -> Response {
                 "terminal": parsed.map(|p| p.terminal.as_text()),
                 "since": iso_opt(s.current_since), "last_measured": iso_opt(s.last_measured),
                 "changes_total": s.changes_total,
-                "window_s": window.as_secs(), "results_in_window": results, "hops": hops,
+                "window_s": window.as_secs(), "results_in_window": results.len(), "hops": hops,
             }));
         }
         Ok(serde_json::json!({ "paths": list }))
@@ -585,32 +449,28 @@ fn current_paths(app: &App, req: &Request) -> Response {
 }
 
 fn path_history(app: &App, req: &Request) -> Response {
-    answer(app, |conn| {
+    answer(|| {
         let p = Params::parse(&req.query, &["slave", "target", "flow", "from", "to"])?;
         let from = p.time("from")?.unwrap_or(i64::MIN);
         let to = p.time("to")?.unwrap_or(i64::MAX);
-        let mut stmt = conn.prepare_cached(
-            "SELECT p.hash, p.canonical, MIN(r.measured_at), MAX(r.measured_at), COUNT(*)
-             FROM results r JOIN paths p ON p.id = r.path_id
-             WHERE r.series_id = ?1 AND r.measured_at BETWEEN ?2 AND ?3
-             GROUP BY r.path_id ORDER BY MIN(r.measured_at)",
-        )?;
         let mut list = Vec::new();
-        for s in series_ids(conn, &p)? {
-            let paths = stmt
-                .query_map(params![s.id, from, to], |r| {
-                    Ok(serde_json::json!({
-                        "path_id": r.get::<_, String>(0)?, "path": r.get::<_, String>(1)?,
-                        "first_seen": iso(r.get(2)?), "last_seen": iso(r.get(3)?),
-                        "count": r.get::<_, i64>(4)?,
-                    }))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let current = path_text(conn, s.current_path)?.map(|(h, _)| h);
+        for s in app.store.series(&series_filter(&p)?)? {
+            let paths: Vec<serde_json::Value> = app
+                .store
+                .path_history(s.id, from, to)?
+                .into_iter()
+                .map(|h| {
+                    serde_json::json!({
+                        "path_id": h.path_id, "path": h.path,
+                        "first_seen": iso(h.first_seen), "last_seen": iso(h.last_seen),
+                        "count": h.count,
+                    })
+                })
+                .collect();
             list.push(serde_json::json!({
                 "slave": s.slave, "target_id": s.target_id, "target_name": s.target_name,
-                "flow": s.flow, "current_path_id": current, "changes_total": s.changes_total,
-                "paths": paths,
+                "flow": s.flow, "current_path_id": s.current_path.map(|(h, _)| h),
+                "changes_total": s.changes_total, "paths": paths,
             }));
         }
         Ok(serde_json::json!({ "series": list }))
@@ -627,7 +487,7 @@ pub const EVENT_KINDS: &[&str] = &[
 ];
 
 fn events(app: &App, req: &Request) -> Response {
-    answer(app, |conn| {
+    answer(|| {
         let p = Params::parse(
             &req.query,
             &[
@@ -644,63 +504,42 @@ fn events(app: &App, req: &Request) -> Response {
             )
             .into());
         }
-        let flow = match p.text("flow") {
-            Some(_) => Some(p.number("flow", 0, 65_535, 0)?),
+        let limit = p.number("limit", 1, 1000, 100)?;
+        let before_id = match p.text("cursor") {
+            Some(c) => Some(
+                c.parse::<i64>()
+                    .map_err(|_| "cursor is not one this API gave".to_owned())?,
+            ),
             None => None,
         };
-        let limit = p.number("limit", 1, 1000, 100)?;
-        let cursor = match p.text("cursor") {
-            Some(c) => c
-                .parse::<i64>()
-                .map_err(|_| "cursor is not one this API gave".to_owned())?,
-            None => i64::MAX,
-        };
-        let mut stmt = conn.prepare_cached(
-            "SELECT e.id, e.at, e.kind, s.name, t.uuid, t.name, se.flow, fp.hash, fp.canonical,
-                    tp.hash, tp.canonical, e.first_diff_ttl, e.detail
-             FROM events e JOIN series se ON se.id = e.series_id
-             JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
-             LEFT JOIN paths fp ON fp.id = e.from_path LEFT JOIN paths tp ON tp.id = e.to_path
-             WHERE e.id < ?1 AND (?2 IS NULL OR s.name = ?2) AND (?3 IS NULL OR t.uuid = ?3 OR t.name = ?3)
-               AND (?4 IS NULL OR se.flow = ?4) AND (?5 IS NULL OR e.kind = ?5)
-               AND e.at >= ?6 AND e.at <= ?7
-             ORDER BY e.id DESC LIMIT ?8",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                cursor,
-                p.text("slave"),
-                p.text("target"),
-                flow,
-                p.text("kind"),
-                p.time("from")?.unwrap_or(i64::MIN),
-                p.time("to")?.unwrap_or(i64::MAX),
-                limit
-            ],
-            |r| {
-                let detail: String = r.get(12)?;
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    serde_json::json!({
-                        "id": r.get::<_, i64>(0)?, "at": iso(r.get(1)?), "kind": r.get::<_, String>(2)?,
-                        "slave": r.get::<_, String>(3)?, "target_id": r.get::<_, String>(4)?,
-                        "target_name": r.get::<_, String>(5)?, "flow": r.get::<_, i64>(6)?,
-                        "from_path_id": r.get::<_, Option<String>>(7)?, "from_path": r.get::<_, Option<String>>(8)?,
-                        "to_path_id": r.get::<_, Option<String>>(9)?, "to_path": r.get::<_, Option<String>>(10)?,
-                        "first_diff_ttl": r.get::<_, Option<i64>>(11)?,
-                        "detail": serde_json::from_str::<serde_json::Value>(&detail).unwrap_or_default(),
-                    }),
-                ))
-            },
-        )?;
-        let rows: Vec<(i64, serde_json::Value)> = rows.collect::<Result<_, _>>()?;
+        let rows = app.store.events(&EventQuery {
+            series: series_filter(&p)?,
+            kind: p.text("kind").map(str::to_owned),
+            from: p.time("from")?,
+            to: p.time("to")?,
+            before_id,
+            limit: limit as u32,
+        })?;
         let next = (rows.len() as i64 == limit)
-            .then(|| rows.last().map(|r| r.0.to_string()))
+            .then(|| rows.last().map(|r| r.id.to_string()))
             .flatten();
-        Ok(serde_json::json!({
-            "events": rows.into_iter().map(|r| r.1).collect::<Vec<_>>(),
-            "next_cursor": next,
-        }))
+        let events: Vec<serde_json::Value> = rows
+            .into_iter()
+            .map(|e| {
+                let (from_id, from_path) = e.from_path.unzip();
+                let (to_id, to_path) = e.to_path.unzip();
+                serde_json::json!({
+                    "id": e.id, "at": iso(e.at), "kind": e.kind,
+                    "slave": e.slave, "target_id": e.target_id,
+                    "target_name": e.target_name, "flow": e.flow,
+                    "from_path_id": from_id, "from_path": from_path,
+                    "to_path_id": to_id, "to_path": to_path,
+                    "first_diff_ttl": e.first_diff_ttl,
+                    "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "events": events, "next_cursor": next }))
     })
 }
 

@@ -66,8 +66,8 @@ fn results(app: &App, req: &Request, format: Format) -> Response {
         Format::Csv => "text/csv; charset=utf-8",
         Format::Atlas => "application/json",
     };
-    if let Some((t, id)) = next {
-        r.headers.push(("X-Next-Cursor", format!("{t}.{id}")));
+    if let Some(c) = next {
+        r.headers.push(("X-Next-Cursor", c.text()));
     }
     r
 }
@@ -219,23 +219,20 @@ fn graph(app: &App, req: &Request) -> Response {
     let Some(target) = p.text("target") else {
         return Response::error(400, "target is required (UUID or name)");
     };
-    let conn = app.store.read();
-    let rows = (|| -> rusqlite::Result<Vec<(String, i64, String, String)>> {
-        let mut stmt = conn.prepare_cached(
-            "SELECT s.name, se.flow, p.canonical, t.name FROM series se
-             JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
-             JOIN paths p ON p.id = se.current_path
-             WHERE t.uuid = ?1 OR t.name = ?1 ORDER BY s.name, se.flow",
-        )?;
-        stmt.query_map([target], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect()
-    })();
-    let rows = match rows {
-        Ok(r) => r,
+    let series = app.store.series(&super::store::SeriesFilter {
+        target: Some(target.to_owned()),
+        ..Default::default()
+    });
+    let rows: Vec<(String, i64, String, String)> = match series {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|s| {
+                let (_, text) = s.current_path?;
+                Some((s.slave, s.flow, text, s.target_name))
+            })
+            .collect(),
         Err(e) => {
-            log::error!("graph query failed: {e}");
+            log::error!("graph query failed: {e:#}");
             return Response::error(500, "graph query failed");
         }
     };
@@ -324,6 +321,7 @@ mod tests {
             target_known: true,
             date_time: "2019-02-07T21:06:10.803+01:00".into(),
             measured_at: 1_549_569_970_803,
+            ordered_at: None,
             duration_ns: Some(1_500_000_000),
             received_at: 0,
             success: true,
@@ -389,6 +387,7 @@ mod tests {
             target_known: true,
             date_time: "d".into(),
             measured_at: 0,
+            ordered_at: None,
             duration_ns: None,
             received_at: 0,
             success: false,

@@ -164,14 +164,8 @@ pub fn render(app: &App) -> anyhow::Result<String> {
         app.metrics.durations.clone(),
     );
 
-    let conn = app.store.read();
     let storage = FGauge::default();
-    let bytes: i64 = conn.query_row(
-        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-        [],
-        |r| r.get(0),
-    )?;
-    storage.set(bytes as f64);
+    storage.set(app.store.storage_bytes()? as f64);
     reg.register(
         "dt_storage_bytes",
         "Size of the database file (without the WAL)",
@@ -183,51 +177,30 @@ pub fn render(app: &App) -> anyhow::Result<String> {
     let rtt = Family::<SeriesLabel, FGauge>::default();
     let changes = Family::<SeriesLabel, Counter>::default();
     let info = Family::<PathLabel, FGauge>::default();
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.name, t.name, t.uuid, se.flow, p.hash, p.hop_count, r.success, se.changes_total,
-                (SELECT h.rtt_ns FROM hops h WHERE h.result = r.id
-                 ORDER BY (h.kind = 'reached') DESC, h.ttl DESC LIMIT 1)
-         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
-         LEFT JOIN paths p ON p.id = se.current_path LEFT JOIN results r ON r.id = se.last_result",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, Option<String>>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-            r.get::<_, Option<bool>>(6)?,
-            r.get::<_, i64>(7)?,
-            r.get::<_, Option<i64>>(8)?,
-        ))
-    })?;
-    for row in rows {
-        let (slave, target, target_id, flow, path, hop_count, success, changes_total, rtt_ns) =
-            row?;
+    for s in app.store.series(&Default::default())? {
         let l = SeriesLabel {
-            slave: slave.clone(),
-            target: target.clone(),
-            target_id: target_id.clone(),
-            flow: flow.to_string(),
+            slave: s.slave.clone(),
+            target: s.target_name.clone(),
+            target_id: s.target_id.clone(),
+            flow: s.flow.to_string(),
         };
-        let reached = success.unwrap_or(false);
+        let reached = s.last_success.unwrap_or(false);
         reachable
             .get_or_create(&l)
             .set(if reached { 1.0 } else { 0.0 });
-        hops.get_or_create(&l).set(hop_count.unwrap_or(0) as f64);
-        if reached && let Some(ns) = rtt_ns {
+        hops.get_or_create(&l)
+            .set(s.current_hops.unwrap_or(0) as f64);
+        if reached && let Some(ns) = s.last_rtt_ns {
             rtt.get_or_create(&l).set(ns as f64 / 1e9);
         }
         changes
             .get_or_create(&l)
-            .inc_by(changes_total.max(0) as u64);
-        if let Some(path_id) = path {
+            .inc_by(s.changes_total.max(0) as u64);
+        if let Some((path_id, _)) = s.current_path {
             info.get_or_create(&PathLabel {
-                slave,
-                target,
-                target_id,
+                slave: s.slave,
+                target: s.target_name,
+                target_id: s.target_id,
                 flow: l.flow.clone(),
                 path_id,
             })
@@ -259,8 +232,9 @@ pub fn render(app: &App) -> anyhow::Result<String> {
     let age = Family::<SlaveLabel, FGauge>::default();
     let spool = Family::<SlaveLabel, FGauge>::default();
     let dropped = Family::<SlaveLabel, Counter>::default();
+    let skew = Family::<SlaveLabel, FGauge>::default();
     let now = chrono::Utc::now().timestamp_millis();
-    for v in super::api::slave_views(app, &conn)? {
+    for v in super::api::slave_views(app)? {
         let l = SlaveLabel {
             slave: v.name.clone(),
         };
@@ -273,6 +247,9 @@ pub fn render(app: &App) -> anyhow::Result<String> {
         dropped
             .get_or_create(&l)
             .inc_by(v.dropped_total.max(0) as u64);
+        if let Some(ms) = v.clock_skew_ms {
+            skew.get_or_create(&l).set(ms as f64 / 1000.0);
+        }
     }
     reg.register(
         "dt_slave_last_seen_age_seconds",
@@ -288,6 +265,11 @@ pub fn render(app: &App) -> anyhow::Result<String> {
         "dt_slave_dropped_results",
         "Results the slave dropped (spool full), as it reported",
         dropped,
+    );
+    reg.register(
+        "dt_slave_clock_skew_seconds",
+        "The slave's clock minus the master's (positive: ahead), from its newest result",
+        skew,
     );
 
     let mut out = String::new();

@@ -92,7 +92,7 @@ impl Master {
             config.targets.targets.len(),
             s.targets_file.display()
         );
-        let store = Arc::new(store::Store::open(&s.db)?.with_confirm(s.confirm));
+        let store = store::open(&s.db, s.confirm)?;
         store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
         let alerts = match &s.alert_webhook {
             Some(url) => alert::Alerts::with_webhook(url.clone())?,

@@ -3,7 +3,7 @@
 
 use super::config::Live;
 use super::path::{Path as NetPath, Terminal};
-use super::store::{NewHop, NewResult, Store, Stored};
+use super::store::{NewHop, NewResult, Outcome, Store, Stored, Ticket};
 use crate::proto::{
     BatchAnswer, BatchItem, BatchRequest, ConfigRequest, ItemStatus, ResultAnswer, TraceResult,
 };
@@ -116,7 +116,7 @@ pub struct App {
     /// The live config.
     pub config: Live,
     /// The database.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     /// Request counters.
     pub counters: Counters,
     /// Failed-login throttling.
@@ -127,24 +127,76 @@ pub struct App {
     pub metrics: super::metrics::Metrics,
 }
 
-/// Routes one request and records how long it took.
+/// What a handler gives back: an answer now, or one that waits for the store's commit.
+pub enum Reply {
+    /// The response.
+    Now(Response),
+    /// Results on their way to disk, and how to answer once they are there.
+    Later(Pending),
+}
+
+/// Builds the response once the store has answered.
+type Finish = Box<dyn FnOnce(&App, anyhow::Result<Vec<Outcome>>) -> Response + Send>;
+
+/// An answer that waits for results to be durable (without holding a thread).
+pub struct Pending {
+    ticket: Ticket,
+    finish: Finish,
+}
+
+impl Pending {
+    fn reply(
+        ticket: Ticket,
+        finish: impl FnOnce(&App, anyhow::Result<Vec<Outcome>>) -> Response + Send + 'static,
+    ) -> Reply {
+        Reply::Later(Pending {
+            ticket,
+            finish: Box::new(finish),
+        })
+    }
+
+    /// Waits for the commit without blocking a thread, then builds the response.
+    pub async fn answer(self, app: &App) -> Response {
+        let outcome = self.ticket.done().await;
+        (self.finish)(app, outcome)
+    }
+
+    /// Waits for the commit (blocking this thread), then builds the response.
+    pub fn answer_blocking(self, app: &App) -> Response {
+        let outcome = self.ticket.wait();
+        (self.finish)(app, outcome)
+    }
+}
+
+/// Routes one request, waits for what it stores, and records how long it took.
 pub fn handle(app: &App, req: &Request) -> Response {
     let start = std::time::Instant::now();
-    let r = route(app, req);
+    let r = match route(app, req) {
+        Reply::Now(r) => r,
+        Reply::Later(p) => p.answer_blocking(app),
+    };
     app.metrics
         .observe(super::metrics::route_class(&req.path), start.elapsed());
     r
 }
 
-fn route(app: &App, req: &Request) -> Response {
+/// Routes one request; the caller waits for a [`Reply::Later`] and records the time.
+pub fn route(app: &App, req: &Request) -> Reply {
+    let path = req.path.as_str();
+    match (req.method.as_str(), path) {
+        ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
+        ("POST", "/api/v1/results") => api_post_result(app, req),
+        ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
+        _ => Reply::Now(route_now(app, req)),
+    }
+}
+
+fn route_now(app: &App, req: &Request) -> Response {
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
         (_, "/config") => Response::redirect("/config/"),
         (_, "/results") => Response::redirect("/results/"),
         ("POST", p) if p.starts_with("/config/") => config(app, req),
-        ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
-        ("POST", "/api/v1/results") => api_post_result(app, req),
-        ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
         ("GET", "/api/v1/results") => api_results(app, req),
         ("GET", "/metrics") => match super::metrics::render(app) {
             Ok(text) => Response::new(
@@ -272,20 +324,15 @@ fn config(app: &App, req: &Request) -> Response {
     }
     let config = app.config.get();
     bump(&app.counters.configs_served);
-    if let Err(e) = app.store.touch_slave(
+    app.store.touch_slave(
         &creds.name,
         &req.remote.to_string(),
         creds.agent.as_deref().or(req.user_agent.as_deref()),
         true,
-    ) {
-        log::error!("cannot record config fetch of {}: {e:#}", creds.name);
-    }
-    if (creds.spool_depth.is_some() || creds.dropped_total.is_some())
-        && let Err(e) = app
-            .store
-            .slave_status(&creds.name, creds.spool_depth, creds.dropped_total)
-    {
-        log::error!("cannot record the status of {}: {e:#}", creds.name);
+    );
+    if creds.spool_depth.is_some() || creds.dropped_total.is_some() {
+        app.store
+            .slave_status(&creds.name, creds.spool_depth, creds.dropped_total);
     }
     log::debug!("config served to {} at {}", creds.name, req.remote);
     Response::text(200, config.targets_raw.to_vec())
@@ -300,7 +347,8 @@ enum Reject {
     Store(String),
 }
 
-fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
+/// Decodes, authenticates and checks one result: what the store should keep.
+fn accept_result(app: &App, req: &Request) -> Result<NewResult, Reject> {
     bump(&app.counters.results_received);
     let result: TraceResult = serde_json::from_slice(&req.body).map_err(|e| {
         bump(&app.counters.rejected_decode);
@@ -333,31 +381,50 @@ fn accept_result(app: &App, req: &Request) -> Result<Stored, Reject> {
             new.target_address.escape_debug()
         );
     }
-    match app.store.insert(&new) {
+    Ok(new)
+}
+
+/// Hands one accepted result to the store; `answer` turns its fate into the response.
+fn store_one(
+    app: &App,
+    new: NewResult,
+    answer: impl FnOnce(Result<Stored, Reject>) -> Response + Send + 'static,
+) -> Reply {
+    let (id, slave) = (new.result_id.clone(), new.slave.clone());
+    let ticket = app.store.submit(vec![new]);
+    Pending::reply(ticket, move |app, outcome| {
+        answer(stored_one(app, &id, &slave, outcome))
+    })
+}
+
+/// Counts, logs and alerts on the fate of one stored result.
+fn stored_one(
+    app: &App,
+    id: &str,
+    slave: &str,
+    outcome: anyhow::Result<Vec<Outcome>>,
+) -> Result<Stored, Reject> {
+    let outcome = outcome.and_then(|mut v| {
+        v.pop()
+            .ok_or_else(|| anyhow::anyhow!("the store gave no answer"))
+    });
+    match outcome {
         Ok((Stored::New(row), events)) => {
             for e in &events {
                 app.alerts.send(e);
             }
             bump(&app.counters.results_stored);
-            log::debug!(
-                "result {} from {} stored as {row}",
-                new.result_id,
-                new.slave
-            );
+            log::debug!("result {id} from {slave} stored as {row}");
             Ok(Stored::New(row))
         }
         Ok((Stored::Duplicate, _)) => {
             bump(&app.counters.results_duplicate);
-            log::info!(
-                "result {} from {} was stored before",
-                new.result_id,
-                new.slave
-            );
+            log::info!("result {id} from {slave} was stored before");
             Ok(Stored::Duplicate)
         }
         Err(e) => {
             bump(&app.counters.store_errors);
-            log::error!("cannot store result {}: {e:#}", new.result_id);
+            log::error!("cannot store result {id}: {e:#}");
             Err(Reject::Store(format!("{e:#}")))
         }
     }
@@ -489,17 +556,27 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
 
 /// `POST /results/`: the original endpoint. A result that can never be accepted gets 200 with
 /// `RetryPossible: false`, since an original Go slave resends on any other status at once.
-fn legacy_result(app: &App, req: &Request) -> Response {
+fn legacy_result(app: &App, req: &Request) -> Reply {
     match accept_result(app, req) {
-        Ok(_) => Response::json(200, &ResultAnswer::stored()),
-        Err(Reject::Decode(e)) => {
-            log::warn!("result from {} does not decode: {e}", req.remote);
+        Ok(new) => store_one(app, new, |fate| match fate {
+            Ok(_) => Response::json(200, &ResultAnswer::stored()),
+            Err(e) => legacy_rejected(e),
+        }),
+        Err(e) => Reply::Now(legacy_rejected(e)),
+    }
+}
+
+/// The original endpoint's answer for a result it did not store.
+fn legacy_rejected(e: Reject) -> Response {
+    match e {
+        Reject::Decode(e) => {
+            log::warn!("result does not decode: {e}");
             Response::json(
                 200,
                 &ResultAnswer::rejected(format!("Couldn't decode request body into JSON: {e}")),
             )
         }
-        Err(Reject::Auth(fail)) => {
+        Reject::Auth(fail) => {
             let answer = |error: &str| ResultAnswer {
                 success: false,
                 error: error.into(),
@@ -511,11 +588,11 @@ fn legacy_result(app: &App, req: &Request) -> Response {
                 Response::json(429, &answer("Too many failed logins")),
             )
         }
-        Err(Reject::Invalid(e)) => Response::json(
+        Reject::Invalid(e) => Response::json(
             200,
             &ResultAnswer::rejected(format!("Result validation failed: {e}")),
         ),
-        Err(Reject::Store(e)) => {
+        Reject::Store(e) => {
             // Retry is possible; the delay keeps a Go slave's immediate resend loop slow.
             let mut r = Response::json(
                 503,
@@ -532,8 +609,8 @@ fn legacy_result(app: &App, req: &Request) -> Response {
 }
 
 /// `POST /api/v1/results`: the same body, with plain HTTP status codes.
-fn api_post_result(app: &App, req: &Request) -> Response {
-    match accept_result(app, req) {
+fn api_post_result(app: &App, req: &Request) -> Reply {
+    let answer = |fate: Result<Stored, Reject>| match fate {
         Ok(stored) => Response::json(
             200,
             &serde_json::json!({ "stored": true, "duplicate": stored == Stored::Duplicate }),
@@ -546,6 +623,10 @@ fn api_post_result(app: &App, req: &Request) -> Response {
         ),
         Err(Reject::Invalid(e)) => Response::error(400, format!("result validation failed: {e}")),
         Err(Reject::Store(e)) => Response::error(503, format!("storage error: {e}")),
+    };
+    match accept_result(app, req) {
+        Ok(new) => store_one(app, new, answer),
+        Err(e) => Reply::Now(answer(Err(e))),
     }
 }
 
@@ -554,12 +635,15 @@ pub const MAX_BATCH: usize = 1000;
 
 /// `POST /api/v1/results:batch`: many results of one slave, stored in one transaction; the
 /// answer says per result whether it is stored, was stored before, or is refused for good.
-fn api_post_batch(app: &App, req: &Request) -> Response {
+fn api_post_batch(app: &App, req: &Request) -> Reply {
     let batch: BatchRequest = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
         Err(e) => {
             bump(&app.counters.rejected_decode);
-            return Response::error(400, format!("body is not a batch of results: {e}"));
+            return Reply::Now(Response::error(
+                400,
+                format!("body is not a batch of results: {e}"),
+            ));
         }
     };
     if let Err(fail) = authenticate(
@@ -569,15 +653,18 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
         &batch.creds.password,
         "result batch",
     ) {
-        return auth_failed(
+        return Reply::Now(auth_failed(
             fail,
             Response::error(401, "wrong name or password"),
             Response::error(429, "too many failed logins"),
-        );
+        ));
     }
     let config = app.config.get();
     if batch.results.len() > MAX_BATCH {
-        return Response::error(413, format!("more than {MAX_BATCH} results in one batch"));
+        return Reply::Now(Response::error(
+            413,
+            format!("more than {MAX_BATCH} results in one batch"),
+        ));
     }
     app.counters
         .results_received
@@ -616,38 +703,9 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
             }
         }
     }
-    match app.store.insert_batch(&valid) {
-        Ok(stored) => {
-            for (slot, (s, events)) in slot_of_valid.into_iter().zip(stored) {
-                for e in &events {
-                    app.alerts.send(e);
-                }
-                items[slot].status = match s {
-                    Stored::New(_) => {
-                        bump(&app.counters.results_stored);
-                        ItemStatus::Stored
-                    }
-                    Stored::Duplicate => {
-                        bump(&app.counters.results_duplicate);
-                        ItemStatus::Duplicate
-                    }
-                };
-            }
-        }
-        Err(e) => {
-            bump(&app.counters.store_errors);
-            log::error!("cannot store a batch of {} results: {e:#}", valid.len());
-            for slot in slot_of_valid {
-                items[slot].error = "storage error".into();
-            }
-        }
-    }
-    if (batch.spool_depth.is_some() || batch.dropped_total.is_some())
-        && let Err(e) =
-            app.store
-                .slave_status(&batch.creds.name, batch.spool_depth, batch.dropped_total)
-    {
-        log::error!("cannot record the status of {}: {e:#}", batch.creds.name);
+    if batch.spool_depth.is_some() || batch.dropped_total.is_some() {
+        app.store
+            .slave_status(&batch.creds.name, batch.spool_depth, batch.dropped_total);
     }
     if let Some(dropped) = batch.dropped_total.filter(|d| *d > 0) {
         log::debug!(
@@ -655,7 +713,37 @@ fn api_post_batch(app: &App, req: &Request) -> Response {
             batch.creds.name
         );
     }
-    Response::json(200, &BatchAnswer { results: items })
+    let count = valid.len();
+    let ticket = app.store.submit(valid);
+    Pending::reply(ticket, move |app, outcome| {
+        match outcome {
+            Ok(stored) => {
+                for (slot, (s, events)) in slot_of_valid.into_iter().zip(stored) {
+                    for e in &events {
+                        app.alerts.send(e);
+                    }
+                    items[slot].status = match s {
+                        Stored::New(_) => {
+                            bump(&app.counters.results_stored);
+                            ItemStatus::Stored
+                        }
+                        Stored::Duplicate => {
+                            bump(&app.counters.results_duplicate);
+                            ItemStatus::Duplicate
+                        }
+                    };
+                }
+            }
+            Err(e) => {
+                bump(&app.counters.store_errors);
+                log::error!("cannot store a batch of {count} results: {e:#}");
+                for slot in slot_of_valid {
+                    items[slot].error = "storage error".into();
+                }
+            }
+        }
+        Response::json(200, &BatchAnswer { results: items })
+    })
 }
 
 /// `GET /api/v1/results?slave=&target=&from=&to=&limit=&cursor=`: newest first; a full page
@@ -671,7 +759,7 @@ fn api_results(app: &App, req: &Request) -> Response {
             200,
             &serde_json::json!({
                 "results": results,
-                "next_cursor": next.map(|(t, id)| format!("{t}.{id}")),
+                "next_cursor": next.map(|c| c.text()),
             }),
         ),
         Err(e) => {
@@ -705,7 +793,7 @@ mod tests {
                 targets_raw: Arc::from(&raw[..]),
                 verified: Arc::default(),
             }),
-            store: Arc::new(Store::open_in_memory().unwrap()),
+            store: Arc::new(crate::master::store::sqlite::Sqlite::open_temp(2).unwrap()),
             counters: Counters::default(),
             throttle: crate::master::throttle::Throttle::new(),
             alerts: crate::master::alert::Alerts::log_only(),

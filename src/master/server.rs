@@ -1,7 +1,7 @@
 //! The connection layer, and the only file that knows hyper and tokio: accepts connections
 //! under a cap (over TLS when configured), reads each request within time and size limits,
 //! runs the synchronous handler on a bounded worker pool, and waits out a response's delay
-//! without holding a worker.
+//! and the store's commit of a request's results without holding a worker.
 //!
 //! At the connection cap (or out of descriptors) the connection that has waited longest for
 //! its next request is closed to make room, as nginx reuses idle keep-alive connections:
@@ -404,13 +404,20 @@ async fn respond(
         remote,
         body,
     };
-    let response = match tokio::task::spawn_blocking(move || routes::handle(&app, &request)).await {
-        Ok(r) => r,
+    let start = Instant::now();
+    let class = super::metrics::route_class(&request.path);
+    let worker_app = app.clone();
+    let routed = tokio::task::spawn_blocking(move || routes::route(&worker_app, &request)).await;
+    let response = match routed {
+        Ok(routes::Reply::Now(r)) => r,
+        // Results wait for the store's group commit here, holding no worker.
+        Ok(routes::Reply::Later(pending)) => pending.answer(&app).await,
         Err(e) => {
             log::error!("handler failed: {e}");
             Response::error(500, "internal error")
         }
     };
+    app.metrics.observe(class, start.elapsed());
     if !response.delay.is_zero() {
         tokio::time::sleep(response.delay).await;
     }

@@ -311,12 +311,16 @@ pub fn stored_ids(db: &Path) -> Vec<String> {
     else {
         return Vec::new();
     };
-    let Ok(mut stmt) = conn.prepare("SELECT result_id FROM results") else {
+    // The result ID is kept as its 16 bytes.
+    let Ok(mut stmt) = conn.prepare("SELECT uid FROM results") else {
         return Vec::new();
     };
-    stmt.query_map([], |r| r.get::<_, String>(0))
+    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
         .unwrap()
-        .map(Result::unwrap)
+        .map(|b| {
+            let bytes: [u8; 16] = b.unwrap().try_into().expect("16-byte result ID");
+            uuid::Uuid::from_bytes(bytes).to_string()
+        })
         .collect()
 }
 
@@ -421,4 +425,46 @@ pub fn have_root(what: &str) -> bool {
         eprintln!("skipped: {what} needs root");
     }
     root
+}
+
+/// Runs the binary until it exits, or kills it once `limit` has passed: (exit code, `None`
+/// when it was still running or died of a signal; stdout; stderr).
+pub fn run_with_timeout(
+    dir: &Path,
+    program: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> (Option<i32>, String, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the binary");
+    let out = drain(child.stdout.take().expect("stdout is piped"));
+    let err = drain(child.stderr.take().expect("stderr is piped"));
+    let end = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, out.join().unwrap(), err.join().unwrap())
+}
+
+/// Reads a pipe to its end on its own thread, so a chatty child never blocks on a full pipe.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
 }

@@ -1,0 +1,570 @@
+//! How a result is packed: its shape (a [`Route`]: hops, names, kinds, sizes and the fields
+//! that rarely change) is stored once and shared, and each result keeps only its times and
+//! RTTs in a few varints. Pure code: every rule is unit-tested without a database.
+
+use super::{NewHop, NewResult};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Everything of a result but its ID, times and RTTs: results that look alike share one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The target was in the config when the result arrived.
+    pub target_known: bool,
+    /// Destination answered.
+    pub success: bool,
+    /// The slave's hop count.
+    pub hop_count: i64,
+    /// The slave sent a flow number (the series holds its value).
+    pub has_flow: bool,
+    /// Probe protocol.
+    pub protocol: Option<String>,
+    /// Resolved destination.
+    pub destination: Option<String>,
+    /// Unreachable annotation.
+    pub unreachable: Option<String>,
+    /// Why the trace could not run.
+    pub error: Option<String>,
+    /// Sending program.
+    pub agent: Option<String>,
+    /// Answering hops, in the order the slave sent them.
+    pub hops: Vec<RouteHop>,
+}
+
+/// The fixed part of one hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteHop {
+    /// TTL.
+    pub ttl: i64,
+    /// Address as text.
+    pub address: String,
+    /// Reverse name or "".
+    pub host: String,
+    /// Reply size.
+    pub size: i64,
+    /// Reply kind, when the slave said.
+    pub kind: Option<String>,
+    /// TTL of the reply packet, when the slave said.
+    pub reply_ttl: Option<i64>,
+    /// How many probes the slave listed (`None`: it sent no `Replies`, only one RTT).
+    pub replies: Option<usize>,
+}
+
+impl Route {
+    /// The shape of `r`.
+    pub fn of(r: &NewResult) -> Route {
+        Route {
+            target_known: r.target_known,
+            success: r.success,
+            hop_count: r.hop_count,
+            has_flow: r.flow.is_some(),
+            protocol: r.protocol.clone(),
+            destination: r.destination.clone(),
+            unreachable: r.unreachable.clone(),
+            error: r.error.clone(),
+            agent: r.agent.clone(),
+            hops: r
+                .hops
+                .iter()
+                .map(|h| RouteHop {
+                    ttl: h.ttl,
+                    address: h.address.clone(),
+                    host: h.host.clone(),
+                    size: h.size,
+                    kind: h.kind.clone(),
+                    reply_ttl: h.reply_ttl,
+                    replies: h.replies.as_ref().map(Vec::len),
+                })
+                .collect(),
+        }
+    }
+
+    /// The stored form (JSON: a route is written once, so its size hardly matters).
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads back [`Route::body`].
+    pub fn parse(body: &[u8]) -> Option<Route> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The identity of a stored form: 16 bytes of its SHA-256.
+    pub fn hash(body: &[u8]) -> [u8; 16] {
+        let d = Sha256::digest(body);
+        let mut out = [0; 16];
+        out.copy_from_slice(&d[..16]);
+        out
+    }
+}
+
+/// The slave's `DateTime`, taken apart so that the text is rebuilt exactly from a few bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlaveTime {
+    /// Unix ms (floor).
+    pub ms: i64,
+    /// Nanoseconds below the millisecond.
+    pub sub_ms_ns: u32,
+    /// Offset from UTC, seconds.
+    pub offset_s: i32,
+    /// How the text was spelled: fraction digits 0..=9, or [`TRIMMED`]; plus [`ZULU`].
+    pub style: u8,
+}
+
+/// Style: fraction with trailing zeros trimmed (Go's RFC3339Nano).
+const TRIMMED: u8 = 10;
+/// Style: the text is stored as it is (none of the spellings rebuilds it).
+pub const VERBATIM: u8 = 15;
+/// Style flag: a zero offset written `Z`.
+const ZULU: u8 = 16;
+
+impl SlaveTime {
+    /// Parses RFC 3339 text and finds a spelling that rebuilds it; `style` is [`VERBATIM`]
+    /// when none does (then the text must be kept).
+    pub fn parse(text: &str) -> Option<SlaveTime> {
+        let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        let ms = t.timestamp_millis();
+        let mut st = SlaveTime {
+            ms,
+            sub_ms_ns: t.timestamp_subsec_nanos() % 1_000_000,
+            offset_s: t.offset().local_minus_utc(),
+            style: VERBATIM,
+        };
+        // Ours first (6 digits, +00:00), then Go's (trimmed, Z), then the rest.
+        for digits in [6, TRIMMED, 3, 9, 0, 1, 2, 4, 5, 7, 8] {
+            for zulu in [0, ZULU] {
+                st.style = digits | zulu;
+                if st.text().as_deref() == Some(text) {
+                    return Some(st);
+                }
+            }
+        }
+        st.style = VERBATIM;
+        Some(st)
+    }
+
+    /// The text this time was sent as (`None` for [`VERBATIM`]).
+    pub fn text(&self) -> Option<String> {
+        use std::fmt::Write as _;
+        let digits = self.style & 15;
+        if digits == VERBATIM {
+            return None;
+        }
+        let offset = chrono::FixedOffset::east_opt(self.offset_s)?;
+        let utc = chrono::DateTime::from_timestamp_millis(self.ms)?;
+        let local = utc.with_timezone(&offset);
+        let nanos = self.ms.rem_euclid(1000) as u32 * 1_000_000 + self.sub_ms_ns;
+        let mut s = local.format("%Y-%m-%dT%H:%M:%S").to_string();
+        if digits == TRIMMED {
+            if nanos != 0 {
+                let f = format!("{nanos:09}");
+                s.push('.');
+                s.push_str(f.trim_end_matches('0'));
+            }
+        } else if digits > 0 {
+            let f = format!("{nanos:09}");
+            s.push('.');
+            s.push_str(&f[..digits as usize]);
+        }
+        if self.offset_s == 0 && self.style & ZULU != 0 {
+            s.push('Z');
+        } else {
+            let sign = if self.offset_s < 0 { '-' } else { '+' };
+            let a = self.offset_s.unsigned_abs();
+            let _ = write!(s, "{sign}{:02}:{:02}", a / 3600, a % 3600 / 60);
+            if !a.is_multiple_of(60) {
+                return None;
+            }
+        }
+        Some(s)
+    }
+}
+
+/// A result's own numbers: what is not in its route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measures {
+    /// The slave's time.
+    pub time: SlaveTime,
+    /// Where the result is ordered, Unix ms (its key's time).
+    pub ordered_ms: i64,
+    /// When the master received it, Unix ms.
+    pub received_at: i64,
+    /// How long the trace took, ns.
+    pub duration_ns: Option<i64>,
+    /// Per hop (in route order): its RTT and its replies.
+    pub hops: Vec<(i64, Option<Vec<Option<i64>>>)>,
+}
+
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_signed(out: &mut Vec<u8>, v: i64) {
+    put(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
+/// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
+fn ns_code(ns: i64) -> u64 {
+    let ns = ns.max(0) as u64;
+    if ns.is_multiple_of(1000) {
+        (ns / 1000) << 1
+    } else {
+        (ns << 1) | 1
+    }
+}
+
+fn code_ns(code: u64) -> Option<i64> {
+    let ns = if code & 1 == 0 {
+        (code >> 1).checked_mul(1000)?
+    } else {
+        code >> 1
+    };
+    i64::try_from(ns).ok()
+}
+
+fn put_ns(out: &mut Vec<u8>, ns: i64) {
+    put(out, ns_code(ns));
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn get(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn signed(&mut self) -> Option<i64> {
+        let v = self.get()?;
+        Some(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    fn ns(&mut self) -> Option<i64> {
+        code_ns(self.get()?)
+    }
+}
+
+const HAS_DURATION: u64 = 1;
+const RTT_GIVEN: u64 = 2;
+const SHIFTED: u64 = 4;
+
+impl Measures {
+    /// The numbers of `r`, received at `received_at`.
+    pub fn of(r: &NewResult, time: SlaveTime, ordered_ms: i64, received_at: i64) -> Measures {
+        Measures {
+            time,
+            ordered_ms,
+            received_at,
+            duration_ns: r.duration_ns,
+            hops: r
+                .hops
+                .iter()
+                .map(|h| (h.rtt_ns, h.replies.clone()))
+                .collect(),
+        }
+    }
+
+    /// Packs the numbers; the route says how many replies each hop has.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 3 * self.hops.len());
+        // A hop's RTT is its first answered reply (our slave's rule); only when one differs
+        // are the RTTs stored as well.
+        let rtt_given = self
+            .hops
+            .iter()
+            .any(|(rtt, replies)| replies.as_ref().is_some_and(|v| first(v) != *rtt));
+        let mut head = 0;
+        if self.duration_ns.is_some() {
+            head |= HAS_DURATION;
+        }
+        if rtt_given {
+            head |= RTT_GIVEN;
+        }
+        if self.ordered_ms != self.time.ms {
+            head |= SHIFTED;
+        }
+        put(&mut out, head);
+        if self.ordered_ms != self.time.ms {
+            put_signed(&mut out, self.time.ms - self.ordered_ms);
+        }
+        put_signed(&mut out, self.received_at - self.time.ms);
+        put(
+            &mut out,
+            (((self.time.offset_s as i64) << 1 ^ (self.time.offset_s as i64) >> 63) as u64) << 5
+                | u64::from(self.time.style),
+        );
+        put_ns(&mut out, i64::from(self.time.sub_ms_ns));
+        if let Some(d) = self.duration_ns {
+            put_ns(&mut out, d);
+        }
+        for (rtt, replies) in &self.hops {
+            match replies {
+                Some(v) => {
+                    for reply in v {
+                        match reply {
+                            // 0 is a lost reply; an answer is its code plus one.
+                            None => put(&mut out, 0),
+                            Some(ns) => put(&mut out, ns_code(*ns) + 1),
+                        }
+                    }
+                    if rtt_given {
+                        put_ns(&mut out, *rtt);
+                    }
+                }
+                None => put_ns(&mut out, *rtt),
+            }
+        }
+        out
+    }
+
+    /// Unpacks what [`Measures::encode`] wrote for a result of `route` ordered at
+    /// `ordered_ms`.
+    pub fn decode(data: &[u8], route: &Route, ordered_ms: i64) -> Option<Measures> {
+        let mut r = Reader(data);
+        let head = r.get()?;
+        let ms = if head & SHIFTED != 0 {
+            ordered_ms.checked_add(r.signed()?)?
+        } else {
+            ordered_ms
+        };
+        let received_at = ms + r.signed()?;
+        let style = r.get()?;
+        let z = style >> 5;
+        let offset_s = i32::try_from(((z >> 1) as i64) ^ -((z & 1) as i64)).ok()?;
+        let sub_ms_ns = u32::try_from(r.ns()?).ok()?;
+        let duration_ns = if head & HAS_DURATION != 0 {
+            Some(r.ns()?)
+        } else {
+            None
+        };
+        let mut hops = Vec::with_capacity(route.hops.len());
+        for h in &route.hops {
+            match h.replies {
+                Some(n) => {
+                    let mut v = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let code = r.get()?;
+                        v.push(match code {
+                            0 => None,
+                            c => Some(code_ns(c - 1)?),
+                        });
+                    }
+                    let rtt = if head & RTT_GIVEN != 0 {
+                        r.ns()?
+                    } else {
+                        first(&v)
+                    };
+                    hops.push((rtt, Some(v)));
+                }
+                None => hops.push((r.ns()?, None)),
+            }
+        }
+        Some(Measures {
+            time: SlaveTime {
+                ms,
+                sub_ms_ns,
+                offset_s,
+                style: (style & 31) as u8,
+            },
+            ordered_ms,
+            received_at,
+            duration_ns,
+            hops,
+        })
+    }
+
+    /// The hops of a result: the route's fixed part with these numbers.
+    pub fn hops(&self, route: &Route) -> Vec<NewHop> {
+        route
+            .hops
+            .iter()
+            .zip(&self.hops)
+            .map(|(h, (rtt, replies))| NewHop {
+                ttl: h.ttl,
+                address: h.address.clone(),
+                host: h.host.clone(),
+                rtt_ns: *rtt,
+                size: h.size,
+                kind: h.kind.clone(),
+                reply_ttl: h.reply_ttl,
+                replies: replies.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The first answered reply, or 0 when none answered.
+fn first(replies: &[Option<i64>]) -> i64 {
+    replies.iter().flatten().next().copied().unwrap_or(0)
+}
+
+/// Results measured in the same millisecond: the ordering key keeps this many apart.
+pub const PER_MS: i64 = 1 << 14;
+
+/// The ordering key of the `n`th result at `at_ms`: seconds, then milliseconds, then `n`,
+/// so keys sort by time and fit a 56-bit varint until 2106.
+pub fn key(at_ms: i64, n: i64) -> i64 {
+    let at = at_ms.max(0);
+    ((at / 1000) << 24) | ((at % 1000) << 14) | n.clamp(0, PER_MS - 1)
+}
+
+/// The time (Unix ms) of an ordering key.
+pub fn key_ms(key: i64) -> i64 {
+    (key >> 24) * 1000 + ((key >> 14) & 1023)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(replies: &[Option<usize>]) -> Route {
+        Route {
+            target_known: true,
+            success: true,
+            hop_count: 3,
+            has_flow: true,
+            protocol: Some("udp".into()),
+            destination: None,
+            unreachable: None,
+            error: None,
+            agent: None,
+            hops: replies
+                .iter()
+                .enumerate()
+                .map(|(i, n)| RouteHop {
+                    ttl: i as i64 + 1,
+                    address: format!("10.0.0.{}", i + 1),
+                    host: String::new(),
+                    size: 56,
+                    kind: None,
+                    reply_ttl: None,
+                    replies: *n,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn slave_times_are_rebuilt_exactly() {
+        for text in [
+            "2019-02-07T21:06:10.803086+01:00",
+            "2026-11-20T10:00:00.123456789Z",
+            "2026-11-20T10:01:00Z",
+            "2026-11-20T10:02:00.5+02:00",
+            "2026-11-20T10:02:00.500-05:30",
+            "2026-11-20T10:02:00+00:00",
+            "2026-11-20T10:02:00.000000+00:00",
+            "1969-12-31T23:59:59.999Z",
+        ] {
+            let t = SlaveTime::parse(text).unwrap();
+            assert_ne!(t.style, VERBATIM, "{text}");
+            assert_eq!(t.text().as_deref(), Some(text));
+        }
+        // Lower-case separators are RFC 3339 too, but no spelling of ours rebuilds them.
+        let odd = SlaveTime::parse("2026-11-20t10:02:00z").unwrap();
+        assert_eq!(odd.style, VERBATIM);
+        assert_eq!(odd.text(), None);
+        assert!(SlaveTime::parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn measures_round_trip_with_lost_replies_nanoseconds_and_given_rtts() {
+        let time = SlaveTime::parse("2026-11-20T10:02:00.123456789+01:00").unwrap();
+        let cases = [
+            (
+                route(&[Some(3), Some(1), None]),
+                vec![
+                    (
+                        1_200_000,
+                        Some(vec![Some(1_200_000), None, Some(1_300_000)]),
+                    ),
+                    (2_000_001, Some(vec![Some(2_000_001)])),
+                    (3_000_000, None),
+                ],
+            ),
+            // A hop whose RTT is not its first reply, and one with every reply lost.
+            (
+                route(&[Some(2), Some(2)]),
+                vec![
+                    (999, Some(vec![Some(1_000_000), Some(2_000_000)])),
+                    (0, Some(vec![None, None])),
+                ],
+            ),
+        ];
+        for (route, hops) in cases {
+            let m = Measures {
+                time,
+                ordered_ms: time.ms - 5,
+                received_at: time.ms + 1234,
+                duration_ns: Some(12_345_678),
+                hops,
+            };
+            let back = Measures::decode(&m.encode(), &route, time.ms - 5).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn a_whole_microsecond_rtt_takes_two_bytes() {
+        let time = SlaveTime::parse("2026-11-20T10:02:00.123456+00:00").unwrap();
+        let with = |hops: Vec<(i64, Option<Vec<Option<i64>>>)>| {
+            Measures {
+                time,
+                ordered_ms: time.ms,
+                received_at: time.ms,
+                duration_ns: None,
+                hops,
+            }
+            .encode()
+            .len()
+        };
+        let base = with(vec![]);
+        let one = |rtt: i64| with(vec![(rtt, Some(vec![Some(rtt)]))]) - base;
+        assert_eq!(one(5_000_000), 2, "5 ms");
+        assert_eq!(one(900_000_000), 3, "900 ms");
+        assert_eq!(one(5_000_123), 4, "nanosecond digits cost more");
+    }
+
+    #[test]
+    fn truncated_data_is_refused() {
+        let time = SlaveTime::parse("2026-11-20T10:02:00Z").unwrap();
+        let route = route(&[Some(3)]);
+        let m = Measures {
+            time,
+            ordered_ms: time.ms,
+            received_at: time.ms,
+            duration_ns: None,
+            hops: vec![(1_000_000, Some(vec![Some(1_000_000); 3]))],
+        };
+        let data = m.encode();
+        for cut in 0..data.len() {
+            assert!(Measures::decode(&data[..cut], &route, time.ms).is_none());
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_time_and_give_the_time_back() {
+        let a = key(1_764_000_000_123, 0);
+        let b = key(1_764_000_000_123, 5);
+        let c = key(1_764_000_000_124, 0);
+        let d = key(1_764_000_001_000, 0);
+        assert!(a < b && b < c && c < d);
+        assert_eq!(key_ms(b), 1_764_000_000_123);
+        assert_eq!(key_ms(d), 1_764_000_001_000);
+        assert!(key(4_294_967_295_999, PER_MS - 1) < 1 << 56);
+        assert_eq!(key(-5, 0), 0);
+    }
+}

@@ -1,0 +1,599 @@
+//! The writer: one thread owns the write connection and takes the results of every request
+//! from a queue, so concurrent requests share a transaction and its one disk sync (group
+//! commit). A request is answered only after the commit that holds its results. Each job runs
+//! in its own savepoint, so one that fails leaves the others of its group stored.
+
+use super::codec::{self, Measures, Route, SlaveTime};
+use super::schema;
+use super::{EventRecord, NewResult, Outcome, Stored};
+use crate::master::analysis::{self, Candidate, Event, Observation, State};
+use crate::master::path::Path as NetPath;
+use rusqlite::{Connection, params};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+/// Most results committed in one transaction.
+const MAX_GROUP: usize = 4000;
+/// Cached names, paths and routes kept before the caches start over.
+const MAX_CACHED: usize = 100_000;
+
+/// Work run on the writer's connection.
+pub type Exec = Box<dyn FnOnce(&Connection, &mut Caches) + Send>;
+
+/// Work for the writer.
+pub enum Job {
+    /// Store these results; answer when durable.
+    Insert(
+        Vec<NewResult>,
+        tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>,
+    ),
+    /// A slave was seen.
+    Touch {
+        /// Its name.
+        name: String,
+        /// Its address.
+        remote: String,
+        /// What it said it runs.
+        agent: Option<String>,
+        /// It fetched its config.
+        config: bool,
+        /// When, Unix ms.
+        at: i64,
+    },
+    /// A slave reported its spool.
+    Status {
+        /// Its name.
+        name: String,
+        /// Results waiting there.
+        spool_depth: Option<i64>,
+        /// Results it dropped in all.
+        dropped_total: Option<i64>,
+        /// When, Unix ms.
+        at: i64,
+    },
+    /// Anything else that writes (retention), inside the group's transaction; answered
+    /// (with no outcomes) after the commit.
+    Exec(
+        Exec,
+        tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>,
+    ),
+}
+
+impl Job {
+    fn results(&self) -> usize {
+        match self {
+            Job::Insert(r, _) => r.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A series as the writer keeps it between results.
+struct Series {
+    id: i64,
+    state: State,
+    last_ordered: Option<i64>,
+}
+
+/// What the writer remembers to spare lookups; all of it can be reloaded from the database.
+#[derive(Default)]
+pub struct Caches {
+    slaves: HashMap<String, i64>,
+    targets: HashMap<(String, String, String), i64>,
+    paths: HashMap<String, (i64, NetPath)>,
+    path_text: HashMap<i64, NetPath>,
+    routes: HashMap<[u8; 16], i64>,
+    series: HashMap<(i64, i64, i64), Series>,
+    /// Routes results used since retention began a sweep (kept when the rest is cleared).
+    pub routes_used: Option<std::collections::HashSet<i64>>,
+}
+
+impl Caches {
+    /// Forgets everything (after a rollback, or when rows were deleted).
+    pub fn clear(&mut self) {
+        let used = self.routes_used.take();
+        *self = Caches::default();
+        self.routes_used = used;
+    }
+
+    fn trim(&mut self) {
+        if self.paths.len() > MAX_CACHED
+            || self.routes.len() > MAX_CACHED
+            || self.series.len() > MAX_CACHED
+            || self.targets.len() > MAX_CACHED
+        {
+            self.clear();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs the writer until every sender is gone.
+pub fn run(mut conn: Connection, jobs: Receiver<Job>, confirm: u32) {
+    let mut caches = Caches::default();
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        let mut n = group[0].results();
+        while n < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    n += job.results();
+                    group.push(job);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        write_group(&mut conn, group, &mut caches, confirm);
+        caches.trim();
+    }
+}
+
+/// One transaction for a group of jobs; each job answers after the commit.
+fn write_group(conn: &mut Connection, group: Vec<Job>, caches: &mut Caches, confirm: u32) {
+    let mut answers = Vec::new();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        fail_all(group, &format!("cannot begin a transaction: {e}"));
+        return;
+    }
+    for job in group {
+        let done = in_savepoint(conn, caches, |conn, caches| match job {
+            Job::Insert(results, reply) => {
+                let now = now_ms();
+                let mut out = Vec::with_capacity(results.len());
+                for r in &results {
+                    match insert(conn, caches, r, now, confirm) {
+                        Ok(o) => out.push(o),
+                        Err(e) => return Err((format!("{e:#}"), Some(reply))),
+                    }
+                }
+                Ok(Some((reply, out)))
+            }
+            Job::Touch {
+                name,
+                remote,
+                agent,
+                config,
+                at,
+            } => {
+                let id = slave_id(conn, caches, &name, at).map_err(|e| (e.to_string(), None))?;
+                conn.prepare_cached(
+                    "UPDATE slaves SET remote_addr = ?2, agent = COALESCE(?3, agent),
+                            last_config = CASE WHEN ?4 THEN ?5 ELSE last_config END,
+                            last_seen = max(last_seen, ?5)
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, remote, agent, config, at]))
+                .map_err(|e| (e.to_string(), None))?;
+                Ok(None)
+            }
+            Job::Status {
+                name,
+                spool_depth,
+                dropped_total,
+                at,
+            } => {
+                let id = slave_id(conn, caches, &name, at).map_err(|e| (e.to_string(), None))?;
+                conn.prepare_cached(
+                    "UPDATE slaves SET spool_depth = COALESCE(?2, spool_depth),
+                            dropped_total = COALESCE(?3, dropped_total) WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, spool_depth, dropped_total]))
+                .map_err(|e| (e.to_string(), None))?;
+                Ok(None)
+            }
+            Job::Exec(f, reply) => {
+                f(conn, caches);
+                Ok(Some((reply, Vec::new())))
+            }
+        });
+        match done {
+            Ok(Some(answer)) => answers.push(Ok(answer)),
+            Ok(None) => {}
+            Err((e, reply)) => {
+                log::error!("store: {e}");
+                if let Some(reply) = reply {
+                    answers.push(Err((reply, e)));
+                }
+            }
+        }
+    }
+    let committed = conn.execute_batch("COMMIT");
+    if let Err(e) = &committed {
+        log::error!("store: commit failed: {e}");
+        let _ = conn.execute_batch("ROLLBACK");
+        caches.clear();
+    }
+    for a in answers {
+        match (a, &committed) {
+            (Ok((reply, out)), Ok(())) => {
+                let _ = reply.send(Ok(out));
+            }
+            (Ok((reply, _)), Err(e)) => {
+                let _ = reply.send(Err(format!("commit failed: {e}")));
+            }
+            (Err((reply, e)), _) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>;
+type JobError = (String, Option<Reply>);
+
+/// Runs `f` in a savepoint: kept when it succeeds, undone (and the caches, which may hold
+/// its rows, forgotten) when it fails.
+fn in_savepoint<T>(
+    conn: &Connection,
+    caches: &mut Caches,
+    f: impl FnOnce(&Connection, &mut Caches) -> Result<T, JobError>,
+) -> Result<T, JobError> {
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(|e| (format!("savepoint: {e}"), None))?;
+    match f(conn, caches) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")
+                .map_err(|e| (format!("release: {e}"), None))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            caches.clear();
+            Err(e)
+        }
+    }
+}
+
+fn fail_all(group: Vec<Job>, why: &str) {
+    log::error!("store: {why}");
+    for job in group {
+        if let Job::Insert(_, reply) | Job::Exec(_, reply) = job {
+            let _ = reply.send(Err(why.to_owned()));
+        }
+    }
+}
+
+fn slave_id(conn: &Connection, caches: &mut Caches, name: &str, now: i64) -> rusqlite::Result<i64> {
+    if let Some(id) = caches.slaves.get(name) {
+        return Ok(*id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO slaves (name, first_seen, last_seen) VALUES (?1, ?2, ?2)
+         ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute(params![name, now])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM slaves WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    caches.slaves.insert(name.to_owned(), id);
+    Ok(id)
+}
+
+fn target_id(conn: &Connection, caches: &mut Caches, r: &NewResult) -> rusqlite::Result<i64> {
+    let key = (
+        r.target_uuid.clone(),
+        r.target_name.clone(),
+        r.target_address.clone(),
+    );
+    if let Some(id) = caches.targets.get(&key) {
+        return Ok(*id);
+    }
+    conn.prepare_cached("INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)")?
+        .execute(params![key.0, key.1, key.2])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM targets WHERE uuid = ?1 AND name = ?2 AND address = ?3")?
+        .query_row(params![key.0, key.1, key.2], |row| row.get(0))?;
+    caches.targets.insert(key, id);
+    Ok(id)
+}
+
+fn path_id(
+    conn: &Connection,
+    caches: &mut Caches,
+    path: &NetPath,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    let hash = path.hash();
+    if let Some((id, _)) = caches.paths.get(&hash) {
+        return Ok(*id);
+    }
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO paths (hash, canonical, hop_count, terminal, first_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        hash,
+        path.canonical(),
+        path.hops.len() as i64,
+        path.terminal.as_text(),
+        now
+    ])?;
+    let id: i64 = conn
+        .prepare_cached("SELECT id FROM paths WHERE hash = ?1")?
+        .query_row([&hash], |row| row.get(0))?;
+    caches.path_text.insert(id, path.clone());
+    caches.paths.insert(hash, (id, path.clone()));
+    Ok(id)
+}
+
+fn path_by_id(
+    conn: &Connection,
+    caches: &mut Caches,
+    id: Option<i64>,
+) -> rusqlite::Result<Option<(i64, NetPath)>> {
+    let Some(id) = id else { return Ok(None) };
+    if let Some(p) = caches.path_text.get(&id) {
+        return Ok(Some((id, p.clone())));
+    }
+    let text: String = conn
+        .prepare_cached("SELECT canonical FROM paths WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    let Some(path) = NetPath::parse_canonical(&text) else {
+        return Ok(None);
+    };
+    caches.path_text.insert(id, path.clone());
+    Ok(Some((id, path)))
+}
+
+fn route_id(
+    conn: &Connection,
+    caches: &mut Caches,
+    route: &Route,
+    path_id: i64,
+) -> rusqlite::Result<i64> {
+    let hash = Route::hash(&route.body());
+    if let Some(id) = caches.routes.get(&hash) {
+        return Ok(*id);
+    }
+    let id = schema::route_id(conn, route, path_id)?;
+    caches.routes.insert(hash, id);
+    Ok(id)
+}
+
+/// The series of (slave, target, flow), loaded into the cache when new to it.
+fn series<'c>(
+    conn: &Connection,
+    caches: &'c mut Caches,
+    key: (i64, i64, i64),
+) -> rusqlite::Result<&'c mut Series> {
+    if !caches.series.contains_key(&key) {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO series (slave_id, target_id, flow) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key.0, key.1, key.2])?;
+        let row = conn
+            .prepare_cached(
+                "SELECT id, last_measured, current_path, candidate_path, candidate_count,
+                        candidate_since, unreached_streak, ever_reached, unreachable_alerted,
+                        rtt_high_streak, rtt_alerted
+                 FROM series WHERE slave_id = ?1 AND target_id = ?2 AND flow = ?3",
+            )?
+            .query_row(params![key.0, key.1, key.2], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, u32>(6)?,
+                    r.get::<_, bool>(7)?,
+                    r.get::<_, bool>(8)?,
+                    r.get::<_, u32>(9)?,
+                    r.get::<_, bool>(10)?,
+                ))
+            })?;
+        let current = path_by_id(conn, caches, row.2)?;
+        let candidate = path_by_id(conn, caches, row.3)?.map(|(path_id, path)| Candidate {
+            path_id,
+            path,
+            count: row.4,
+            since: row.5.unwrap_or(0),
+        });
+        caches.series.insert(
+            key,
+            Series {
+                id: row.0,
+                last_ordered: row.1,
+                state: State {
+                    current,
+                    candidate,
+                    unreached_streak: row.6,
+                    ever_reached: row.7,
+                    unreachable_alerted: row.8,
+                    rtt_high_streak: row.9,
+                    rtt_alerted: row.10,
+                },
+            },
+        );
+    }
+    Ok(caches.series.get_mut(&key).expect("inserted above"))
+}
+
+/// Is a result with this ID already stored? A resend has the same series and time, so the
+/// series index finds it; results ordered elsewhere are found in `aside`.
+fn stored_before(
+    conn: &Connection,
+    series_id: i64,
+    measured_ms: i64,
+    uid: &[u8; 16],
+) -> rusqlite::Result<bool> {
+    let at = measured_ms.max(0);
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM results WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3 AND uid = ?4",
+    )?;
+    if stmt.exists(params![
+        series_id,
+        codec::key(at, 0),
+        codec::key(at, codec::PER_MS - 1),
+        &uid[..]
+    ])? {
+        return Ok(true);
+    }
+    conn.prepare_cached("SELECT 1 FROM aside WHERE uid = ?1")?
+        .exists([&uid[..]])
+}
+
+/// Stores one result (once per ID) and feeds it to its series.
+fn insert(
+    conn: &Connection,
+    caches: &mut Caches,
+    r: &NewResult,
+    now: i64,
+    confirm: u32,
+) -> anyhow::Result<Outcome> {
+    let time = SlaveTime::parse(&r.date_time)
+        .ok_or_else(|| anyhow::anyhow!("DateTime is not RFC 3339"))?;
+    let uid = schema::uid_bytes(&r.result_id);
+    let slave = slave_id(conn, caches, &r.slave, now)?;
+    let target = target_id(conn, caches, r)?;
+    let flow = r.flow.unwrap_or(0);
+    let series_id = series(conn, caches, (slave, target, flow))?.id;
+    if stored_before(conn, series_id, time.ms, &uid)? {
+        return Ok((Stored::Duplicate, Vec::new()));
+    }
+    let path = path_id(conn, caches, &r.path, now)?;
+    let route = route_id(conn, caches, &Route::of(r), path)?;
+    if let Some(used) = &mut caches.routes_used {
+        used.insert(route);
+    }
+    let mut m = Measures::of(r, time, schema::ordered_at(time.ms, now), now);
+    let verbatim = (time.style == codec::VERBATIM).then_some(r.date_time.as_str());
+    let key = schema::insert_row(conn, series_id, route, &uid, &mut m, verbatim)?;
+    // The slave's clock against ours: the end of its trace against the arrival.
+    let skew = time.ms + r.duration_ns.unwrap_or(0) / 1_000_000 - now;
+    conn.prepare_cached(
+        "UPDATE slaves SET last_seen = max(last_seen, ?2), results_stored = results_stored + 1,
+                clock_skew_ms = ?3 WHERE id = ?1",
+    )?
+    .execute(params![slave, now, skew])?;
+    let events = track(
+        conn,
+        caches,
+        r,
+        (slave, target, flow),
+        (path, key),
+        &m,
+        confirm,
+    )?;
+    Ok((Stored::New(key), events))
+}
+
+/// Feeds a stored result to its series' change detection and records the events. A result
+/// ordered before the series' newest is stored but not fed (a late backlog must not flip the
+/// current path back).
+fn track(
+    conn: &Connection,
+    caches: &mut Caches,
+    r: &NewResult,
+    key: (i64, i64, i64),
+    (path_id, row): (i64, i64),
+    m: &Measures,
+    confirm: u32,
+) -> anyhow::Result<Vec<EventRecord>> {
+    let confirm_path = r.path.clone();
+    let at = m.ordered_ms;
+    let s = series(conn, caches, key)?;
+    if s.last_ordered.is_some_and(|last| at < last) {
+        return Ok(Vec::new());
+    }
+    let series_id = s.id;
+    let events = analysis::observe(
+        &mut s.state,
+        &Observation {
+            path_id,
+            path: confirm_path,
+            at,
+            rtt_ns: r.destination_rtt_ns(),
+            rtt_alert_ns: r.rtt_alert_ns,
+        },
+        confirm,
+    );
+    s.last_ordered = Some(at);
+    let state = s.state.clone();
+    let changes = events.iter().filter(|e| e.kind() == "path-change").count() as i64;
+    let current_changed = changes > 0 || state.current.as_ref().is_some_and(|c| c.0 == path_id);
+    let since = if current_changed {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::PathChange { since, .. } => Some(*since),
+                _ => None,
+            })
+            .unwrap_or(at)
+    } else {
+        at
+    };
+    conn.prepare_cached(
+        "UPDATE series SET
+            current_path = ?2,
+            current_since = CASE WHEN current_path IS ?2 THEN current_since ELSE ?3 END,
+            candidate_path = ?4, candidate_count = ?5, candidate_since = ?6,
+            last_measured = ?7, last_result = ?8,
+            unreached_streak = ?9, ever_reached = ?10, unreachable_alerted = ?11,
+            rtt_high_streak = ?12, rtt_alerted = ?13, changes_total = changes_total + ?14,
+            last_success = ?15, last_rtt_ns = ?16
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        series_id,
+        state.current.as_ref().map(|c| c.0),
+        since,
+        state.candidate.as_ref().map(|c| c.path_id),
+        state.candidate.as_ref().map_or(0, |c| c.count),
+        state.candidate.as_ref().map(|c| c.since),
+        at,
+        row,
+        state.unreached_streak,
+        state.ever_reached,
+        state.unreachable_alerted,
+        state.rtt_high_streak,
+        state.rtt_alerted,
+        changes,
+        r.success,
+        r.destination_rtt_ns()
+    ])?;
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        let (from_path, to_path, first_diff) = match &event {
+            Event::PathChange {
+                from_path,
+                to_path,
+                first_diff_ttl,
+                ..
+            } => (Some(*from_path), Some(*to_path), Some(*first_diff_ttl)),
+            _ => (None, None, None),
+        };
+        conn.prepare_cached(
+            "INSERT INTO events (at, kind, series_id, from_path, to_path, first_diff_ttl, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            at,
+            event.kind(),
+            series_id,
+            from_path,
+            to_path,
+            first_diff,
+            serde_json::to_string(&event).unwrap_or_default()
+        ])?;
+        let id = conn.last_insert_rowid();
+        let from = path_by_id(conn, caches, from_path)?.map(|(_, p)| p.canonical());
+        let to = path_by_id(conn, caches, to_path)?.map(|(_, p)| p.canonical());
+        records.push(EventRecord {
+            id,
+            at,
+            slave: r.slave.clone(),
+            target_id: r.target_uuid.clone(),
+            target_name: r.target_name.clone(),
+            flow: key.2,
+            from,
+            to,
+            event,
+        });
+    }
+    Ok(records)
+}

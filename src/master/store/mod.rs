@@ -1,0 +1,473 @@
+//! The master's storage: the only place that speaks SQL. Handlers, the API, exports, metrics
+//! and retention see the [`Store`] trait and the plain types here; each database engine is one
+//! implementation of it ([`sqlite`] today).
+
+pub mod codec;
+mod ingest;
+mod query;
+mod retention;
+mod schema;
+pub mod sqlite;
+
+use super::analysis::Event;
+use super::path::Path as NetPath;
+use serde::Serialize;
+use std::sync::Arc;
+
+pub use retention::spawn_retention;
+
+/// How far ahead of the master's clock a result may be dated and still be ordered by its
+/// own time; a result dated later is ordered by when it arrived.
+pub const AHEAD_ALLOWANCE_MS: i64 = 30_000;
+
+/// One hop of a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewHop {
+    /// TTL.
+    pub ttl: i64,
+    /// Address as text.
+    pub address: String,
+    /// Reverse name or "".
+    pub host: String,
+    /// RTT in ns.
+    pub rtt_ns: i64,
+    /// Reply size.
+    pub size: i64,
+    /// Reply kind, when the slave said.
+    pub kind: Option<String>,
+    /// TTL of the reply packet, when the slave said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ttl: Option<i64>,
+    /// Per-probe RTTs in ns (null = lost), when the slave sent them.
+    pub replies: Option<Vec<Option<i64>>>,
+}
+
+/// A checked result ready to store.
+#[derive(Debug, Clone)]
+pub struct NewResult {
+    /// The result's UUID.
+    pub result_id: String,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID, "" when the master does not know it.
+    pub target_uuid: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// True when the target is in the current config.
+    pub target_known: bool,
+    /// Measurement time, Unix ms.
+    pub measured_at: i64,
+    /// The slave's RFC 3339 text.
+    pub date_time: String,
+    /// Destination answered.
+    pub success: bool,
+    /// The slave's hop count.
+    pub hop_count: i64,
+    /// The path this result took.
+    pub path: NetPath,
+    /// Probe protocol.
+    pub protocol: Option<String>,
+    /// Flow number.
+    pub flow: Option<i64>,
+    /// Resolved destination.
+    pub destination: Option<String>,
+    /// Unreachable annotation.
+    pub unreachable: Option<String>,
+    /// Why the trace could not run.
+    pub error: Option<String>,
+    /// Sending program.
+    pub agent: Option<String>,
+    /// How long the trace took, ns.
+    pub duration_ns: Option<i64>,
+    /// The target's destination-RTT alert threshold, ns.
+    pub rtt_alert_ns: Option<i64>,
+    /// Answering hops.
+    pub hops: Vec<NewHop>,
+}
+
+impl NewResult {
+    /// The destination's RTT: the hop that reached it, when the trace did.
+    pub fn destination_rtt_ns(&self) -> Option<i64> {
+        destination_rtt_ns(self.success, &self.hops)
+    }
+}
+
+/// The destination's RTT of a result: the hop that reached it, when the trace did.
+pub fn destination_rtt_ns(success: bool, hops: &[NewHop]) -> Option<i64> {
+    if !success {
+        return None;
+    }
+    let reached = hops.iter().find(|h| h.kind.as_deref() == Some("reached"));
+    reached
+        .or_else(|| hops.iter().max_by_key(|h| h.ttl))
+        .map(|h| h.rtt_ns)
+}
+
+/// An event recorded while storing a result, with what an alert needs to say.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Row id.
+    pub id: i64,
+    /// When it happened (the result's time), Unix ms.
+    pub at: i64,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID.
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Flow number.
+    pub flow: i64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+    /// Old path as text, for path changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// New path as text, for path changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// What storing a result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now, with this row id.
+    New(i64),
+    /// A result with this ID was stored before; nothing changed.
+    Duplicate,
+}
+
+/// What storing one result gave: its fate and the events it caused.
+pub type Outcome = (Stored, Vec<EventRecord>);
+
+/// A submission on its way to disk: resolves once its transaction is durable.
+pub struct Ticket(tokio::sync::oneshot::Receiver<Result<Vec<Outcome>, String>>);
+
+impl Ticket {
+    /// Waits (blocking the thread) until the results are durable.
+    pub fn wait(self) -> anyhow::Result<Vec<Outcome>> {
+        match self.0.blocking_recv() {
+            Ok(r) => r.map_err(anyhow::Error::msg),
+            Err(_) => anyhow::bail!("the store's writer stopped"),
+        }
+    }
+
+    /// Waits without blocking a thread (for the connection layer).
+    pub async fn done(self) -> anyhow::Result<Vec<Outcome>> {
+        match self.0.await {
+            Ok(r) => r.map_err(anyhow::Error::msg),
+            Err(_) => anyhow::bail!("the store's writer stopped"),
+        }
+    }
+
+    fn channel() -> (
+        tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>,
+        Ticket,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, Ticket(rx))
+    }
+}
+
+/// Filters of the results query.
+#[derive(Debug, Clone, Default)]
+pub struct ResultQuery {
+    /// Slave name.
+    pub slave: Option<String>,
+    /// Target UUID or name.
+    pub target: Option<String>,
+    /// Ordered at or after, Unix ms.
+    pub from: Option<i64>,
+    /// Ordered at or before, Unix ms.
+    pub to: Option<i64>,
+    /// Only results older than this cursor of a previous page.
+    pub before: Option<Cursor>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// Where a page of results ended: the next page starts below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub i64);
+
+impl Cursor {
+    /// The text the API hands out.
+    pub fn text(&self) -> String {
+        format!("{}.{}", codec::key_ms(self.0), self.0)
+    }
+
+    /// Reads [`Cursor::text`]; also takes the `MEASURED_AT.ROW` cursors of earlier releases
+    /// as far as they go (their row part is no longer a position, so the page restarts at
+    /// that time).
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (t, id) = text.split_once('.')?;
+        let t: i64 = t.parse().ok()?;
+        let id: i64 = id.parse().ok()?;
+        if codec::key_ms(id) == t {
+            Some(Cursor(id))
+        } else {
+            Some(Cursor(codec::key(t, codec::PER_MS - 1)))
+        }
+    }
+}
+
+/// A stored result as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredResult {
+    /// The result's UUID.
+    pub id: String,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID ("" when unknown to the master).
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// False when the target was not in the config when the result arrived.
+    pub target_known: bool,
+    /// The slave's time of the measurement.
+    pub date_time: String,
+    /// The same as Unix ms.
+    pub measured_at: i64,
+    /// Where the result is ordered, Unix ms, when that is not its own time: it was dated
+    /// ahead of the master's clock, so it is ordered at its arrival.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordered_at: Option<i64>,
+    /// How long the trace took, ns, when the slave said.
+    pub duration_ns: Option<i64>,
+    /// When the master received it, Unix ms.
+    pub received_at: i64,
+    /// Destination answered.
+    pub success: bool,
+    /// Hop count as sent.
+    pub hop_count: i64,
+    /// Path ID (hash).
+    pub path_id: String,
+    /// Canonical path text.
+    pub path: String,
+    /// Probe protocol.
+    pub protocol: Option<String>,
+    /// Flow number.
+    pub flow: Option<i64>,
+    /// Resolved destination.
+    pub destination: Option<String>,
+    /// Unreachable annotation.
+    pub unreachable: Option<String>,
+    /// Why the trace could not run.
+    pub error: Option<String>,
+    /// Answering hops.
+    pub hops: Vec<NewHop>,
+}
+
+/// What the store knows of a slave.
+#[derive(Debug, Clone)]
+pub struct SlaveRecord {
+    /// Name.
+    pub name: String,
+    /// First seen, Unix ms.
+    pub first_seen: Option<i64>,
+    /// Last request, Unix ms.
+    pub last_seen: Option<i64>,
+    /// Last config fetch, Unix ms.
+    pub last_config: Option<i64>,
+    /// Remote address of its last config fetch.
+    pub remote_addr: Option<String>,
+    /// Program and version it reported.
+    pub version: Option<String>,
+    /// Results stored.
+    pub results_stored: i64,
+    /// Spool depth it reported.
+    pub spool_depth: Option<i64>,
+    /// Results it dropped in all.
+    pub dropped_total: i64,
+    /// Its clock minus the master's, ms (positive: ahead), from its newest result.
+    pub clock_skew_ms: Option<i64>,
+    /// Listed in dt-slaves.json now.
+    pub configured: bool,
+}
+
+/// A target as stored (results name it; the config may no longer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTarget {
+    /// UUID ("" when unknown).
+    pub uuid: String,
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+}
+
+/// Which series a query is about.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesFilter {
+    /// Slave name.
+    pub slave: Option<String>,
+    /// Target UUID or name.
+    pub target: Option<String>,
+    /// Flow number.
+    pub flow: Option<i64>,
+}
+
+/// One (slave, target, flow).
+#[derive(Debug, Clone)]
+pub struct SeriesRow {
+    /// Row id.
+    pub id: i64,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID.
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Target address.
+    pub target_address: String,
+    /// Flow.
+    pub flow: i64,
+    /// Current path: its ID (hash) and canonical text.
+    pub current_path: Option<(String, String)>,
+    /// Since when, Unix ms.
+    pub current_since: Option<i64>,
+    /// Newest result, Unix ms.
+    pub last_measured: Option<i64>,
+    /// Path changes so far.
+    pub changes_total: i64,
+    /// Hop count of the current path.
+    pub current_hops: Option<i64>,
+    /// The newest result reached the destination.
+    pub last_success: Option<bool>,
+    /// The newest result's destination RTT, ns.
+    pub last_rtt_ns: Option<i64>,
+}
+
+/// One distinct path of a series over a time range.
+#[derive(Debug, Clone)]
+pub struct PathSeen {
+    /// Path ID (hash).
+    pub path_id: String,
+    /// Canonical text.
+    pub path: String,
+    /// First result on it, Unix ms.
+    pub first_seen: i64,
+    /// Last result on it, Unix ms.
+    pub last_seen: i64,
+    /// Results on it.
+    pub count: i64,
+}
+
+/// Filters of the events query.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Which series.
+    pub series: SeriesFilter,
+    /// Event kind.
+    pub kind: Option<String>,
+    /// At or after, Unix ms.
+    pub from: Option<i64>,
+    /// At or before, Unix ms.
+    pub to: Option<i64>,
+    /// Only events with a smaller id (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// A stored change event.
+#[derive(Debug, Clone)]
+pub struct EventView {
+    /// Row id.
+    pub id: i64,
+    /// When, Unix ms.
+    pub at: i64,
+    /// Kind.
+    pub kind: String,
+    /// Slave name.
+    pub slave: String,
+    /// Target UUID.
+    pub target_id: String,
+    /// Target name.
+    pub target_name: String,
+    /// Flow.
+    pub flow: i64,
+    /// Old path (ID, text), for path changes.
+    pub from_path: Option<(String, String)>,
+    /// New path (ID, text), for path changes.
+    pub to_path: Option<(String, String)>,
+    /// First TTL where they differ.
+    pub first_diff_ttl: Option<i64>,
+    /// The event as JSON.
+    pub detail: String,
+}
+
+/// The storage interface; every method is synchronous and safe to call from any thread.
+pub trait Store: Send + Sync {
+    /// Hands results to the writer; the ticket resolves when they are durable, with each
+    /// result's fate in order. Results of all concurrent submissions share transactions.
+    fn submit(&self, results: Vec<NewResult>) -> Ticket;
+
+    /// Records that a slave was seen (a config fetch when `config` is true).
+    fn touch_slave(&self, name: &str, remote: &str, agent: Option<&str>, config: bool);
+
+    /// Records what a slave reports of itself: spool depth now, results dropped in all.
+    fn slave_status(&self, name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>);
+
+    /// Waits until everything submitted before is written.
+    fn flush(&self) -> anyhow::Result<()>;
+
+    /// Results matching `q`, newest first, and the cursor of the next page when this one is
+    /// full.
+    fn results(&self, q: &ResultQuery) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)>;
+
+    /// How many results are stored.
+    fn count_results(&self) -> anyhow::Result<i64>;
+
+    /// Every slave the store knows.
+    fn slaves(&self) -> anyhow::Result<Vec<SlaveRecord>>;
+
+    /// Every target results named.
+    fn targets(&self) -> anyhow::Result<Vec<StoredTarget>>;
+
+    /// The series matching `f`, by slave, target and flow.
+    fn series(&self, f: &SeriesFilter) -> anyhow::Result<Vec<SeriesRow>>;
+
+    /// The hops of each result of a series ordered at or after `since` (Unix ms).
+    fn series_hops(&self, series: i64, since: i64) -> anyhow::Result<Vec<Vec<NewHop>>>;
+
+    /// The distinct paths of a series between `from` and `to` (Unix ms), oldest first.
+    fn path_history(&self, series: i64, from: i64, to: i64) -> anyhow::Result<Vec<PathSeen>>;
+
+    /// Change events, newest first.
+    fn events(&self, q: &EventQuery) -> anyhow::Result<Vec<EventView>>;
+
+    /// Size of the database, bytes.
+    fn storage_bytes(&self) -> anyhow::Result<i64>;
+
+    /// Deletes up to one batch of results ordered before `cutoff` (Unix ms), never the newest
+    /// of a series; returns how many.
+    fn delete_results_before(&self, cutoff: i64) -> anyhow::Result<usize>;
+
+    /// Deletes events before `cutoff`, and paths first seen before it that nothing uses;
+    /// returns (events, paths).
+    fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)>;
+
+    /// Stores one result and waits until it is durable.
+    fn insert(&self, r: &NewResult) -> anyhow::Result<Outcome> {
+        self.submit(vec![r.clone()])
+            .wait()?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("the writer gave no answer"))
+    }
+
+    /// Stores many results and waits until they are durable.
+    fn insert_batch(&self, results: &[NewResult]) -> anyhow::Result<Vec<Outcome>> {
+        self.submit(results.to_vec()).wait()
+    }
+}
+
+/// Opens the database at `path` (an SQLite file), confirming paths after `confirm` results.
+pub fn open(path: &std::path::Path, confirm: u32) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(sqlite::Sqlite::open(path, confirm)?))
+}

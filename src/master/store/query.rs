@@ -1,0 +1,499 @@
+//! Reads: each runs on a connection of its own from a small pool (WAL lets readers go on
+//! while the writer commits), and unpacks results through caches of the routes and series
+//! they name (both are never changed once written).
+
+use super::codec::{self, Measures, Route};
+use super::{
+    Cursor, EventQuery, EventView, NewHop, PathSeen, ResultQuery, SeriesFilter, SeriesRow,
+    SlaveRecord, StoredResult, StoredTarget,
+};
+use rusqlite::{Connection, OpenFlags, params};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Idle read connections kept for the next reader.
+const IDLE_READERS: usize = 8;
+
+/// Read connections, opened on demand and kept for reuse; a reader never waits for another.
+pub struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Routes and series by row id.
+    pub caches: ReadCaches,
+}
+
+/// A connection on loan from the pool.
+pub struct Reader<'a> {
+    pool: &'a Pool,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_READERS {
+                idle.push(c);
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// A pool over the database file at `path`.
+    pub fn new(path: PathBuf) -> Pool {
+        Pool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            caches: ReadCaches::default(),
+        }
+    }
+
+    /// A read connection.
+    pub fn get(&self) -> rusqlite::Result<Reader<'_>> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
+            }
+        };
+        Ok(Reader {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+}
+
+/// A route with its path, as results are shown.
+pub struct RouteInfo {
+    route: Route,
+    path_hash: String,
+    path_text: String,
+}
+
+/// Who a series is.
+pub struct SeriesIdent {
+    slave: String,
+    target_uuid: String,
+    target_name: String,
+    target_address: String,
+    flow: i64,
+}
+
+/// Routes and series by id, shared by every reader.
+#[derive(Default)]
+pub struct ReadCaches {
+    routes: RwLock<HashMap<i64, Arc<RouteInfo>>>,
+    series: RwLock<HashMap<i64, Arc<SeriesIdent>>>,
+}
+
+impl ReadCaches {
+    fn route(&self, conn: &Connection, id: i64) -> anyhow::Result<Arc<RouteInfo>> {
+        if let Some(r) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(r.clone());
+        }
+        let (body, path_hash, path_text): (Vec<u8>, String, String) = conn
+            .prepare_cached(
+                "SELECT r.body, p.hash, p.canonical FROM routes r JOIN paths p ON p.id = r.path_id
+                 WHERE r.id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let route =
+            Route::parse(&body).ok_or_else(|| anyhow::anyhow!("route {id} does not decode"))?;
+        let info = Arc::new(RouteInfo {
+            route,
+            path_hash,
+            path_text,
+        });
+        let mut w = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.clear();
+        }
+        w.insert(id, info.clone());
+        Ok(info)
+    }
+
+    fn series(&self, conn: &Connection, id: i64) -> anyhow::Result<Arc<SeriesIdent>> {
+        if let Some(s) = self
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(s.clone());
+        }
+        let ident = conn
+            .prepare_cached(
+                "SELECT s.name, t.uuid, t.name, t.address, se.flow FROM series se
+                 JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+                 WHERE se.id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(SeriesIdent {
+                    slave: r.get(0)?,
+                    target_uuid: r.get(1)?,
+                    target_name: r.get(2)?,
+                    target_address: r.get(3)?,
+                    flow: r.get(4)?,
+                })
+            })?;
+        let ident = Arc::new(ident);
+        let mut w = self.series.write().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.clear();
+        }
+        w.insert(id, ident.clone());
+        Ok(ident)
+    }
+}
+
+/// One stored row, unpacked for the API.
+fn unpack(
+    conn: &Connection,
+    caches: &ReadCaches,
+    (key, series_id, route_id, uid, data, verbatim): (
+        i64,
+        i64,
+        i64,
+        Vec<u8>,
+        Vec<u8>,
+        Option<String>,
+    ),
+) -> anyhow::Result<StoredResult> {
+    let route = caches.route(conn, route_id)?;
+    let series = caches.series(conn, series_id)?;
+    let ordered = codec::key_ms(key);
+    let m = Measures::decode(&data, &route.route, ordered)
+        .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
+    let r = &route.route;
+    let id = <[u8; 16]>::try_from(uid.as_slice())
+        .map(|b| uuid::Uuid::from_bytes(b).to_string())
+        .unwrap_or_default();
+    Ok(StoredResult {
+        id,
+        slave: series.slave.clone(),
+        target_id: series.target_uuid.clone(),
+        target_name: series.target_name.clone(),
+        target_address: series.target_address.clone(),
+        target_known: r.target_known,
+        date_time: verbatim.or_else(|| m.time.text()).unwrap_or_default(),
+        measured_at: m.time.ms,
+        ordered_at: (ordered != m.time.ms).then_some(ordered),
+        duration_ns: m.duration_ns,
+        received_at: m.received_at,
+        success: r.success,
+        hop_count: r.hop_count,
+        path_id: route.path_hash.clone(),
+        path: route.path_text.clone(),
+        protocol: r.protocol.clone(),
+        flow: r.has_flow.then_some(series.flow),
+        destination: r.destination.clone(),
+        unreachable: r.unreachable.clone(),
+        error: r.error.clone(),
+        hops: m.hops(r),
+    })
+}
+
+type Row = (i64, i64, i64, Vec<u8>, Vec<u8>, Option<String>);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+/// The series ids a slave/target/flow filter names; `None` when nothing filters.
+fn series_ids(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Option<Vec<i64>>> {
+    if f.slave.is_none() && f.target.is_none() && f.flow.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT se.id FROM series se JOIN slaves s ON s.id = se.slave_id
+         JOIN targets t ON t.id = se.target_id
+         WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
+           AND (?3 IS NULL OR se.flow = ?3)",
+    )?;
+    let ids = stmt
+        .query_map(params![f.slave, f.target, f.flow], |r| r.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok(Some(ids))
+}
+
+/// Results newest first, and the cursor of the next page.
+pub fn results(
+    conn: &Connection,
+    caches: &ReadCaches,
+    q: &ResultQuery,
+) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
+    let filter = SeriesFilter {
+        slave: q.slave.clone(),
+        target: q.target.clone(),
+        flow: None,
+    };
+    let series = series_ids(conn, &filter)?;
+    let clause = match &series {
+        None => String::new(),
+        Some(ids) if ids.is_empty() => return Ok((Vec::new(), None)),
+        Some(ids) if ids.len() == 1 => format!("AND series_id = {}", ids[0]),
+        Some(ids) => format!(
+            "AND series_id IN ({})",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        ),
+    };
+    let sql = format!(
+        "SELECT id, series_id, route_id, uid, data, date_time FROM results
+         WHERE id < ?1 AND id >= ?2 AND id <= ?3 {clause} ORDER BY id DESC LIMIT ?4"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let before = q.before.map_or(i64::MAX, |c| c.0);
+    let from = q.from.map_or(0, |t| codec::key(t, 0));
+    let to = q.to.map_or(i64::MAX, |t| {
+        if t < 0 {
+            -1
+        } else {
+            codec::key(t, codec::PER_MS - 1)
+        }
+    });
+    let rows = stmt
+        .query_map(params![before, from, to, q.limit], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = (rows.len() as u32 == q.limit && q.limit > 0)
+        .then(|| rows.last().map(|r| Cursor(r.0)))
+        .flatten();
+    let out = rows
+        .into_iter()
+        .map(|r| unpack(conn, caches, r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((out, next))
+}
+
+/// Every slave in the store (not marked configured: the caller knows the config).
+pub fn slaves(conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
+                spool_depth, dropped_total, clock_skew_ms FROM slaves ORDER BY name",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(SlaveRecord {
+            name: r.get(0)?,
+            first_seen: Some(r.get(1)?),
+            last_seen: Some(r.get(2)?),
+            last_config: r.get(3)?,
+            remote_addr: r.get(4)?,
+            version: r.get(5)?,
+            results_stored: r.get(6)?,
+            spool_depth: r.get(7)?,
+            dropped_total: r.get(8)?,
+            clock_skew_ms: r.get(9)?,
+            configured: false,
+        })
+    })?
+    .collect()
+}
+
+/// Every target results named.
+pub fn targets(conn: &Connection) -> rusqlite::Result<Vec<StoredTarget>> {
+    let mut stmt = conn.prepare_cached("SELECT uuid, name, address FROM targets ORDER BY name")?;
+    stmt.query_map([], |r| {
+        Ok(StoredTarget {
+            uuid: r.get(0)?,
+            name: r.get(1)?,
+            address: r.get(2)?,
+        })
+    })?
+    .collect()
+}
+
+/// The series matching `f`.
+pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<SeriesRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, p.hash, p.canonical,
+                se.current_since, se.last_measured, se.changes_total, p.hop_count,
+                se.last_success, se.last_rtt_ns
+         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         LEFT JOIN paths p ON p.id = se.current_path
+         WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
+           AND (?3 IS NULL OR se.flow = ?3)
+         ORDER BY s.name, t.name, se.flow",
+    )?;
+    stmt.query_map(params![f.slave, f.target, f.flow], |r| {
+        let hash: Option<String> = r.get(6)?;
+        let text: Option<String> = r.get(7)?;
+        Ok(SeriesRow {
+            id: r.get(0)?,
+            slave: r.get(1)?,
+            target_id: r.get(2)?,
+            target_name: r.get(3)?,
+            target_address: r.get(4)?,
+            flow: r.get(5)?,
+            current_path: hash.zip(text),
+            current_since: r.get(8)?,
+            last_measured: r.get(9)?,
+            changes_total: r.get(10)?,
+            current_hops: r.get(11)?,
+            last_success: r.get(12)?,
+            last_rtt_ns: r.get(13)?,
+        })
+    })?
+    .collect()
+}
+
+/// The hops of each result of a series from `since` on.
+pub fn series_hops(
+    conn: &Connection,
+    caches: &ReadCaches,
+    series: i64,
+    since: i64,
+) -> anyhow::Result<Vec<Vec<NewHop>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, route_id, data FROM results WHERE series_id = ?1 AND id >= ?2 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map(params![series, codec::key(since, 0)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(key, route_id, data)| {
+            let route = caches.route(conn, route_id)?;
+            let m = Measures::decode(&data, &route.route, codec::key_ms(key))
+                .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
+            Ok(m.hops(&route.route))
+        })
+        .collect()
+}
+
+/// The distinct paths of a series in a time range, oldest first.
+pub fn path_history(
+    conn: &Connection,
+    caches: &ReadCaches,
+    series: i64,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<PathSeen>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT route_id, min(id), max(id), count(*) FROM results
+         WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3 GROUP BY route_id",
+    )?;
+    let lo = if from <= 0 { 0 } else { codec::key(from, 0) };
+    let hi = if to < 0 {
+        -1
+    } else {
+        codec::key(to.min(4_294_967_295_999), codec::PER_MS - 1)
+    };
+    let rows = stmt
+        .query_map(params![series, lo, hi], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut by_path: HashMap<String, PathSeen> = HashMap::new();
+    for (route_id, first, last, count) in rows {
+        let route = caches.route(conn, route_id)?;
+        let e = by_path
+            .entry(route.path_hash.clone())
+            .or_insert_with(|| PathSeen {
+                path_id: route.path_hash.clone(),
+                path: route.path_text.clone(),
+                first_seen: i64::MAX,
+                last_seen: i64::MIN,
+                count: 0,
+            });
+        e.first_seen = e.first_seen.min(first);
+        e.last_seen = e.last_seen.max(last);
+        e.count += count;
+    }
+    let mut out: Vec<PathSeen> = by_path.into_values().collect();
+    out.sort_by_key(|p| p.first_seen);
+    for p in &mut out {
+        p.first_seen = codec::key_ms(p.first_seen);
+        p.last_seen = codec::key_ms(p.last_seen);
+    }
+    Ok(out)
+}
+
+/// Change events, newest first.
+pub fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<EventView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.id, e.at, e.kind, s.name, t.uuid, t.name, se.flow, fp.hash, fp.canonical,
+                tp.hash, tp.canonical, e.first_diff_ttl, e.detail
+         FROM events e JOIN series se ON se.id = e.series_id
+         JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         LEFT JOIN paths fp ON fp.id = e.from_path LEFT JOIN paths tp ON tp.id = e.to_path
+         WHERE e.id < ?1 AND (?2 IS NULL OR s.name = ?2) AND (?3 IS NULL OR t.uuid = ?3 OR t.name = ?3)
+           AND (?4 IS NULL OR se.flow = ?4) AND (?5 IS NULL OR e.kind = ?5)
+           AND e.at >= ?6 AND e.at <= ?7
+         ORDER BY e.id DESC LIMIT ?8",
+    )?;
+    stmt.query_map(
+        params![
+            q.before_id.unwrap_or(i64::MAX),
+            q.series.slave,
+            q.series.target,
+            q.series.flow,
+            q.kind,
+            q.from.unwrap_or(i64::MIN),
+            q.to.unwrap_or(i64::MAX),
+            q.limit
+        ],
+        |r| {
+            let fp: (Option<String>, Option<String>) = (r.get(7)?, r.get(8)?);
+            let tp: (Option<String>, Option<String>) = (r.get(9)?, r.get(10)?);
+            Ok(EventView {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                slave: r.get(3)?,
+                target_id: r.get(4)?,
+                target_name: r.get(5)?,
+                flow: r.get(6)?,
+                from_path: fp.0.zip(fp.1),
+                to_path: tp.0.zip(tp.1),
+                first_diff_ttl: r.get(11)?,
+                detail: r.get(12)?,
+            })
+        },
+    )?
+    .collect()
+}
+
+/// Database size in bytes (without the WAL).
+pub fn storage_bytes(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        [],
+        |r| r.get(0),
+    )
+}

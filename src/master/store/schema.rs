@@ -1,0 +1,376 @@
+//! The schema and its forward migrations, numbered by `PRAGMA user_version`. Versions 1-3 are
+//! plain SQL; version 4 repacks every result (one row with its RTTs in a blob, its shape in a
+//! shared route) and needs code.
+
+use super::AHEAD_ALLOWANCE_MS;
+use super::codec::{self, Measures, Route, RouteHop, SlaveTime};
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+
+/// The versions this program writes; a newer file is refused.
+pub const VERSION: i64 = 4;
+
+/// The SQL migrations, in order; `user_version` counts how many have run.
+const SQL_MIGRATIONS: &[&str] = &[
+    // 1: the foundation schema.
+    "CREATE TABLE slaves (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        last_config INTEGER,
+        remote_addr TEXT,
+        agent TEXT
+     );
+     CREATE TABLE targets (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        address TEXT NOT NULL,
+        UNIQUE (uuid, name, address)
+     );
+     CREATE TABLE paths (
+        id INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        canonical TEXT NOT NULL,
+        hop_count INTEGER NOT NULL,
+        terminal TEXT NOT NULL,
+        first_seen INTEGER NOT NULL
+     );
+     CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        result_id TEXT NOT NULL UNIQUE,
+        slave_id INTEGER NOT NULL REFERENCES slaves(id),
+        target_id INTEGER NOT NULL REFERENCES targets(id),
+        target_known INTEGER NOT NULL,
+        measured_at INTEGER NOT NULL,
+        date_time TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        success INTEGER NOT NULL,
+        hop_count INTEGER NOT NULL,
+        path_id INTEGER NOT NULL REFERENCES paths(id),
+        protocol TEXT,
+        flow INTEGER,
+        destination TEXT,
+        unreachable TEXT,
+        error TEXT,
+        agent TEXT
+     );
+     CREATE INDEX results_by_slave_target_time ON results (slave_id, target_id, measured_at);
+     CREATE INDEX results_by_target_time ON results (target_id, measured_at);
+     CREATE TABLE hops (
+        result INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+        ttl INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        host TEXT NOT NULL,
+        rtt_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        kind TEXT,
+        replies TEXT,
+        PRIMARY KEY (result, ttl)
+     ) WITHOUT ROWID;",
+    // 2: what slaves report of themselves.
+    "ALTER TABLE slaves ADD COLUMN spool_depth INTEGER;
+     ALTER TABLE slaves ADD COLUMN dropped_total INTEGER NOT NULL DEFAULT 0;",
+    // 3: paths over time: one series per (slave, target, flow), change events, durations.
+    "CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        slave_id INTEGER NOT NULL REFERENCES slaves(id),
+        target_id INTEGER NOT NULL REFERENCES targets(id),
+        flow INTEGER NOT NULL,
+        current_path INTEGER REFERENCES paths(id),
+        current_since INTEGER,
+        candidate_path INTEGER REFERENCES paths(id),
+        candidate_count INTEGER NOT NULL DEFAULT 0,
+        candidate_since INTEGER,
+        last_measured INTEGER,
+        last_result INTEGER,
+        unreached_streak INTEGER NOT NULL DEFAULT 0,
+        ever_reached INTEGER NOT NULL DEFAULT 0,
+        unreachable_alerted INTEGER NOT NULL DEFAULT 0,
+        rtt_high_streak INTEGER NOT NULL DEFAULT 0,
+        rtt_alerted INTEGER NOT NULL DEFAULT 0,
+        changes_total INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (slave_id, target_id, flow)
+     );
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        series_id INTEGER NOT NULL REFERENCES series(id),
+        from_path INTEGER REFERENCES paths(id),
+        to_path INTEGER REFERENCES paths(id),
+        first_diff_ttl INTEGER,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX events_by_time ON events (at);
+     CREATE INDEX events_by_series ON events (series_id, at);
+     ALTER TABLE slaves ADD COLUMN results_stored INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE results ADD COLUMN duration_ns INTEGER;
+     ALTER TABLE results ADD COLUMN series_id INTEGER REFERENCES series(id);
+     ALTER TABLE hops ADD COLUMN reply_ttl INTEGER;
+     CREATE INDEX results_by_time ON results (measured_at);
+     CREATE INDEX results_by_series_time ON results (series_id, measured_at);",
+];
+
+/// Version 4: compact results.
+const V4_TABLES: &str = "
+    ALTER TABLE results RENAME TO results_v3;
+    CREATE TABLE routes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash BLOB NOT NULL UNIQUE,
+        path_id INTEGER NOT NULL REFERENCES paths(id),
+        body BLOB NOT NULL
+    );
+    CREATE INDEX routes_by_path ON routes (path_id);
+    -- id: the ordering key (codec::key). No foreign keys: the writer keeps series_id and
+    -- route_id right, and a key on route_id would cost an index as large as the table.
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        series_id INTEGER NOT NULL,
+        route_id INTEGER NOT NULL,
+        uid BLOB NOT NULL,
+        data BLOB NOT NULL,
+        date_time TEXT
+    );
+    -- Results not ordered at their own time (dated ahead of the master, or pushed to the next
+    -- millisecond), so a resend of one is still found by its ID.
+    CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX aside_by_result ON aside (result);
+    ALTER TABLE slaves ADD COLUMN clock_skew_ms INTEGER;
+    ALTER TABLE series ADD COLUMN last_success INTEGER;
+    ALTER TABLE series ADD COLUMN last_rtt_ns INTEGER;";
+
+/// Brings the database to [`VERSION`]; each step is one transaction.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > VERSION {
+        anyhow::bail!(
+            "schema version {version} is newer than this program knows ({VERSION}): use a newer dist-traceroute"
+        );
+    }
+    for (i, sql) in SQL_MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {} failed", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    if version < 4 {
+        let tx = conn.transaction()?;
+        let n = to_v4(&tx).context("migration 4 (compact results) failed")?;
+        tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()?;
+        if n > 0 {
+            log::info!(
+                "database upgraded to schema 4: {n} results repacked; the space of the old tables is reused for new results"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a result row at the first free key of `ordered_ms` (or a later millisecond when
+/// that one is full); returns the key.
+pub fn insert_row(
+    conn: &Connection,
+    series_id: i64,
+    route_id: i64,
+    uid: &[u8; 16],
+    m: &mut Measures,
+    date_time: Option<&str>,
+) -> rusqlite::Result<i64> {
+    let mut at = m.ordered_ms.max(0);
+    let key = loop {
+        let top: Option<i64> = conn
+            .prepare_cached("SELECT max(id) FROM results WHERE id BETWEEN ?1 AND ?2")?
+            .query_row(
+                params![codec::key(at, 0), codec::key(at, codec::PER_MS - 1)],
+                |r| r.get(0),
+            )?;
+        match top {
+            None => break codec::key(at, 0),
+            Some(k) if k < codec::key(at, codec::PER_MS - 1) => break k + 1,
+            Some(_) => at += 1,
+        }
+    };
+    m.ordered_ms = at;
+    conn.prepare_cached(
+        "INSERT INTO results (id, series_id, route_id, uid, data, date_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        key,
+        series_id,
+        route_id,
+        &uid[..],
+        m.encode(),
+        date_time
+    ])?;
+    if m.ordered_ms != m.time.ms {
+        conn.prepare_cached("INSERT OR REPLACE INTO aside (uid, result) VALUES (?1, ?2)")?
+            .execute(params![&uid[..], key])?;
+    }
+    Ok(key)
+}
+
+/// The route row of `route` on path `path_id`, made when new.
+pub fn route_id(conn: &Connection, route: &Route, path_id: i64) -> rusqlite::Result<i64> {
+    let body = route.body();
+    let hash = Route::hash(&body);
+    if let Some(id) = conn
+        .prepare_cached("SELECT id FROM routes WHERE hash = ?1")?
+        .query_row([&hash[..]], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO routes (hash, path_id, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![&hash[..], path_id, body])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Where a result is ordered: its own time, unless that is ahead of when it arrived by more
+/// than the allowance (a slave's clock is wrong), then its arrival.
+pub fn ordered_at(measured_ms: i64, received_ms: i64) -> i64 {
+    if measured_ms > received_ms + AHEAD_ALLOWANCE_MS {
+        received_ms
+    } else {
+        measured_ms.max(0)
+    }
+}
+
+/// The 16 bytes of a result ID (validated as a UUID before it gets here).
+pub fn uid_bytes(id: &str) -> [u8; 16] {
+    uuid::Uuid::parse_str(id)
+        .map(|u| *u.as_bytes())
+        .unwrap_or_default()
+}
+
+/// Repacks the version-3 tables `results` and `hops` into the new `results`, `routes` and
+/// `aside`; returns how many results.
+fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
+    tx.execute_batch(V4_TABLES)?;
+    // Series made before migration 3 had no series_id on their results.
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO series (slave_id, target_id, flow)
+            SELECT DISTINCT slave_id, target_id, COALESCE(flow, 0) FROM results_v3
+            WHERE series_id IS NULL;
+         UPDATE results_v3 SET series_id = (SELECT id FROM series se
+            WHERE se.slave_id = results_v3.slave_id AND se.target_id = results_v3.target_id
+              AND se.flow = COALESCE(results_v3.flow, 0))
+         WHERE series_id IS NULL;",
+    )?;
+    let last_results: HashMap<i64, i64> = {
+        let mut stmt =
+            tx.prepare("SELECT last_result, id FROM series WHERE last_result IS NOT NULL")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut hop_stmt = tx.prepare(
+        "SELECT ttl, address, host, rtt_ns, size, kind, replies, reply_ttl FROM hops
+         WHERE result = ?1 ORDER BY ttl",
+    )?;
+    let mut stmt = tx.prepare(
+        "SELECT id, result_id, series_id, target_known, measured_at, date_time, received_at,
+                success, hop_count, path_id, protocol, flow, destination, unreachable, error,
+                agent, duration_ns
+         FROM results_v3 ORDER BY measured_at, id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next()? {
+        let old_id: i64 = row.get(0)?;
+        let result_id: String = row.get(1)?;
+        let series_id: i64 = row.get(2)?;
+        let date_time: String = row.get(5)?;
+        let received_at: i64 = row.get(6)?;
+        let mut hops = Vec::new();
+        let mut measured_hops = Vec::new();
+        for h in hop_stmt.query_map([old_id], |h| {
+            let replies: Option<String> = h.get(6)?;
+            Ok((
+                RouteHop {
+                    ttl: h.get(0)?,
+                    address: h.get(1)?,
+                    host: h.get(2)?,
+                    size: h.get(4)?,
+                    kind: h.get(5)?,
+                    reply_ttl: h.get(7)?,
+                    replies: None,
+                },
+                h.get::<_, i64>(3)?,
+                replies.and_then(|s| serde_json::from_str::<Vec<Option<i64>>>(&s).ok()),
+            ))
+        })? {
+            let (mut hop, rtt, replies) = h?;
+            hop.replies = replies.as_ref().map(Vec::len);
+            hops.push(hop);
+            measured_hops.push((rtt, replies));
+        }
+        let route = Route {
+            target_known: row.get(3)?,
+            success: row.get(7)?,
+            hop_count: row.get(8)?,
+            has_flow: row.get::<_, Option<i64>>(11)?.is_some(),
+            protocol: row.get(10)?,
+            destination: row.get(12)?,
+            unreachable: row.get(13)?,
+            error: row.get(14)?,
+            agent: row.get(15)?,
+            hops,
+        };
+        let route_id = route_id(tx, &route, row.get(9)?)?;
+        let measured_at: i64 = row.get(4)?;
+        let time = SlaveTime::parse(&date_time).unwrap_or(SlaveTime {
+            ms: measured_at,
+            sub_ms_ns: 0,
+            offset_s: 0,
+            style: codec::VERBATIM,
+        });
+        let mut m = Measures {
+            time,
+            ordered_ms: ordered_at(time.ms, received_at),
+            received_at,
+            duration_ns: row.get(16)?,
+            hops: measured_hops,
+        };
+        let verbatim = (time.style == codec::VERBATIM).then_some(date_time.as_str());
+        let key = insert_row(
+            tx,
+            series_id,
+            route_id,
+            &uid_bytes(&result_id),
+            &mut m,
+            verbatim,
+        )?;
+        if let Some(series) = last_results.get(&old_id) {
+            let hops = m.hops(&route);
+            tx.execute(
+                "UPDATE series SET last_result = ?2, last_measured = ?3, last_success = ?4,
+                        last_rtt_ns = ?5 WHERE id = ?1",
+                params![
+                    series,
+                    key,
+                    m.ordered_ms,
+                    route.success,
+                    super::destination_rtt_ns(route.success, &hops)
+                ],
+            )?;
+        }
+        n += 1;
+        if n.is_multiple_of(100_000) {
+            log::info!("upgrading the database to schema 4: {n} results repacked");
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    drop(hop_stmt);
+    tx.execute_batch(
+        "DROP TABLE hops;
+         DROP TABLE results_v3;
+         CREATE INDEX results_by_series ON results (series_id, id);",
+    )?;
+    Ok(n)
+}
