@@ -14,8 +14,13 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     chrono::DateTime::<chrono::Local>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
+/// A duration in ns, rounded to the whole microsecond: a reply's timestamp is the kernel's,
+/// but the send time is taken in user space before `sendmsg`, so digits below a microsecond
+/// are noise (traceroute and mtr print microseconds too), and whole microseconds pack into
+/// half the bytes in the master's store.
 fn nanos(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+    let us = d.as_nanos().saturating_add(500) / 1000;
+    i64::try_from(us.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 fn kind_text(k: ReplyKind) -> String {
@@ -164,6 +169,8 @@ mod tests {
         assert_eq!(r.hops[1].ip.as_deref(), Some("2001:db8::3"));
         assert_eq!(r.hops[1].ttl, 3);
         assert_eq!(r.hops[1].elapsed_time, 1_500_000);
+        assert_eq!(nanos(std::time::Duration::from_nanos(1_234_567)), 1_235_000);
+        assert_eq!(nanos(std::time::Duration::from_nanos(1_234_499)), 1_234_000);
         assert_eq!(r.hops[1].kind.as_deref(), Some("!H"));
         assert_eq!(r.unreachable.as_deref(), Some("!H"));
         assert!(chrono::DateTime::parse_from_rfc3339(&r.date_time).is_ok());

@@ -311,8 +311,8 @@ pub fn stored_ids(db: &Path) -> Vec<String> {
     else {
         return Vec::new();
     };
-    // The result ID is kept as its 16 bytes.
-    let Ok(mut stmt) = conn.prepare("SELECT uid FROM results") else {
+    // The result ID is the first 16 bytes of the row's blob.
+    let Ok(mut stmt) = conn.prepare("SELECT substr(data, 1, 16) FROM results") else {
         return Vec::new();
     };
     stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))

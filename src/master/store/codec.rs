@@ -3,11 +3,10 @@
 //! RTTs in a few varints. Pure code: every rule is unit-tested without a database.
 
 use super::{NewHop, NewResult};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Everything of a result but its ID, times and RTTs: results that look alike share one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The target was in the config when the result arrived.
     pub target_known: bool,
@@ -32,7 +31,7 @@ pub struct Route {
 }
 
 /// The fixed part of one hop.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteHop {
     /// TTL.
     pub ttl: i64,
@@ -79,14 +78,134 @@ impl Route {
         }
     }
 
-    /// The stored form (JSON: a route is written once, so its size hardly matters).
+    /// The stored form: varints and length-prefixed text, addresses as their bytes.
     pub fn body(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(32 + 12 * self.hops.len());
+        out.push(ROUTE_FORMAT);
+        let texts = [
+            &self.protocol,
+            &self.destination,
+            &self.unreachable,
+            &self.error,
+            &self.agent,
+        ];
+        let mut flags = u64::from(self.target_known)
+            | u64::from(self.success) << 1
+            | u64::from(self.has_flow) << 2;
+        for (i, t) in texts.iter().enumerate() {
+            if t.is_some() {
+                flags |= 1 << (3 + i);
+            }
+        }
+        put(&mut out, flags);
+        put_signed(&mut out, self.hop_count);
+        for t in texts.into_iter().flatten() {
+            put_text(&mut out, t);
+        }
+        put(&mut out, self.hops.len() as u64);
+        for h in &self.hops {
+            put_signed(&mut out, h.ttl);
+            match h.address.parse::<std::net::IpAddr>() {
+                // Only the spelling the address would get back is packed, so text that
+                // differs from it survives as text.
+                Ok(std::net::IpAddr::V4(a)) if a.to_string() == h.address => {
+                    out.push(4);
+                    out.extend_from_slice(&a.octets());
+                }
+                Ok(std::net::IpAddr::V6(a)) if a.to_string() == h.address => {
+                    out.push(6);
+                    out.extend_from_slice(&a.octets());
+                }
+                _ => {
+                    out.push(0);
+                    put_text(&mut out, &h.address);
+                }
+            }
+            put_text(&mut out, &h.host);
+            put_signed(&mut out, h.size);
+            match h.kind.as_deref() {
+                None => out.push(0),
+                Some("time-exceeded") => out.push(1),
+                Some("reached") => out.push(2),
+                Some(k) => {
+                    out.push(3);
+                    put_text(&mut out, k);
+                }
+            }
+            put(&mut out, h.reply_ttl.map_or(0, |t| zigzag(t) + 1));
+            put(&mut out, h.replies.map_or(0, |n| n as u64 + 1));
+        }
+        out
     }
 
-    /// Reads back [`Route::body`].
+    /// Reads back [`Route::body`]; `None` for bytes it did not write.
     pub fn parse(body: &[u8]) -> Option<Route> {
-        serde_json::from_slice(body).ok()
+        let (&format, rest) = body.split_first()?;
+        if format != ROUTE_FORMAT {
+            return None;
+        }
+        let mut r = Reader(rest);
+        let flags = r.get()?;
+        let hop_count = r.signed()?;
+        let mut texts: [Option<String>; 5] = Default::default();
+        for (i, t) in texts.iter_mut().enumerate() {
+            if flags & (1 << (3 + i)) != 0 {
+                *t = Some(r.text()?);
+            }
+        }
+        let n = usize::try_from(r.get()?).ok()?;
+        let mut hops = Vec::with_capacity(n.min(255));
+        for _ in 0..n {
+            let ttl = r.signed()?;
+            let address = match r.byte()? {
+                4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(r.bytes(4)?).ok()?).to_string(),
+                6 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(r.bytes(16)?).ok()?).to_string(),
+                0 => r.text()?,
+                _ => return None,
+            };
+            let host = r.text()?;
+            let size = r.signed()?;
+            let kind = match r.byte()? {
+                0 => None,
+                1 => Some("time-exceeded".to_owned()),
+                2 => Some("reached".to_owned()),
+                3 => Some(r.text()?),
+                _ => return None,
+            };
+            let reply_ttl = match r.get()? {
+                0 => None,
+                v => Some(unzigzag(v - 1)),
+            };
+            let replies = match r.get()? {
+                0 => None,
+                v => Some(usize::try_from(v - 1).ok()?),
+            };
+            hops.push(RouteHop {
+                ttl,
+                address,
+                host,
+                size,
+                kind,
+                reply_ttl,
+                replies,
+            });
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        let [protocol, destination, unreachable, error, agent] = texts;
+        Some(Route {
+            target_known: flags & 1 != 0,
+            success: flags & 2 != 0,
+            hop_count,
+            has_flow: flags & 4 != 0,
+            protocol,
+            destination,
+            unreachable,
+            error,
+            agent,
+            hops,
+        })
     }
 
     /// The identity of a stored form: 16 bytes of its SHA-256.
@@ -203,9 +322,25 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_signed(out: &mut Vec<u8>, v: i64) {
-    put(out, ((v << 1) ^ (v >> 63)) as u64);
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
 }
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_signed(out: &mut Vec<u8>, v: i64) {
+    put(out, zigzag(v));
+}
+
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    put(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The first byte of a route's stored form.
+const ROUTE_FORMAT: u8 = 1;
 
 /// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
 /// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
@@ -231,6 +366,34 @@ fn put_ns(out: &mut Vec<u8>, ns: i64) {
     put(out, ns_code(ns));
 }
 
+/// An RTT: whole microseconds as the difference from the RTT before it (`last_us`: RTTs of
+/// one path rise slowly and the replies of one hop lie close, so most take one or two
+/// bytes); anything else as its nanoseconds behind a flag bit.
+fn rtt_code(ns: i64, last_us: &mut i64) -> u64 {
+    let ns = ns.max(0);
+    if ns % 1000 == 0 {
+        let us = ns / 1000;
+        let code = zigzag(us - *last_us) << 1;
+        *last_us = us;
+        code
+    } else {
+        *last_us = ns / 1000;
+        ((ns as u64) << 1) | 1
+    }
+}
+
+fn code_rtt(code: u64, last_us: &mut i64) -> Option<i64> {
+    if code & 1 == 0 {
+        let us = last_us.checked_add(unzigzag(code >> 1))?;
+        *last_us = us;
+        us.checked_mul(1000)
+    } else {
+        let ns = i64::try_from(code >> 1).ok()?;
+        *last_us = ns / 1000;
+        Some(ns)
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
@@ -248,8 +411,27 @@ impl Reader<'_> {
     }
 
     fn signed(&mut self) -> Option<i64> {
-        let v = self.get()?;
-        Some(((v >> 1) as i64) ^ -((v & 1) as i64))
+        self.get().map(unzigzag)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let n = usize::try_from(self.get()?).ok()?;
+        String::from_utf8(self.bytes(n)?.to_vec()).ok()
     }
 
     fn ns(&mut self) -> Option<i64> {
@@ -310,6 +492,7 @@ impl Measures {
         if let Some(d) = self.duration_ns {
             put_ns(&mut out, d);
         }
+        let mut last_us = 0;
         for (rtt, replies) in &self.hops {
             match replies {
                 Some(v) => {
@@ -317,14 +500,14 @@ impl Measures {
                         match reply {
                             // 0 is a lost reply; an answer is its code plus one.
                             None => put(&mut out, 0),
-                            Some(ns) => put(&mut out, ns_code(*ns) + 1),
+                            Some(ns) => put(&mut out, rtt_code(*ns, &mut last_us) + 1),
                         }
                     }
                     if rtt_given {
-                        put_ns(&mut out, *rtt);
+                        put(&mut out, rtt_code(*rtt, &mut last_us));
                     }
                 }
-                None => put_ns(&mut out, *rtt),
+                None => put(&mut out, rtt_code(*rtt, &mut last_us)),
             }
         }
         out
@@ -333,6 +516,18 @@ impl Measures {
     /// Unpacks what [`Measures::encode`] wrote for a result of `route` ordered at
     /// `ordered_ms`.
     pub fn decode(data: &[u8], route: &Route, ordered_ms: i64) -> Option<Measures> {
+        match Measures::decode_front(data, route, ordered_ms)? {
+            (m, []) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// [`Measures::decode`] of the front of `data`; also gives the bytes after it.
+    fn decode_front<'d>(
+        data: &'d [u8],
+        route: &Route,
+        ordered_ms: i64,
+    ) -> Option<(Measures, &'d [u8])> {
         let mut r = Reader(data);
         let head = r.get()?;
         let ms = if head & SHIFTED != 0 {
@@ -351,28 +546,29 @@ impl Measures {
             None
         };
         let mut hops = Vec::with_capacity(route.hops.len());
+        let mut last_us = 0;
         for h in &route.hops {
             match h.replies {
                 Some(n) => {
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(32));
                     for _ in 0..n {
                         let code = r.get()?;
                         v.push(match code {
                             0 => None,
-                            c => Some(code_ns(c - 1)?),
+                            c => Some(code_rtt(c - 1, &mut last_us)?),
                         });
                     }
                     let rtt = if head & RTT_GIVEN != 0 {
-                        r.ns()?
+                        code_rtt(r.get()?, &mut last_us)?
                     } else {
                         first(&v)
                     };
                     hops.push((rtt, Some(v)));
                 }
-                None => hops.push((r.ns()?, None)),
+                None => hops.push((code_rtt(r.get()?, &mut last_us)?, None)),
             }
         }
-        Some(Measures {
+        let m = Measures {
             time: SlaveTime {
                 ms,
                 sub_ms_ns,
@@ -383,7 +579,8 @@ impl Measures {
             received_at,
             duration_ns,
             hops,
-        })
+        };
+        Some((m, r.0))
     }
 
     /// The hops of a result: the route's fixed part with these numbers.
@@ -404,6 +601,35 @@ impl Measures {
             })
             .collect()
     }
+}
+
+/// A result row's blob: the 16-byte ID, the numbers, then the slave's `DateTime` text when
+/// no spelling of ours rebuilds it.
+pub fn pack_row(uid: &[u8; 16], m: &Measures, verbatim: Option<&str>) -> Vec<u8> {
+    let mut out = uid.to_vec();
+    out.extend(m.encode());
+    if m.time.style == VERBATIM {
+        out.extend_from_slice(verbatim.unwrap_or_default().as_bytes());
+    }
+    out
+}
+
+/// Reads back [`pack_row`]: the ID, the numbers and the `DateTime` text.
+pub fn unpack_row(
+    data: &[u8],
+    route: &Route,
+    ordered_ms: i64,
+) -> Option<([u8; 16], Measures, String)> {
+    let (uid, rest) = data.split_first_chunk::<16>()?;
+    let (m, rest) = Measures::decode_front(rest, route, ordered_ms)?;
+    let text = if m.time.style == VERBATIM {
+        String::from_utf8(rest.to_vec()).ok()?
+    } else if rest.is_empty() {
+        m.time.text()?
+    } else {
+        return None;
+    };
+    Some((*uid, m, text))
 }
 
 /// The first answered reply, or 0 when none answered.
@@ -518,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_microsecond_rtt_takes_two_bytes() {
+    fn whole_microsecond_rtts_take_two_bytes_after_the_first() {
         let time = SlaveTime::parse("2026-11-20T10:02:00.123456+00:00").unwrap();
         let with = |hops: Vec<(i64, Option<Vec<Option<i64>>>)>| {
             Measures {
@@ -533,9 +759,59 @@ mod tests {
         };
         let base = with(vec![]);
         let one = |rtt: i64| with(vec![(rtt, Some(vec![Some(rtt)]))]) - base;
-        assert_eq!(one(5_000_000), 2, "5 ms");
-        assert_eq!(one(900_000_000), 3, "900 ms");
+        assert_eq!(one(5_000_000), 3, "5 ms from nothing");
         assert_eq!(one(5_000_123), 4, "nanosecond digits cost more");
+        // A hop 1.5 ms beyond the one before, and a second reply 0.2 ms after the first.
+        let two = with(vec![
+            (5_000_000, Some(vec![Some(5_000_000)])),
+            (6_500_000, Some(vec![Some(6_500_000), Some(6_700_000)])),
+        ]) - base;
+        assert_eq!(two, 3 + 2 + 2);
+    }
+
+    #[test]
+    fn routes_round_trip_and_pack_addresses() {
+        let mut r = route(&[Some(3), None, Some(1)]);
+        r.hops[0].address = "2001:db8::1".into();
+        r.hops[1].address = "::ffff:10.0.0.1".into();
+        r.hops[1].host = "h.example.".into();
+        r.hops[1].kind = Some("!H".into());
+        r.hops[1].reply_ttl = Some(250);
+        r.hops[2].kind = Some("reached".into());
+        r.unreachable = Some("!H".into());
+        r.agent = Some("dist-traceroute/0.1.0".into());
+        let body = r.body();
+        assert_eq!(Route::parse(&body), Some(r.clone()));
+        for cut in 0..body.len() {
+            assert_eq!(Route::parse(&body[..cut]), None);
+        }
+        // Four bytes for an IPv4 address, not its text.
+        let v4 = route(&[Some(1)]).body().len();
+        let mut text = route(&[Some(1)]);
+        text.hops[0].address = "010.0.0.1".into();
+        assert_eq!(Route::parse(&text.body()), Some(text.clone()));
+        assert!(v4 < text.body().len());
+    }
+
+    #[test]
+    fn rows_carry_the_id_and_any_text_no_spelling_rebuilds() {
+        let route = route(&[Some(1)]);
+        let uid = [7; 16];
+        for text in ["2026-11-20T10:02:00.123456+00:00", "2026-11-20t10:02:00z"] {
+            let time = SlaveTime::parse(text).unwrap();
+            let m = Measures {
+                time,
+                ordered_ms: time.ms,
+                received_at: time.ms,
+                duration_ns: None,
+                hops: vec![(1_000_000, Some(vec![Some(1_000_000)]))],
+            };
+            let row = pack_row(&uid, &m, Some(text));
+            assert_eq!(
+                unpack_row(&row, &route, time.ms),
+                Some((uid, m, text.to_owned()))
+            );
+        }
     }
 
     #[test]

@@ -423,7 +423,8 @@ fn stored_before(
 ) -> rusqlite::Result<bool> {
     let at = measured_ms.max(0);
     let mut stmt = conn.prepare_cached(
-        "SELECT 1 FROM results WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3 AND uid = ?4",
+        "SELECT 1 FROM results WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3
+           AND substr(data, 1, 16) = ?4",
     )?;
     if stmt.exists(params![
         series_id,

@@ -2,7 +2,7 @@
 //! while the writer commits), and unpacks results through caches of the routes and series
 //! they name (both are never changed once written).
 
-use super::codec::{self, Measures, Route};
+use super::codec::{self, Route};
 use super::{
     Cursor, EventQuery, EventView, NewHop, PathSeen, ResultQuery, SeriesFilter, SeriesRow,
     SlaveRecord, StoredResult, StoredTarget,
@@ -170,32 +170,22 @@ impl ReadCaches {
 fn unpack(
     conn: &Connection,
     caches: &ReadCaches,
-    (key, series_id, route_id, uid, data, verbatim): (
-        i64,
-        i64,
-        i64,
-        Vec<u8>,
-        Vec<u8>,
-        Option<String>,
-    ),
+    (key, series_id, route_id, data): Row,
 ) -> anyhow::Result<StoredResult> {
     let route = caches.route(conn, route_id)?;
     let series = caches.series(conn, series_id)?;
     let ordered = codec::key_ms(key);
-    let m = Measures::decode(&data, &route.route, ordered)
+    let (uid, m, date_time) = codec::unpack_row(&data, &route.route, ordered)
         .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
     let r = &route.route;
-    let id = <[u8; 16]>::try_from(uid.as_slice())
-        .map(|b| uuid::Uuid::from_bytes(b).to_string())
-        .unwrap_or_default();
     Ok(StoredResult {
-        id,
+        id: uuid::Uuid::from_bytes(uid).to_string(),
         slave: series.slave.clone(),
         target_id: series.target_uuid.clone(),
         target_name: series.target_name.clone(),
         target_address: series.target_address.clone(),
         target_known: r.target_known,
-        date_time: verbatim.or_else(|| m.time.text()).unwrap_or_default(),
+        date_time,
         measured_at: m.time.ms,
         ordered_at: (ordered != m.time.ms).then_some(ordered),
         duration_ns: m.duration_ns,
@@ -213,17 +203,10 @@ fn unpack(
     })
 }
 
-type Row = (i64, i64, i64, Vec<u8>, Vec<u8>, Option<String>);
+type Row = (i64, i64, i64, Vec<u8>);
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 /// The series ids a slave/target/flow filter names; `None` when nothing filters.
@@ -265,7 +248,7 @@ pub fn results(
         ),
     };
     let sql = format!(
-        "SELECT id, series_id, route_id, uid, data, date_time FROM results
+        "SELECT id, series_id, route_id, data FROM results
          WHERE id < ?1 AND id >= ?2 AND id <= ?3 {clause} ORDER BY id DESC LIMIT ?4"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -384,7 +367,7 @@ pub fn series_hops(
     rows.into_iter()
         .map(|(key, route_id, data)| {
             let route = caches.route(conn, route_id)?;
-            let m = Measures::decode(&data, &route.route, codec::key_ms(key))
+            let (_, m, _) = codec::unpack_row(&data, &route.route, codec::key_ms(key))
                 .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
             Ok(m.hops(&route.route))
         })

@@ -126,13 +126,12 @@ const V4_TABLES: &str = "
     CREATE INDEX routes_by_path ON routes (path_id);
     -- id: the ordering key (codec::key). No foreign keys: the writer keeps series_id and
     -- route_id right, and a key on route_id would cost an index as large as the table.
+    -- data: codec::pack_row (the 16-byte ID, times and RTTs).
     CREATE TABLE results (
         id INTEGER PRIMARY KEY,
         series_id INTEGER NOT NULL,
         route_id INTEGER NOT NULL,
-        uid BLOB NOT NULL,
-        data BLOB NOT NULL,
-        date_time TEXT
+        data BLOB NOT NULL
     );
     -- Results not ordered at their own time (dated ahead of the master, or pushed to the next
     -- millisecond), so a resend of one is still found by its ID.
@@ -179,7 +178,7 @@ pub fn insert_row(
     route_id: i64,
     uid: &[u8; 16],
     m: &mut Measures,
-    date_time: Option<&str>,
+    verbatim: Option<&str>,
 ) -> rusqlite::Result<i64> {
     let mut at = m.ordered_ms.max(0);
     let key = loop {
@@ -197,16 +196,13 @@ pub fn insert_row(
     };
     m.ordered_ms = at;
     conn.prepare_cached(
-        "INSERT INTO results (id, series_id, route_id, uid, data, date_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO results (id, series_id, route_id, data) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
         key,
         series_id,
         route_id,
-        &uid[..],
-        m.encode(),
-        date_time
+        codec::pack_row(uid, m, verbatim)
     ])?;
     if m.ordered_ms != m.time.ms {
         conn.prepare_cached("INSERT OR REPLACE INTO aside (uid, result) VALUES (?1, ?2)")?
@@ -370,7 +366,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
     tx.execute_batch(
         "DROP TABLE hops;
          DROP TABLE results_v3;
-         CREATE INDEX results_by_series ON results (series_id, id);",
+         CREATE INDEX results_by_series ON results (series_id);",
     )?;
     Ok(n)
 }
