@@ -41,6 +41,18 @@ pub enum Command {
     /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json (reads stdin).
     #[command(name = "hash-password")]
     HashPassword,
+    /// Load a master's result ingest with synthetic results; print throughput and latency.
+    #[command(
+        long_about = "Load a master's result ingest with synthetic results and print \
+        throughput and latency (a benchmark, not a test).\n\n\
+        Many connection threads, each with its own keep-alive connection, post realistic 15-hop \
+        results as load1..loadN (passwords pw1..pwN) for targets t1..tN until --duration or \
+        --results is reached. The master must know those slaves: write its config with \
+        --write-config DIR and start it on DIR/dt-slaves.json and DIR/dt-targets.json. The \
+        first --warmup of a run is not timed; results sent then still count for --verify and \
+        --db."
+    )]
+    Loadgen(LoadgenArgs),
 }
 
 /// Log level names of the seed.
@@ -263,6 +275,91 @@ pub struct DemoArgs {
     /// Fake results even when real traces are possible
     #[arg(long = "zDebugResults")]
     pub z_debug_results: bool,
+}
+
+/// What `loadgen` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// One result per POST /results/, as an original Go slave sends them.
+    Legacy,
+    /// One result per POST /api/v1/results.
+    Api,
+    /// --batch-size results per POST /api/v1/results:batch, as our slave sends a backlog.
+    Batch,
+    /// GET / only: the HTTP layer's ceiling, nothing stored.
+    Ceiling,
+}
+
+/// Flags of `loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// The master's base URL, e.g. http://127.0.0.1:8990 (http:// is assumed without a scheme)
+    #[arg(long, value_name = "url", required_unless_present = "write_config")]
+    pub master: Option<String>,
+    /// What to send: legacy (POST /results/), api (POST /api/v1/results), batch (POST
+    /// /api/v1/results:batch) or ceiling (GET /, stores nothing)
+    #[arg(
+        long,
+        value_name = "legacy|api|batch|ceiling",
+        default_value = "legacy"
+    )]
+    pub mode: LoadMode,
+    /// Connection threads, each with its own keep-alive connection and one request in flight
+    #[arg(long, value_name = "n", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connections: u32,
+    /// Slaves sending, named load1..loadN with passwords pw1..pwN
+    #[arg(long, value_name = "n", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub slaves: u32,
+    /// Targets, named t1..tN, at addresses in 198.18.0.0/15
+    #[arg(long, value_name = "n", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub targets: u32,
+    /// Distinct paths: each (slave, target) follows one of them, so paths repeat
+    #[arg(long, value_name = "n", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub routes: u32,
+    /// How long to send after the warm-up (default 10s; with --results, a limit besides the count)
+    #[arg(long, value_name = "duration", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop once this many results are acknowledged (ceiling mode: this many requests)
+    #[arg(long, value_name = "n", value_parser = clap::value_parser!(u64).range(1..))]
+    pub results: Option<u64>,
+    /// Results per request in batch mode (the master takes up to 1000)
+    #[arg(long = "batch-size", value_name = "n", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_size: u32,
+    /// A batch also ends before its results pass this many bytes, as our slave's do (the
+    /// master's default -max-body is 1 MiB)
+    #[arg(long = "batch-bytes", value_name = "bytes", default_value_t = 768 << 10, value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    pub batch_bytes: u64,
+    /// The start of the run that is not timed (its results still count for --verify and --db)
+    #[arg(long, value_name = "duration", default_value = "500ms", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
+    /// Send RTTs with nanosecond digits, as an original Go slave does (default: whole
+    /// microseconds, as ours)
+    #[arg(long = "ns-rtts")]
+    pub ns_rtts: bool,
+    /// Give every result a fresh random path instead of one of --routes
+    #[arg(long = "distinct-paths")]
+    pub distinct_paths: bool,
+    /// After the run, page through GET /api/v1/results for every load slave and check that
+    /// each acknowledged result is stored exactly once (non-zero exit otherwise)
+    #[arg(long)]
+    pub verify: bool,
+    /// The master's SQLite file on this machine: checkpoint its WAL and print bytes on disk per
+    /// stored result (use a fresh database)
+    #[arg(long, value_name = "file")]
+    pub db: Option<PathBuf>,
+    /// Results stored in --db in all (default: the results this run had acknowledged)
+    #[arg(long, value_name = "n", requires = "db", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stored: Option<u64>,
+    /// Write DIR/dt-slaves.json and DIR/dt-targets.json for --slaves and --targets, and exit
+    #[arg(long = "write-config", value_name = "dir")]
+    pub write_config: Option<PathBuf>,
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 1s, 0)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

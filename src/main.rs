@@ -5,6 +5,7 @@ use dist_traceroute::cli::{self, Command};
 use std::process::ExitCode;
 
 mod demo;
+mod loadgen;
 mod trace_cmd;
 
 /// Reads a password (without echo on a terminal, asked twice) and prints its Argon2 hash.
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => trace_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::HashPassword => hash_password(),
+        Command::Loadgen(a) => loadgen::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
