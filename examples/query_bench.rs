@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                 r.status == 200,
                 "{} {}",
                 r.status,
-                String::from_utf8_lossy(&r.body)
+                String::from_utf8_lossy(r.body.as_bytes().unwrap_or_default())
             );
         }
         println!(

@@ -353,6 +353,14 @@ pub struct LoadgenArgs {
     /// Write DIR/dt-slaves.json and DIR/dt-targets.json for --slaves and --targets, and exit
     #[arg(long = "write-config", value_name = "dir")]
     pub write_config: Option<PathBuf>,
+    /// While the run goes, a thread GETs this path of the master's read API (e.g.
+    /// '/api/v1/paths/current?slave=load1&target=t1&window=24h') over and over and reports its
+    /// latency; repeat the flag for several readers at once
+    #[arg(long, value_name = "path")]
+    pub probe: Vec<String>,
+    /// Probes per hop of every slave (1..=3); by default slave n sends 1 + n % 3
+    #[arg(long, value_name = "n", value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub queries: Option<u8>,
 }
 
 fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {

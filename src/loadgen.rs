@@ -386,6 +386,7 @@ struct Plan {
     ns_rtts: bool,
     distinct_paths: bool,
     keep_ids: bool,
+    queries: Option<u8>,
 }
 
 impl Plan {
@@ -411,6 +412,7 @@ impl Plan {
             ns_rtts: a.ns_rtts,
             distinct_paths: a.distinct_paths,
             keep_ids: a.verify,
+            queries: a.queries,
         }
     }
 
@@ -686,6 +688,8 @@ struct Counts {
 
 /// The figures of a whole run.
 struct RunResult {
+    /// Per `--probe` path: latencies of its GETs (µs) and failures.
+    probes: Vec<(String, Vec<u64>, u64)>,
     timed: Tally,
     all: Tally,
     /// Timed span: from the end of the warm-up to the last answer.
@@ -762,9 +766,22 @@ fn drive(plan: &Plan, a: &LoadgenArgs) -> anyhow::Result<RunResult> {
     };
     let mut timed = Tally::default();
     let mut all = Tally::default();
+    let probes_done = AtomicBool::new(false);
+    let mut probes = Vec::new();
     let spawned = std::thread::scope(|scope| {
         let mut threads = Vec::new();
         let mut failed = None;
+        let mut readers = Vec::new();
+        for path in &a.probe {
+            let (done, control, url) = (&probes_done, &control, format!("{}{path}", plan.base));
+            let reader = std::thread::Builder::new()
+                .name("probe".into())
+                .spawn_scoped(scope, move || probe(&url, control, done));
+            match reader {
+                Ok(t) => readers.push((path.clone(), t)),
+                Err(e) => failed = Some(e),
+            }
+        }
         for conn in 0..plan.connections {
             let control = &control;
             let thread = std::thread::Builder::new()
@@ -784,6 +801,11 @@ fn drive(plan: &Plan, a: &LoadgenArgs) -> anyhow::Result<RunResult> {
             let counts = t.join().unwrap_or_default();
             timed.add(counts.timed);
             all.add(counts.all);
+        }
+        probes_done.store(true, Ordering::Relaxed);
+        for (path, t) in readers {
+            let (lat, failures) = t.join().unwrap_or_default();
+            probes.push((path, lat, failures));
         }
         failed.map_or(Ok(()), Err)
     });
@@ -805,12 +827,50 @@ fn drive(plan: &Plan, a: &LoadgenArgs) -> anyhow::Result<RunResult> {
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     Ok(RunResult {
+        probes,
         timed,
         all,
         elapsed: end.saturating_duration_since(if short { start } else { warm_end }),
         short,
         gave_up,
     })
+}
+
+/// One `--probe` reader: GETs `url` back to back from the end of the warm-up until the load
+/// stops; gives the latencies (µs) and how many GETs failed.
+fn probe(url: &str, control: &Control, done: &AtomicBool) -> (Vec<u64>, u64) {
+    let agent = agent();
+    let mut lat = Vec::new();
+    let mut failures = 0;
+    while Instant::now() < control.warm_end && !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    while !done.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        // Read to the end and throw away: an export is larger than an answer is kept.
+        let read = agent
+            .get(url)
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| {
+                let status = r.status().as_u16();
+                let mut body = r.body_mut().with_config().limit(u64::MAX).reader();
+                std::io::copy(&mut body, &mut std::io::sink())
+                    .map(|_| status)
+                    .map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(200) => lat.push(t0.elapsed().as_micros() as u64),
+            other => {
+                if failures == 0 {
+                    eprintln!("loadgen: probe {url}: {other:?}");
+                }
+                failures += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    (lat, failures)
 }
 
 /// How a mode's answers are read: status, body, the IDs of the results sent.
@@ -934,7 +994,7 @@ fn one_result(
     let series = Series {
         creds: &plan.creds[slave as usize - 1],
         target: &plan.targets[t as usize],
-        queries: queries_of(slave),
+        queries: plan.queries.unwrap_or_else(|| queries_of(slave)),
         ns_rtts: plan.ns_rtts,
     };
     make_result(route, &series, id, now_rfc3339(), rng)
@@ -1104,6 +1164,21 @@ fn report(plan: &Plan, a: &LoadgenArgs, run: &RunResult) -> String {
             ms(lat.last().copied().unwrap_or(0))
         ),
     );
+    for (path, lat, failures) in &run.probes {
+        let mut lat = lat.clone();
+        lat.sort_unstable();
+        line(
+            &mut out,
+            "probe",
+            format!(
+                "{path}: {} GETs, p50 {}, p99 {}, max {}, {failures} failed",
+                lat.len(),
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                ms(lat.last().copied().unwrap_or(0))
+            ),
+        );
+    }
     out
 }
 
@@ -1441,6 +1516,7 @@ mod tests {
             ns_rtts: false,
             distinct_paths: false,
             keep_ids: false,
+            queries: None,
         }
     }
 

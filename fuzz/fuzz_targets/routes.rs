@@ -7,7 +7,7 @@
 
 use dist_traceroute::master::config::{parse_slaves, parse_targets, Config, Live};
 use dist_traceroute::master::routes::{handle, App, Counters, Request};
-use dist_traceroute::master::store::Store;
+use dist_traceroute::master::store::sqlite::Sqlite;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -23,7 +23,7 @@ fn app() -> &'static App {
                 targets_raw: Arc::from(&raw[..]),
                 verified: Arc::default(),
             }),
-            store: Arc::new(Store::open_in_memory().unwrap()),
+            store: Arc::new(Sqlite::open_temp(2).unwrap()),
             counters: Counters::default(),
             throttle: Default::default(),
             alerts: Default::default(),

@@ -109,6 +109,7 @@ pub fn result_query(
         to: p.time("to")?,
         before,
         limit: p.number("limit", 1, max_limit, default_limit)? as u32,
+        ..Default::default()
     })
 }
 

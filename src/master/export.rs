@@ -3,14 +3,20 @@
 
 use super::api::Params;
 use super::routes::{App, Request, Response};
-use super::store::StoredResult;
+use super::store::{Cursor, ResultQuery, Store, StoredResult};
+use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Most results in one export; more come with the `X-Next-Cursor` of the answer.
 pub const MAX_EXPORT: i64 = 100_000;
+
+/// Results per page of an export: one store query and one chunk of the body, so an export
+/// holds one page in memory and a read connection only while it reads a page.
+pub const EXPORT_PAGE: u32 = 1000;
 
 /// Routes `GET /api/v1/export/...`; `None` for other paths.
 pub fn handle(app: &App, req: &Request) -> Option<Response> {
@@ -34,66 +40,219 @@ enum Format {
     Atlas,
 }
 
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Jsonl => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Atlas => "application/json",
+        }
+    }
+}
+
 fn results(app: &App, req: &Request, format: Format) -> Response {
     let q = match super::api::result_query(&req.query, MAX_EXPORT, 10_000) {
         Ok(q) => q,
         Err(e) => return Response::error(400, e),
     };
-    let (rows, next) = match app.store.results(&q) {
-        Ok(x) => x,
+    match export(app.store.clone(), q, format, EXPORT_PAGE) {
+        Ok(r) => r,
         Err(e) => {
             log::error!("export failed: {e:#}");
-            return Response::error(500, "export failed");
+            Response::error(500, "export failed")
         }
-    };
-    let mut r = match format {
-        Format::Jsonl => {
-            let mut out = String::new();
-            for row in &rows {
-                out.push_str(&serde_json::to_string(row).unwrap_or_default());
-                out.push('\n');
-            }
-            Response::text(200, out)
-        }
-        Format::Csv => match csv(&rows) {
-            Ok(text) => Response::text(200, text),
-            Err(e) => return Response::error(500, format!("export failed: {e}")),
-        },
-        Format::Atlas => Response::json(200, &rows.iter().map(atlas).collect::<Vec<_>>()),
-    };
-    r.content_type = match format {
-        Format::Jsonl => "application/x-ndjson",
-        Format::Csv => "text/csv; charset=utf-8",
-        Format::Atlas => "application/json",
-    };
-    if let Some(c) = next {
-        r.headers.push(("X-Next-Cursor", c.text()));
     }
-    r
 }
 
-/// One row per hop (a result without hops gets one row with the hop columns empty).
-fn csv(rows: &[StoredResult]) -> Result<String, csv::Error> {
+/// The export `q` asks for, in pages of `page` results. What fits in the first page is
+/// answered whole; a longer export streams the rest page by page.
+///
+/// The `X-Next-Cursor` header goes before the body, so where the export ends is looked up
+/// first: the cursor of its `limit`-th result (an offset query that unpacks one result). The
+/// walk then stops at that cursor rather than after `limit` results, so a result that
+/// arrives inside the exported range meanwhile is sent (the body may hold a few more than
+/// `limit`) and the next export, from the header's cursor, neither repeats nor skips one.
+/// Failures before the first byte is sent (both lookups) are errors here, hence a 500.
+fn export(
+    store: Arc<dyn Store>,
+    q: ResultQuery,
+    format: Format,
+    page: u32,
+) -> anyhow::Result<Response> {
+    let limit = q.limit;
+    let page = page.max(1);
+    let end = if limit > page {
+        let last = ResultQuery {
+            offset: limit - 1,
+            limit: 1,
+            ..q.clone()
+        };
+        store.results(&last)?.1
+    } else {
+        None
+    };
+    let first = ResultQuery {
+        until: end,
+        limit: limit.min(page),
+        ..q
+    };
+    let (rows, after) = store.results(&first)?;
+    let mut writer = Writer::new(format);
+    let mut chunk = writer.page(&rows)?;
+    let next_cursor = if limit > page { end } else { after };
+    let more = limit > page && after.is_some() && after != end;
+    let mut r = if more {
+        let left = end.is_none().then(|| limit - rows.len() as u32);
+        let walk = Pages {
+            store,
+            next: Some(ResultQuery {
+                before: after,
+                ..first
+            }),
+            page,
+            left,
+            writer,
+            ready: Some(chunk),
+        };
+        Response::stream(200, format.content_type(), Box::new(walk))
+    } else {
+        writer.finish(&mut chunk);
+        Response::new(200, format.content_type(), chunk)
+    };
+    if let Some(c) = next_cursor {
+        r.headers.push(("X-Next-Cursor", c.text()));
+    }
+    Ok(r)
+}
+
+/// An export's pages after the first, read and formatted one at a time as the body is sent.
+struct Pages {
+    store: Arc<dyn Store>,
+    /// The query of the next page; `None` once the last chunk is out.
+    next: Option<ResultQuery>,
+    page: u32,
+    /// Results still to send when no cursor bounds the walk (fewer than `limit` existed).
+    left: Option<u32>,
+    writer: Writer,
+    /// A chunk made before the body started (the first page).
+    ready: Option<Vec<u8>>,
+}
+
+impl Pages {
+    fn read(&mut self, mut q: ResultQuery) -> anyhow::Result<Vec<u8>> {
+        q.limit = self.left.map_or(self.page, |left| left.min(self.page));
+        let (rows, after) = self
+            .store
+            .results(&q)
+            .context("cannot read the next page of the export")?;
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(rows.len() as u32);
+        }
+        let mut chunk = self.writer.page(&rows)?;
+        let at_end = |c: Cursor| Some(c) == q.until || self.left == Some(0);
+        match after {
+            Some(c) if !at_end(c) => {
+                q.before = Some(c);
+                self.next = Some(q);
+            }
+            _ => self.writer.finish(&mut chunk),
+        }
+        Ok(chunk)
+    }
+}
+
+impl Iterator for Pages {
+    type Item = anyhow::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(chunk) = self.ready.take() {
+            return Some(Ok(chunk));
+        }
+        let q = self.next.take()?;
+        Some(self.read(q))
+    }
+}
+
+/// Formats results into body chunks, keeping what a format needs from chunk to chunk.
+struct Writer {
+    format: Format,
+    /// The first chunk (header line, opening bracket) is out.
+    opened: bool,
+    /// Results written so far.
+    written: usize,
+}
+
+impl Writer {
+    fn new(format: Format) -> Writer {
+        Writer {
+            format,
+            opened: false,
+            written: 0,
+        }
+    }
+
+    /// The chunk of one page (the first also opens the document).
+    fn page(&mut self, rows: &[StoredResult]) -> anyhow::Result<Vec<u8>> {
+        let first = !self.opened;
+        self.opened = true;
+        let mut out = Vec::new();
+        match self.format {
+            Format::Jsonl => {
+                for r in rows {
+                    serde_json::to_writer(&mut out, r)?;
+                    out.push(b'\n');
+                }
+            }
+            Format::Csv => out = csv(rows, first)?,
+            Format::Atlas => {
+                if first {
+                    out.push(b'[');
+                }
+                for (i, r) in rows.iter().enumerate() {
+                    if self.written + i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut out, &atlas(r))?;
+                }
+            }
+        }
+        self.written += rows.len();
+        Ok(out)
+    }
+
+    /// Closes the document at the end of the last chunk.
+    fn finish(&self, chunk: &mut Vec<u8>) {
+        if let Format::Atlas = self.format {
+            chunk.push(b']');
+        }
+    }
+}
+
+/// One row per hop (a result without hops gets one row with the hop columns empty), after
+/// the header line when `header`.
+fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "result_id",
-        "slave",
-        "target_id",
-        "target_name",
-        "target_address",
-        "date_time",
-        "success",
-        "hop_count",
-        "path_id",
-        "protocol",
-        "flow",
-        "error",
-        "ttl",
-        "address",
-        "host",
-        "rtt_ms",
-        "size",
-    ])?;
+    if header {
+        w.write_record([
+            "result_id",
+            "slave",
+            "target_id",
+            "target_name",
+            "target_address",
+            "date_time",
+            "success",
+            "hop_count",
+            "path_id",
+            "protocol",
+            "flow",
+            "error",
+            "ttl",
+            "address",
+            "host",
+            "rtt_ms",
+            "size",
+        ])?;
+    }
     for r in rows {
         let head = [
             r.id.clone(),
@@ -127,8 +286,7 @@ fn csv(rows: &[StoredResult]) -> Result<String, csv::Error> {
             w.write_record(head.iter().cloned().chain(hop))?;
         }
     }
-    let bytes = w.into_inner().map_err(|e| e.into_error())?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(w.into_inner().map_err(|e| e.into_error())?)
 }
 
 fn ms3(ns: i64) -> f64 {
@@ -294,7 +452,9 @@ fn graph(app: &App, req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::store::NewHop;
+    use crate::master::path::{Path as NetPath, Terminal};
+    use crate::master::routes::Body;
+    use crate::master::store::{NewHop, NewResult};
 
     fn hop(ttl: i64, address: &str, rtt_ns: i64, replies: Option<Vec<Option<i64>>>) -> NewHop {
         NewHop {
@@ -401,7 +561,7 @@ mod tests {
             error: Some("cannot resolve \"x\"".into()),
             hops: vec![],
         };
-        let text = csv(std::slice::from_ref(&r)).unwrap();
+        let text = String::from_utf8(csv(std::slice::from_ref(&r), true).unwrap()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
@@ -412,7 +572,7 @@ mod tests {
             hop(1, "10.0.0.1", 1_500_000, None),
             hop(2, "10.0.0.2", 2_000_000, None),
         ];
-        let text = csv(&[r]).unwrap();
+        let text = String::from_utf8(csv(&[r], true).unwrap()).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(
             text.lines()
@@ -421,5 +581,158 @@ mod tests {
                 .ends_with(",2,10.0.0.2,,2.000,56"),
             "{text}"
         );
+    }
+
+    /// A stored result measured at second `n` of a fixed day, with an ID naming `n`.
+    fn stored(n: i64) -> NewResult {
+        let at = 1_700_000_000_000 + n * 1000;
+        NewResult {
+            result_id: format!("00000000-0000-4000-8000-{n:012}"),
+            slave: "slave1".into(),
+            target_uuid: "76d96640-d357-47b3-ba50-5248a7604bc9".into(),
+            target_name: "Google".into(),
+            target_address: "192.0.2.1".into(),
+            target_known: true,
+            measured_at: at,
+            date_time: chrono::DateTime::from_timestamp_millis(at)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            success: true,
+            hop_count: 2,
+            path: NetPath::from_hops(
+                [
+                    (1, "10.0.0.1".parse().unwrap()),
+                    (2, "192.0.2.1".parse().unwrap()),
+                ],
+                Terminal::Reached,
+            ),
+            protocol: Some("udp".into()),
+            flow: Some(0),
+            destination: Some("192.0.2.1".into()),
+            unreachable: None,
+            error: None,
+            agent: None,
+            duration_ns: None,
+            rtt_alert_ns: None,
+            hops: vec![
+                hop(1, "10.0.0.1", 1_000_000, None),
+                hop(2, "192.0.2.1", 2_000_000, None),
+            ],
+        }
+    }
+
+    fn store_of(ns: impl IntoIterator<Item = i64>) -> Arc<dyn Store> {
+        let store = crate::master::store::sqlite::Sqlite::open_temp(2).unwrap();
+        let batch: Vec<NewResult> = ns.into_iter().map(stored).collect();
+        store.insert_batch(&batch).unwrap();
+        Arc::new(store)
+    }
+
+    fn cursor(r: &Response) -> Option<String> {
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == "X-Next-Cursor")
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The `n` of each result in a JSON Lines body, in order.
+    fn numbers(body: &[u8]) -> Vec<i64> {
+        std::str::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["id"].as_str().unwrap()[24..].parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_join_into_the_same_export_and_cursor_as_one_query() {
+        let store = store_of(0..10);
+        for format in [Format::Jsonl, Format::Csv, Format::Atlas] {
+            for limit in [1, 2, 3, 4, 6, 7, 9, 10, 11, 30] {
+                let q = ResultQuery {
+                    limit,
+                    ..Default::default()
+                };
+                let whole = export(store.clone(), q.clone(), format, EXPORT_PAGE).unwrap();
+                assert!(matches!(whole.body, Body::Bytes(_)));
+                let paged = export(store.clone(), q.clone(), format, 3).unwrap();
+                assert_eq!(
+                    matches!(paged.body, Body::Stream(_)),
+                    limit > 3,
+                    "limit {limit}: streamed only when more than a page"
+                );
+                assert_eq!(cursor(&paged), cursor(&whole), "limit {limit}");
+                let expected = store.results(&q).unwrap().1.map(|c| c.text());
+                assert_eq!(cursor(&paged), expected, "limit {limit}");
+                assert_eq!(
+                    paged.body.into_bytes().unwrap(),
+                    whole.body.into_bytes().unwrap(),
+                    "limit {limit}"
+                );
+            }
+        }
+        let atlas = export(
+            store.clone(),
+            ResultQuery {
+                limit: 8,
+                ..Default::default()
+            },
+            Format::Atlas,
+            3,
+        )
+        .unwrap();
+        let docs: Value = serde_json::from_slice(&atlas.body.into_bytes().unwrap()).unwrap();
+        assert_eq!(docs.as_array().unwrap().len(), 8);
+        let empty = export(
+            store_of([]),
+            ResultQuery {
+                limit: 5,
+                ..Default::default()
+            },
+            Format::Atlas,
+            3,
+        )
+        .unwrap();
+        assert_eq!(empty.body.into_bytes().unwrap(), b"[]");
+    }
+
+    #[test]
+    fn a_result_arriving_mid_stream_is_sent_once_and_the_cursor_still_holds() {
+        let store = store_of(0..10);
+        let q = ResultQuery {
+            limit: 6,
+            ..Default::default()
+        };
+        let r = export(store.clone(), q, Format::Jsonl, 3).unwrap();
+        let next = cursor(&r).unwrap();
+        let Body::Stream(mut chunks) = r.body else {
+            panic!("not streamed")
+        };
+        let mut got = numbers(&chunks.next().unwrap().unwrap());
+        assert_eq!(got, [9, 8, 7]);
+        // One result lands inside the range still to send, one above everything sent.
+        let mut late = stored(100);
+        late.measured_at = 1_700_000_000_000 + 5_500;
+        late.date_time = "2023-11-14T22:13:25.500Z".into();
+        store.insert_batch(&[late, stored(20)]).unwrap();
+        for chunk in chunks {
+            got.extend(numbers(&chunk.unwrap()));
+        }
+        assert_eq!(got, [9, 8, 7, 6, 100, 5, 4]);
+        let rest = export(
+            store.clone(),
+            ResultQuery {
+                before: Cursor::parse(&next),
+                limit: 100,
+                ..Default::default()
+            },
+            Format::Jsonl,
+            3,
+        )
+        .unwrap();
+        assert_eq!(numbers(&rest.body.into_bytes().unwrap()), [3, 2, 1, 0]);
     }
 }

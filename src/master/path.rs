@@ -99,8 +99,18 @@ impl Path {
 
     /// A stable ID: the first 16 hex digits of the SHA-256 of the canonical text.
     pub fn hash(&self) -> String {
-        let digest = Sha256::digest(self.canonical().as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        Path::hash_of(&self.canonical())
+    }
+
+    /// [`Path::hash`] of a path whose canonical text is at hand.
+    pub fn hash_of(canonical: &str) -> String {
+        use std::fmt::Write as _;
+        let digest = Sha256::digest(canonical.as_bytes());
+        let mut out = String::with_capacity(16);
+        for b in &digest[..8] {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
     }
 }
 

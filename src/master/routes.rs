@@ -34,8 +34,54 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// The chunks of a streamed body, made one at a time (synchronously, as handlers are) while
+/// the previous ones are sent; an error ends the body early.
+pub type Chunks = Box<dyn Iterator<Item = anyhow::Result<Vec<u8>>> + Send>;
+
+/// A response body: whole, or streamed in chunks so a large answer is never all in memory.
+pub enum Body {
+    /// The whole body, sent with its length.
+    Bytes(Vec<u8>),
+    /// Chunks made on demand, sent with chunked transfer encoding; an error cuts the body
+    /// short where the client can tell (no last chunk).
+    Stream(Chunks),
+}
+
+impl Body {
+    /// The bytes of a whole body; `None` for a stream.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Body::Bytes(b) => Some(b),
+            Body::Stream(_) => None,
+        }
+    }
+
+    /// The whole body, running a stream to its end (for tests and tools, not for serving).
+    pub fn into_bytes(self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Body::Bytes(b) => Ok(b),
+            Body::Stream(chunks) => {
+                let mut out = Vec::new();
+                for chunk in chunks {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Bytes(b) => write!(f, "Bytes({:?})", String::from_utf8_lossy(b)),
+            Body::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
 /// A response, and how long the server should wait before sending it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Response {
     /// Status code.
     pub status: u16,
@@ -43,8 +89,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
-    /// Body bytes.
-    pub body: Vec<u8>,
+    /// The body.
+    pub body: Body,
     /// Wait this long before answering (failed logins), without holding a worker.
     pub delay: Duration,
 }
@@ -56,8 +102,16 @@ impl Response {
             status,
             content_type,
             headers: Vec::new(),
-            body: body.into(),
+            body: Body::Bytes(body.into()),
             delay: Duration::ZERO,
+        }
+    }
+
+    /// A response whose body is made chunk by chunk while it is sent.
+    pub fn stream(status: u16, content_type: &'static str, chunks: Chunks) -> Response {
+        Response {
+            body: Body::Stream(chunks),
+            ..Response::new(status, content_type, Vec::new())
         }
     }
 
@@ -813,7 +867,11 @@ mod tests {
     }
 
     fn answer(r: &Response) -> ResultAnswer {
-        serde_json::from_slice(&r.body).unwrap()
+        serde_json::from_slice(body(r)).unwrap()
+    }
+
+    fn body(r: &Response) -> &[u8] {
+        r.body.as_bytes().expect("a whole body")
     }
 
     #[test]
@@ -824,16 +882,16 @@ mod tests {
             &post("/config/", br#"{"Name":"slave1","Password":"1234"}"#),
         );
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, app.config.get().targets_raw.to_vec());
+        assert_eq!(body(&r), &app.config.get().targets_raw[..]);
         let r = handle(
             &app,
             &post("/config/", br#"{"Name":"slave1","Password":"nope"}"#),
         );
-        assert_eq!((r.status, r.body.as_slice()), (401, &b"Unauthorized\n"[..]));
+        assert_eq!((r.status, body(&r)), (401, &b"Unauthorized\n"[..]));
         assert_eq!(r.delay, FAILED_LOGIN_DELAY);
         let r = handle(&app, &post("/config/", b"{"));
         assert_eq!(
-            (r.status, r.body.as_slice()),
+            (r.status, body(&r)),
             (400, &b"Can't unmarshal request body"[..])
         );
     }
@@ -947,7 +1005,7 @@ mod tests {
             ),
         );
         assert_eq!(r.status, 200);
-        let a: BatchAnswer = serde_json::from_slice(&r.body).unwrap();
+        let a: BatchAnswer = serde_json::from_slice(body(&r)).unwrap();
         let statuses: Vec<ItemStatus> = a.results.iter().map(|i| i.status).collect();
         assert_eq!(
             statuses,
@@ -1022,7 +1080,7 @@ mod tests {
         get.query = "slave=slave1&limit=3".into();
         let r = handle(&app, &get);
         assert_eq!(r.status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(body(&r)).unwrap();
         assert_eq!(v["results"], serde_json::json!([]));
     }
 }

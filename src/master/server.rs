@@ -1,27 +1,31 @@
 //! The connection layer, and the only file that knows hyper and tokio: accepts connections
 //! under a cap (over TLS when configured), reads each request within time and size limits,
 //! runs the synchronous handler on a bounded worker pool, and waits out a response's delay
-//! and the store's commit of a request's results without holding a worker.
+//! and the store's commit of a request's results without holding a worker. A streamed body
+//! is made one chunk at a time on the same pool and handed to the connection through a short
+//! queue, so a slow reader holds back its producer and costs neither a thread nor memory.
 //!
 //! At the connection cap (or out of descriptors) the connection that has waited longest for
 //! its next request is closed to make room, as nginx reuses idle keep-alive connections:
 //! otherwise a client holding idle or half-sent connections locks every slave out.
 
-use super::routes::{self, App, Request, Response};
+use super::routes::{self, App, Body, Chunks, Request, Response};
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// Descriptors kept for everything but client connections (database, log, config reads).
 const RESERVED_FDS: u64 = 64;
@@ -29,6 +33,11 @@ const RESERVED_FDS: u64 = 64;
 const EVICT_GRACE: Duration = Duration::from_millis(250);
 /// How long a new connection at the cap waits for the slot freed for it.
 const ADMIT_WAIT: Duration = Duration::from_millis(500);
+/// Largest piece of a streamed body handed to the connection at once: the stall limit
+/// applies per piece, so a slow but steady reader is never taken for one that stopped.
+const STREAM_PIECE: usize = 64 * 1024;
+/// Pieces of a streamed body queued ahead of the connection.
+const STREAM_QUEUE: usize = 4;
 
 /// The limits every connection and request is held to.
 #[derive(Debug, Clone)]
@@ -36,7 +45,8 @@ pub struct Limits {
     /// Time allowed to send a request's headers (also how long an idle keep-alive connection
     /// may wait for its next request).
     pub header_timeout: Duration,
-    /// Time allowed to send a request's body.
+    /// Time allowed to send a request's body; also how long a streamed response waits for a
+    /// client that reads none of it before the connection is closed.
     pub body_timeout: Duration,
     /// Largest request body; larger gets 413.
     pub max_body: usize,
@@ -306,9 +316,14 @@ async fn serve_connection<S>(
         let (waiting, conn) = (w.clone(), c.clone());
         waiting.busy(&conn);
         async move {
-            let response = respond(app, &limits, remote, req).await;
-            waiting.idle(&conn);
-            Ok::<_, std::convert::Infallible>(response)
+            let (response, close) = respond(app, &limits, remote, req).await;
+            let link = Link {
+                waiting,
+                conn,
+                remote,
+                stall: limits.body_timeout,
+            };
+            Ok::<_, std::convert::Infallible>(reply(response, close, link))
         }
     });
     let mut builder = http1::Builder::new();
@@ -337,8 +352,178 @@ async fn serve_connection<S>(
     }
 }
 
-fn reply(r: Response, close: bool) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(Bytes::from(r.body)));
+/// The connection a response goes out on.
+struct Link {
+    waiting: Arc<Waiting>,
+    conn: Arc<Conn>,
+    remote: SocketAddr,
+    /// How long a streamed body waits for a client that reads nothing.
+    stall: Duration,
+}
+
+impl Link {
+    /// The response is handed over: the connection waits for its next request from now on.
+    fn done(self) {
+        self.waiting.idle(&self.conn);
+    }
+}
+
+/// A response body as hyper sends it: whole (with its length), or pieces from a queue that a
+/// producer fills (chunked). The queue closing before its end marker means the producer
+/// failed or gave up, and the body ends in an error, so hyper closes the connection without
+/// the last chunk and the client can tell the body is cut short.
+enum Out {
+    Whole(Option<Bytes>),
+    Stream {
+        queue: mpsc::Receiver<Piece>,
+        /// Called at the end of a complete stream.
+        done: Option<Link>,
+    },
+}
+
+/// What a streamed body's producer hands to the connection.
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+impl hyper::body::Body for Out {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        match this {
+            Out::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Out::Stream { queue, done } => match ready!(queue.poll_recv(cx)) {
+                Some(Piece::Data(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Some(Piece::End) => {
+                    if let Some(link) = done.take() {
+                        link.done();
+                    }
+                    *this = Out::Whole(None);
+                    Poll::Ready(None)
+                }
+                None => Poll::Ready(Some(Err(std::io::Error::other(
+                    "the response body was cut short",
+                )))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Out::Whole(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Out::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Out::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Runs a streamed body's producer one chunk at a time on the blocking pool (so no thread
+/// waits while the client reads) and queues each chunk in pieces for the connection. A client
+/// that takes no piece for `link.stall` gets its connection closed; a producer that fails or
+/// panics is logged and leaves the queue without its end marker.
+fn feed(mut chunks: Chunks, link: &Link) -> mpsc::Receiver<Piece> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let (conn, remote, stall) = (link.conn.clone(), link.remote, link.stall);
+    tokio::spawn(async move {
+        loop {
+            let made = tokio::task::spawn_blocking(move || {
+                let next = chunks.next();
+                (chunks, next)
+            })
+            .await;
+            let mut chunk = match made {
+                Ok((rest, Some(Ok(chunk)))) => {
+                    chunks = rest;
+                    Bytes::from(chunk)
+                }
+                Ok((_, None)) => {
+                    if queue(&tx, Piece::End, stall, &conn, remote).await {
+                        drain(&tx, stall, &conn, remote).await;
+                    }
+                    return;
+                }
+                Ok((_, Some(Err(e)))) => {
+                    log::error!("response to {remote} cut short: {e:#}");
+                    return;
+                }
+                Err(e) => {
+                    log::error!("response to {remote} cut short: its producer failed: {e}");
+                    return;
+                }
+            };
+            while !chunk.is_empty() {
+                let piece = chunk.split_to(chunk.len().min(STREAM_PIECE));
+                if !queue(&tx, Piece::Data(piece), stall, &conn, remote).await {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Queues one piece; false when the client has gone, or took nothing for `stall` (its
+/// connection is then closed: hyper would wait on a client that stopped reading for ever).
+async fn queue(
+    tx: &mpsc::Sender<Piece>,
+    piece: Piece,
+    stall: Duration,
+    conn: &Conn,
+    remote: SocketAddr,
+) -> bool {
+    match tokio::time::timeout(stall, tx.send(piece)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            stalled(conn, remote, stall);
+            false
+        }
+    }
+}
+
+/// Waits until the connection has taken the last pieces queued, closing it when a wait of
+/// `stall` brings no progress: the end of a body is held to the same rule as the rest.
+async fn drain(tx: &mpsc::Sender<Piece>, stall: Duration, conn: &Conn, remote: SocketAddr) {
+    let mut free = tx.capacity();
+    while tokio::time::timeout(stall, tx.closed()).await.is_err() {
+        if tx.capacity() <= free {
+            stalled(conn, remote, stall);
+            return;
+        }
+        free = tx.capacity();
+    }
+}
+
+fn stalled(conn: &Conn, remote: SocketAddr, stall: Duration) {
+    log::warn!(
+        "{remote} took nothing more of its response for {}s: connection closed",
+        stall.as_secs_f64()
+    );
+    conn.evict.notify_one();
+}
+
+/// Turns a handler's response into hyper's; a whole body leaves the connection waiting for
+/// its next request at once, a streamed one when its last piece is taken.
+fn reply(r: Response, close: bool, link: Link) -> hyper::Response<Out> {
+    let body = match r.body {
+        Body::Bytes(b) => {
+            link.done();
+            Out::Whole((!b.is_empty()).then(|| Bytes::from(b)))
+        }
+        Body::Stream(chunks) => Out::Stream {
+            queue: feed(chunks, &link),
+            done: Some(link),
+        },
+    };
+    let mut out = hyper::Response::new(body);
     *out.status_mut() =
         hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
@@ -359,14 +544,14 @@ async fn respond(
     limits: &Limits,
     remote: SocketAddr,
     req: hyper::Request<Incoming>,
-) -> hyper::Response<Full<Bytes>> {
+) -> (Response, bool) {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body as u64) {
-        return reply(
+        return (
             Response::error(413, format!("body larger than {} bytes", limits.max_body)),
             true,
         );
@@ -388,9 +573,9 @@ async fn respond(
             } else {
                 Response::error(400, format!("cannot read body: {e}"))
             };
-            return reply(r, true);
+            return (r, true);
         }
-        Err(_) => return reply(Response::error(408, "body not received in time"), true),
+        Err(_) => return (Response::error(408, "body not received in time"), true),
     };
     let request = Request {
         method: parts.method.as_str().to_owned(),
@@ -421,5 +606,82 @@ async fn respond(
     if !response.delay.is_zero() {
         tokio::time::sleep(response.delay).await;
     }
-    reply(response, false)
+    (response, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection serving a request, and its link.
+    fn serving(stall: Duration) -> (Link, Arc<Waiting>, Arc<Conn>) {
+        let waiting = Arc::new(Waiting::default());
+        let conn = waiting.open();
+        waiting.busy(&conn);
+        let link = Link {
+            waiting: waiting.clone(),
+            conn: conn.clone(),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            stall,
+        };
+        (link, waiting, conn)
+    }
+
+    fn streamed(
+        chunks: impl Iterator<Item = anyhow::Result<Vec<u8>>> + Send + 'static,
+    ) -> Response {
+        Response::stream(200, "text/plain", Box::new(chunks))
+    }
+
+    async fn read(r: hyper::Response<Out>) -> Result<Vec<u8>, std::io::Error> {
+        Ok(r.into_body().collect().await?.to_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_stream_arrives_whole_and_in_order_then_its_connection_waits() {
+        let (link, waiting, _) = serving(Duration::from_secs(30));
+        let big = vec![7u8; STREAM_PIECE * 2 + 5];
+        let chunks = vec![Ok(b"a".to_vec()), Ok(big.clone()), Ok(b"z".to_vec())];
+        let r = reply(streamed(chunks.into_iter()), false, link);
+        assert!(r.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(read(r).await.unwrap(), [&b"a"[..], &big, b"z"].concat());
+        assert_eq!(lock(&waiting.queue).len(), 1, "waits for its next request");
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_producer_cuts_the_body_short() {
+        let (link, waiting, _) = serving(Duration::from_secs(30));
+        let chunks = vec![
+            Ok(b"a".to_vec()),
+            Err(anyhow::anyhow!("the disk is gone")),
+            Ok(b"never".to_vec()),
+        ];
+        assert!(
+            read(reply(streamed(chunks.into_iter()), false, link))
+                .await
+                .is_err()
+        );
+        assert!(lock(&waiting.queue).is_empty(), "not reused");
+
+        let (link, _, _) = serving(Duration::from_secs(30));
+        let mut n = 0;
+        let panics = std::iter::from_fn(move || {
+            n += 1;
+            assert!(n < 3, "a bug in the producer");
+            Some(Ok(b"x".to_vec()))
+        });
+        assert!(read(reply(streamed(panics), false, link)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_has_its_connection_closed() {
+        let (link, _, conn) = serving(Duration::from_millis(50));
+        let endless = std::iter::repeat_with(|| Ok(vec![0u8; 1024]));
+        // Nobody reads the body: the queue fills and the producer waits, then gives up.
+        let r = reply(streamed(endless), false, link);
+        tokio::time::timeout(Duration::from_secs(60), conn.evict.notified())
+            .await
+            .expect("the connection is told to close");
+        drop(r);
+    }
 }

@@ -192,15 +192,48 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<Answer> {
     parse_answer(&buf)
 }
 
+/// Splits an answer into head and body, decoding a chunked body; `None` until the head is
+/// whole, and for a chunked body cut short.
 pub fn parse_answer(buf: &[u8]) -> Option<Answer> {
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Answer {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
+    let raw = &buf[split + 4..];
+    let body = if is_chunked(&head) {
+        dechunk(raw)?
+    } else {
+        raw.to_vec()
+    };
+    Some(Answer { status, head, body })
+}
+
+/// True when the head says `Transfer-Encoding: chunked`.
+pub fn is_chunked(head: &str) -> bool {
+    head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
     })
+}
+
+/// The data of a chunked body; `None` when it ends before its last (empty) chunk.
+pub fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            // Trailers (none expected) and the final CRLF.
+            return raw.ends_with(b"\r\n").then_some(out);
+        }
+        if raw.len() < size + 2 || &raw[size..size + 2] != b"\r\n" {
+            return None;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
 }
 
 /// A well-formed request with a body.

@@ -107,8 +107,9 @@ impl Route {
             put_signed(&mut out, h.ttl);
             match h.address.parse::<std::net::IpAddr>() {
                 // Only the spelling the address would get back is packed, so text that
-                // differs from it survives as text.
-                Ok(std::net::IpAddr::V4(a)) if a.to_string() == h.address => {
+                // differs from it survives as text. Every IPv4 text that parses is that
+                // spelling (the parser takes no leading zeros); IPv6 has several.
+                Ok(std::net::IpAddr::V4(a)) => {
                     out.push(4);
                     out.extend_from_slice(&a.octets());
                 }
@@ -637,19 +638,31 @@ fn first(replies: &[Option<i64>]) -> i64 {
     replies.iter().flatten().next().copied().unwrap_or(0)
 }
 
-/// Results measured in the same millisecond: the ordering key keeps this many apart.
-pub const PER_MS: i64 = 1 << 14;
+/// Results ordered in the same millisecond: the ordering key keeps this many apart (more
+/// move on to the next millisecond, their own time kept aside).
+pub const PER_MS: i64 = 64;
 
-/// The ordering key of the `n`th result at `at_ms`: seconds, then milliseconds, then `n`,
-/// so keys sort by time and fit a 56-bit varint until 2106.
+/// How far results of a full millisecond may move on and still be found by their own time
+/// (beyond, their ID is kept aside).
+pub const SPILL_MS: i64 = 1000;
+
+/// The earliest time a key holds, Unix ms (2000-01-01): results dated before are ordered
+/// there. Counting from it keeps keys under 2^47 until 2069, so a key takes 7 bytes in a
+/// row and 6 in the series index.
+pub const EPOCH_MS: i64 = 946_684_800_000;
+
+/// The latest time a key holds, Unix ms.
+pub const LAST_MS: i64 = EPOCH_MS + i64::MAX / PER_MS - 1;
+
+/// The ordering key of the `n`th result at `at_ms` (clamped to [`EPOCH_MS`]..[`LAST_MS`]):
+/// keys sort by time, then by arrival within a millisecond.
 pub fn key(at_ms: i64, n: i64) -> i64 {
-    let at = at_ms.max(0);
-    ((at / 1000) << 24) | ((at % 1000) << 14) | n.clamp(0, PER_MS - 1)
+    (at_ms.clamp(EPOCH_MS, LAST_MS) - EPOCH_MS) * PER_MS + n.clamp(0, PER_MS - 1)
 }
 
 /// The time (Unix ms) of an ordering key.
 pub fn key_ms(key: i64) -> i64 {
-    (key >> 24) * 1000 + ((key >> 14) & 1023)
+    key.div_euclid(PER_MS) + EPOCH_MS
 }
 
 #[cfg(test)]
@@ -840,7 +853,10 @@ mod tests {
         assert!(a < b && b < c && c < d);
         assert_eq!(key_ms(b), 1_764_000_000_123);
         assert_eq!(key_ms(d), 1_764_000_001_000);
-        assert!(key(4_294_967_295_999, PER_MS - 1) < 1 << 56);
+        // 2069-01-01 still fits the six bytes of a 48-bit integer.
+        assert!(key(3_124_137_600_000, PER_MS - 1) < 1 << 47);
         assert_eq!(key(-5, 0), 0);
+        assert_eq!(key_ms(key(i64::MAX, 0)), LAST_MS);
+        assert!(key(i64::MAX, PER_MS - 1) > key(LAST_MS - 1, 0));
     }
 }

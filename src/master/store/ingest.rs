@@ -24,7 +24,7 @@ pub type Exec = Box<dyn FnOnce(&Connection, &mut Caches) + Send>;
 pub enum Job {
     /// Store these results; answer when durable.
     Insert(
-        Vec<NewResult>,
+        Vec<Prepared>,
         tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>,
     ),
     /// A slave was seen.
@@ -68,6 +68,58 @@ impl Job {
     }
 }
 
+/// A result made ready for the writer on the submitting thread: parsing, hashing and packing
+/// happen there, in parallel, so the one writer thread only runs SQL.
+pub struct Prepared {
+    uid: [u8; 16],
+    slave: String,
+    target: (String, String, String),
+    flow: i64,
+    path: NetPath,
+    path_hash: String,
+    path_text: String,
+    route_body: Vec<u8>,
+    route_hash: [u8; 16],
+    measures: Measures,
+    verbatim: Option<String>,
+    success: bool,
+    destination_rtt_ns: Option<i64>,
+    rtt_alert_ns: Option<i64>,
+}
+
+impl Prepared {
+    /// Takes `r` apart, received at `now` (Unix ms).
+    pub fn new(r: NewResult, now: i64) -> Result<Prepared, String> {
+        let time = SlaveTime::parse(&r.date_time).ok_or("DateTime is not RFC 3339")?;
+        let route_body = Route::of(&r).body();
+        let destination_rtt_ns = r.destination_rtt_ns();
+        let path_text = r.path.canonical();
+        let measures = Measures {
+            time,
+            ordered_ms: schema::ordered_at(time.ms, now),
+            received_at: now,
+            duration_ns: r.duration_ns,
+            hops: r.hops.into_iter().map(|h| (h.rtt_ns, h.replies)).collect(),
+        };
+        Ok(Prepared {
+            uid: schema::uid_bytes(&r.result_id),
+            slave: r.slave,
+            target: (r.target_uuid, r.target_name, r.target_address),
+            flow: r.flow.unwrap_or(0),
+            path_hash: NetPath::hash_of(&path_text),
+            path_text,
+            path: r.path,
+            route_hash: Route::hash(&route_body),
+            route_body,
+            measures,
+            verbatim: (time.style == codec::VERBATIM).then_some(r.date_time),
+            success: r.success,
+            destination_rtt_ns,
+            rtt_alert_ns: r.rtt_alert_ns,
+        })
+    }
+}
+
 /// A series as the writer keeps it between results.
 struct Series {
     id: i64,
@@ -80,8 +132,10 @@ struct Series {
 pub struct Caches {
     slaves: HashMap<String, i64>,
     targets: HashMap<(String, String, String), i64>,
-    paths: HashMap<String, (i64, NetPath)>,
+    paths: HashMap<String, i64>,
     path_text: HashMap<i64, NetPath>,
+    /// The next free counter of each recent millisecond (only the writer inserts results).
+    keys: HashMap<i64, i64>,
     routes: HashMap<[u8; 16], i64>,
     series: HashMap<(i64, i64, i64), Series>,
     /// Routes results used since retention began a sweep (kept when the rest is cleared).
@@ -101,6 +155,7 @@ impl Caches {
             || self.routes.len() > MAX_CACHED
             || self.series.len() > MAX_CACHED
             || self.targets.len() > MAX_CACHED
+            || self.keys.len() > MAX_CACHED
         {
             self.clear();
         }
@@ -143,10 +198,31 @@ fn write_group(conn: &mut Connection, group: Vec<Job>, caches: &mut Caches, conf
             Job::Insert(results, reply) => {
                 let now = now_ms();
                 let mut out = Vec::with_capacity(results.len());
-                for r in &results {
+                let mut seen: HashMap<i64, (i64, i64)> = HashMap::new();
+                for r in results {
                     match insert(conn, caches, r, now, confirm) {
-                        Ok(o) => out.push(o),
+                        Ok((o, slave, skew)) => {
+                            if matches!(o.0, Stored::New(_)) {
+                                let e = seen.entry(slave).or_default();
+                                e.0 += 1;
+                                e.1 = skew;
+                            }
+                            out.push(o);
+                        }
                         Err(e) => return Err((format!("{e:#}"), Some(reply))),
+                    }
+                }
+                // One update a slave for the whole job.
+                for (slave, (stored, skew)) in seen {
+                    let r = conn
+                        .prepare_cached(
+                            "UPDATE slaves SET last_seen = max(last_seen, ?2),
+                                    results_stored = results_stored + ?3, clock_skew_ms = ?4
+                             WHERE id = ?1",
+                        )
+                        .and_then(|mut st| st.execute(params![slave, now, stored, skew]));
+                    if let Err(e) = r {
+                        return Err((e.to_string(), Some(reply)));
                     }
                 }
                 Ok(Some((reply, out)))
@@ -272,13 +348,12 @@ fn slave_id(conn: &Connection, caches: &mut Caches, name: &str, now: i64) -> rus
     Ok(id)
 }
 
-fn target_id(conn: &Connection, caches: &mut Caches, r: &NewResult) -> rusqlite::Result<i64> {
-    let key = (
-        r.target_uuid.clone(),
-        r.target_name.clone(),
-        r.target_address.clone(),
-    );
-    if let Some(id) = caches.targets.get(&key) {
+fn target_id(
+    conn: &Connection,
+    caches: &mut Caches,
+    key: &(String, String, String),
+) -> rusqlite::Result<i64> {
+    if let Some(id) = caches.targets.get(key) {
         return Ok(*id);
     }
     conn.prepare_cached("INSERT OR IGNORE INTO targets (uuid, name, address) VALUES (?1, ?2, ?3)")?
@@ -286,18 +361,17 @@ fn target_id(conn: &Connection, caches: &mut Caches, r: &NewResult) -> rusqlite:
     let id = conn
         .prepare_cached("SELECT id FROM targets WHERE uuid = ?1 AND name = ?2 AND address = ?3")?
         .query_row(params![key.0, key.1, key.2], |row| row.get(0))?;
-    caches.targets.insert(key, id);
+    caches.targets.insert(key.clone(), id);
     Ok(id)
 }
 
 fn path_id(
     conn: &Connection,
     caches: &mut Caches,
-    path: &NetPath,
+    p: &Prepared,
     now: i64,
 ) -> rusqlite::Result<i64> {
-    let hash = path.hash();
-    if let Some((id, _)) = caches.paths.get(&hash) {
+    if let Some(id) = caches.paths.get(&p.path_hash) {
         return Ok(*id);
     }
     conn.prepare_cached(
@@ -305,17 +379,17 @@ fn path_id(
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
-        hash,
-        path.canonical(),
-        path.hops.len() as i64,
-        path.terminal.as_text(),
+        p.path_hash,
+        p.path_text,
+        p.path.hops.len() as i64,
+        p.path.terminal.as_text(),
         now
     ])?;
     let id: i64 = conn
         .prepare_cached("SELECT id FROM paths WHERE hash = ?1")?
-        .query_row([&hash], |row| row.get(0))?;
-    caches.path_text.insert(id, path.clone());
-    caches.paths.insert(hash, (id, path.clone()));
+        .query_row([&p.path_hash], |row| row.get(0))?;
+    caches.path_text.insert(id, p.path.clone());
+    caches.paths.insert(p.path_hash.clone(), id);
     Ok(id)
 }
 
@@ -341,15 +415,14 @@ fn path_by_id(
 fn route_id(
     conn: &Connection,
     caches: &mut Caches,
-    route: &Route,
+    p: &Prepared,
     path_id: i64,
 ) -> rusqlite::Result<i64> {
-    let hash = Route::hash(&route.body());
-    if let Some(id) = caches.routes.get(&hash) {
+    if let Some(id) = caches.routes.get(&p.route_hash) {
         return Ok(*id);
     }
-    let id = schema::route_id(conn, route, path_id)?;
-    caches.routes.insert(hash, id);
+    let id = schema::route_row(conn, &p.route_body, &p.route_hash, path_id)?;
+    caches.routes.insert(p.route_hash, id);
     Ok(id)
 }
 
@@ -414,14 +487,15 @@ fn series<'c>(
 }
 
 /// Is a result with this ID already stored? A resend has the same series and time, so the
-/// series index finds it; results ordered elsewhere are found in `aside`.
+/// series index finds it (within the spill of a full millisecond); results ordered elsewhere
+/// are found in `aside`.
 fn stored_before(
     conn: &Connection,
     series_id: i64,
     measured_ms: i64,
     uid: &[u8; 16],
 ) -> rusqlite::Result<bool> {
-    let at = measured_ms.max(0);
+    let at = measured_ms;
     let mut stmt = conn.prepare_cached(
         "SELECT 1 FROM results WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3
            AND substr(data, 1, 16) = ?4",
@@ -429,7 +503,7 @@ fn stored_before(
     if stmt.exists(params![
         series_id,
         codec::key(at, 0),
-        codec::key(at, codec::PER_MS - 1),
+        codec::key(at.saturating_add(codec::SPILL_MS - 1), codec::PER_MS - 1),
         &uid[..]
     ])? {
         return Ok(true);
@@ -438,49 +512,46 @@ fn stored_before(
         .exists([&uid[..]])
 }
 
-/// Stores one result (once per ID) and feeds it to its series.
+/// Stores one result (once per ID) and feeds it to its series; also gives the slave's row
+/// and its clock skew (ms) by this result.
 fn insert(
     conn: &Connection,
     caches: &mut Caches,
-    r: &NewResult,
+    mut p: Prepared,
     now: i64,
     confirm: u32,
-) -> anyhow::Result<Outcome> {
-    let time = SlaveTime::parse(&r.date_time)
-        .ok_or_else(|| anyhow::anyhow!("DateTime is not RFC 3339"))?;
-    let uid = schema::uid_bytes(&r.result_id);
-    let slave = slave_id(conn, caches, &r.slave, now)?;
-    let target = target_id(conn, caches, r)?;
-    let flow = r.flow.unwrap_or(0);
-    let series_id = series(conn, caches, (slave, target, flow))?.id;
-    if stored_before(conn, series_id, time.ms, &uid)? {
-        return Ok((Stored::Duplicate, Vec::new()));
+) -> anyhow::Result<(Outcome, i64, i64)> {
+    let slave = slave_id(conn, caches, &p.slave, now)?;
+    let target = target_id(conn, caches, &p.target)?;
+    let series_id = series(conn, caches, (slave, target, p.flow))?.id;
+    let time = p.measures.time;
+    // The slave's clock against ours: the end of its trace against the arrival.
+    let skew = time.ms + p.measures.duration_ns.unwrap_or(0) / 1_000_000 - p.measures.received_at;
+    if stored_before(conn, series_id, time.ms, &p.uid)? {
+        return Ok(((Stored::Duplicate, Vec::new()), slave, skew));
     }
-    let path = path_id(conn, caches, &r.path, now)?;
-    let route = route_id(conn, caches, &Route::of(r), path)?;
+    let path = path_id(conn, caches, &p, now)?;
+    let route = route_id(conn, caches, &p, path)?;
     if let Some(used) = &mut caches.routes_used {
         used.insert(route);
     }
-    let mut m = Measures::of(r, time, schema::ordered_at(time.ms, now), now);
-    let verbatim = (time.style == codec::VERBATIM).then_some(r.date_time.as_str());
-    let key = schema::insert_row(conn, series_id, route, &uid, &mut m, verbatim)?;
-    // The slave's clock against ours: the end of its trace against the arrival.
-    let skew = time.ms + r.duration_ns.unwrap_or(0) / 1_000_000 - now;
-    conn.prepare_cached(
-        "UPDATE slaves SET last_seen = max(last_seen, ?2), results_stored = results_stored + 1,
-                clock_skew_ms = ?3 WHERE id = ?1",
-    )?
-    .execute(params![slave, now, skew])?;
+    let key = schema::insert_row(
+        conn,
+        &mut caches.keys,
+        (series_id, route),
+        &p.uid,
+        &mut p.measures,
+        p.verbatim.as_deref(),
+    )?;
     let events = track(
         conn,
         caches,
-        r,
-        (slave, target, flow),
+        &p,
+        (slave, target, p.flow),
         (path, key),
-        &m,
         confirm,
     )?;
-    Ok((Stored::New(key), events))
+    Ok(((Stored::New(key), events), slave, skew))
 }
 
 /// Feeds a stored result to its series' change detection and records the events. A result
@@ -489,14 +560,13 @@ fn insert(
 fn track(
     conn: &Connection,
     caches: &mut Caches,
-    r: &NewResult,
+    r: &Prepared,
     key: (i64, i64, i64),
     (path_id, row): (i64, i64),
-    m: &Measures,
     confirm: u32,
 ) -> anyhow::Result<Vec<EventRecord>> {
     let confirm_path = r.path.clone();
-    let at = m.ordered_ms;
+    let at = r.measures.ordered_ms;
     let s = series(conn, caches, key)?;
     if s.last_ordered.is_some_and(|last| at < last) {
         return Ok(Vec::new());
@@ -508,7 +578,7 @@ fn track(
             path_id,
             path: confirm_path,
             at,
-            rtt_ns: r.destination_rtt_ns(),
+            rtt_ns: r.destination_rtt_ns,
             rtt_alert_ns: r.rtt_alert_ns,
         },
         confirm,
@@ -555,7 +625,7 @@ fn track(
         state.rtt_alerted,
         changes,
         r.success,
-        r.destination_rtt_ns()
+        r.destination_rtt_ns
     ])?;
     let mut records = Vec::with_capacity(events.len());
     for event in events {
@@ -588,8 +658,8 @@ fn track(
             id,
             at,
             slave: r.slave.clone(),
-            target_id: r.target_uuid.clone(),
-            target_name: r.target_name.clone(),
+            target_id: r.target.0.clone(),
+            target_name: r.target.1.clone(),
             flow: key.2,
             from,
             to,

@@ -185,6 +185,12 @@ pub struct ResultQuery {
     pub to: Option<i64>,
     /// Only results older than this cursor of a previous page.
     pub before: Option<Cursor>,
+    /// Only results down to this cursor, its own result included: a walk over many pages
+    /// ends where a cursor handed out beforehand says, whatever arrives meanwhile.
+    pub until: Option<Cursor>,
+    /// Skip this many matching results first (with `limit: 1`: where the n-th result is,
+    /// without unpacking the ones before it).
+    pub offset: u32,
     /// At most this many, newest first.
     pub limit: u32,
 }

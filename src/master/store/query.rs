@@ -249,20 +249,21 @@ pub fn results(
     };
     let sql = format!(
         "SELECT id, series_id, route_id, data FROM results
-         WHERE id < ?1 AND id >= ?2 AND id <= ?3 {clause} ORDER BY id DESC LIMIT ?4"
+         WHERE id < ?1 AND id >= ?2 AND id <= ?3 {clause} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let before = q.before.map_or(i64::MAX, |c| c.0);
     let from = q.from.map_or(0, |t| codec::key(t, 0));
+    let from = q.until.map_or(from, |c| from.max(c.0));
     let to = q.to.map_or(i64::MAX, |t| {
-        if t < 0 {
+        if t < codec::EPOCH_MS {
             -1
         } else {
             codec::key(t, codec::PER_MS - 1)
         }
     });
     let rows = stmt
-        .query_map(params![before, from, to, q.limit], row)?
+        .query_map(params![before, from, to, q.limit, q.offset], row)?
         .collect::<Result<Vec<_>, _>>()?;
     let next = (rows.len() as u32 == q.limit && q.limit > 0)
         .then(|| rows.last().map(|r| Cursor(r.0)))
@@ -386,11 +387,11 @@ pub fn path_history(
         "SELECT route_id, min(id), max(id), count(*) FROM results
          WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3 GROUP BY route_id",
     )?;
-    let lo = if from <= 0 { 0 } else { codec::key(from, 0) };
-    let hi = if to < 0 {
+    let lo = codec::key(from, 0);
+    let hi = if to < codec::EPOCH_MS {
         -1
     } else {
-        codec::key(to.min(4_294_967_295_999), codec::PER_MS - 1)
+        codec::key(to, codec::PER_MS - 1)
     };
     let rows = stmt
         .query_map(params![series, lo, hi], |r| {

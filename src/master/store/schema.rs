@@ -174,25 +174,31 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 /// that one is full); returns the key.
 pub fn insert_row(
     conn: &Connection,
-    series_id: i64,
-    route_id: i64,
+    next: &mut HashMap<i64, i64>,
+    (series_id, route_id): (i64, i64),
     uid: &[u8; 16],
     m: &mut Measures,
     verbatim: Option<&str>,
 ) -> rusqlite::Result<i64> {
-    let mut at = m.ordered_ms.max(0);
+    let mut at = m.ordered_ms.clamp(codec::EPOCH_MS, codec::LAST_MS);
     let key = loop {
-        let top: Option<i64> = conn
-            .prepare_cached("SELECT max(id) FROM results WHERE id BETWEEN ?1 AND ?2")?
-            .query_row(
-                params![codec::key(at, 0), codec::key(at, codec::PER_MS - 1)],
-                |r| r.get(0),
-            )?;
-        match top {
-            None => break codec::key(at, 0),
-            Some(k) if k < codec::key(at, codec::PER_MS - 1) => break k + 1,
-            Some(_) => at += 1,
+        // `next` remembers each millisecond's next counter; a millisecond it does not know
+        // is looked up.
+        let n = match next.get(&at) {
+            Some(n) => *n,
+            None => conn
+                .prepare_cached("SELECT max(id) FROM results WHERE id BETWEEN ?1 AND ?2")?
+                .query_row(
+                    params![codec::key(at, 0), codec::key(at, codec::PER_MS - 1)],
+                    |r| r.get::<_, Option<i64>>(0),
+                )?
+                .map_or(0, |k| k - codec::key(at, 0) + 1),
+        };
+        if n < codec::PER_MS {
+            next.insert(at, n + 1);
+            break codec::key(at, n);
         }
+        at += 1;
     };
     m.ordered_ms = at;
     conn.prepare_cached(
@@ -204,17 +210,24 @@ pub fn insert_row(
         route_id,
         codec::pack_row(uid, m, verbatim)
     ])?;
-    if m.ordered_ms != m.time.ms {
+    // A result moved on by a full millisecond or two is still found near its own time; one
+    // ordered far from it (dated ahead of the master, or before the keys begin) is kept
+    // aside so that a resend of it is found.
+    if !(0..codec::SPILL_MS).contains(&(m.ordered_ms - m.time.ms)) {
         conn.prepare_cached("INSERT OR REPLACE INTO aside (uid, result) VALUES (?1, ?2)")?
             .execute(params![&uid[..], key])?;
     }
     Ok(key)
 }
 
-/// The route row of `route` on path `path_id`, made when new.
-pub fn route_id(conn: &Connection, route: &Route, path_id: i64) -> rusqlite::Result<i64> {
-    let body = route.body();
-    let hash = Route::hash(&body);
+/// The route row of a route's stored form (`hash`: [`Route::hash`] of it) on path
+/// `path_id`, made when new.
+pub fn route_row(
+    conn: &Connection,
+    body: &[u8],
+    hash: &[u8; 16],
+    path_id: i64,
+) -> rusqlite::Result<i64> {
     if let Some(id) = conn
         .prepare_cached("SELECT id FROM routes WHERE hash = ?1")?
         .query_row([&hash[..]], |r| r.get(0))
@@ -233,7 +246,7 @@ pub fn ordered_at(measured_ms: i64, received_ms: i64) -> i64 {
     if measured_ms > received_ms + AHEAD_ALLOWANCE_MS {
         received_ms
     } else {
-        measured_ms.max(0)
+        measured_ms.clamp(codec::EPOCH_MS, codec::LAST_MS)
     }
 }
 
@@ -276,6 +289,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
     )?;
     let mut rows = stmt.query([])?;
     let mut n = 0u64;
+    let mut next = HashMap::new();
     while let Some(row) = rows.next()? {
         let old_id: i64 = row.get(0)?;
         let result_id: String = row.get(1)?;
@@ -317,7 +331,8 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
             agent: row.get(15)?,
             hops,
         };
-        let route_id = route_id(tx, &route, row.get(9)?)?;
+        let body = route.body();
+        let route_id = route_row(tx, &body, &Route::hash(&body), row.get(9)?)?;
         let measured_at: i64 = row.get(4)?;
         let time = SlaveTime::parse(&date_time).unwrap_or(SlaveTime {
             ms: measured_at,
@@ -335,8 +350,8 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
         let verbatim = (time.style == codec::VERBATIM).then_some(date_time.as_str());
         let key = insert_row(
             tx,
-            series_id,
-            route_id,
+            &mut next,
+            (series_id, route_id),
             &uid_bytes(&result_id),
             &mut m,
             verbatim,

@@ -135,7 +135,17 @@ fn prepare(conn: &mut Connection) -> anyhow::Result<()> {
 impl Store for Sqlite {
     fn submit(&self, results: Vec<NewResult>) -> Ticket {
         let (tx, ticket) = Ticket::channel();
-        self.send(Job::Insert(results, tx));
+        let now = now_ms();
+        let prepared: Result<Vec<_>, String> = results
+            .into_iter()
+            .map(|r| ingest::Prepared::new(r, now))
+            .collect();
+        match prepared {
+            Ok(p) => self.send(Job::Insert(p, tx)),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
         ticket
     }
 
@@ -223,7 +233,11 @@ mod tests {
     use super::*;
     use crate::master::path::{Path as NetPath, Terminal};
 
+    /// Test times count from here (2025-11-24).
+    const T0: i64 = 1_764_000_000_000;
+
     fn result(id: u32, at: i64) -> NewResult {
+        let at = T0 + at;
         NewResult {
             result_id: format!("00000000-0000-4000-8000-{id:012}"),
             slave: "slave1".into(),
@@ -310,7 +324,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].measured_at, 2_000);
+        assert_eq!(got[0].measured_at, T0 + 2_000);
         assert_eq!(got[0].path, "10.0.0.1 * 10.0.0.3 | reached");
         assert_eq!(got[0].hops, result(2, 2_000).hops);
         let older = store
@@ -363,21 +377,42 @@ mod tests {
         // Fifty results share each millisecond: each got a key of its own, in order.
         let page = store
             .results(&ResultQuery {
-                from: Some(1_049),
+                from: Some(T0 + 1_049),
                 limit: 100,
                 ..Default::default()
             })
             .unwrap()
             .0;
         assert_eq!(page.len(), 8);
-        assert!(page.iter().all(|r| r.measured_at == 1_049));
+        assert!(page.iter().all(|r| r.measured_at == T0 + 1_049));
+    }
+
+    #[test]
+    fn a_millisecond_with_more_results_than_keys_spills_into_the_next_and_dedup_still_works() {
+        let store = Sqlite::open_temp(2).unwrap();
+        let n = super::super::codec::PER_MS as u32 + 6;
+        let batch: Vec<NewResult> = (0..n).map(|i| result(i, 5_000)).collect();
+        store.insert_batch(&batch).unwrap();
+        let again = store.insert_batch(&batch).unwrap();
+        assert!(again.iter().all(|o| o.0 == super::super::Stored::Duplicate));
+        let all = store
+            .results(&ResultQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap()
+            .0;
+        assert_eq!(all.len(), n as usize);
+        assert!(all.iter().all(|r| r.measured_at == T0 + 5_000));
+        let moved: Vec<_> = all.iter().filter_map(|r| r.ordered_at).collect();
+        assert_eq!(moved, vec![T0 + 5_001; 6]);
     }
 
     #[test]
     fn a_result_dated_ahead_is_ordered_at_its_arrival_and_still_found_as_a_duplicate() {
         let store = Sqlite::open_temp(1).unwrap();
         let now = now_ms();
-        let ahead = result(7, now + 10 * 365 * 86_400_000);
+        let ahead = result(7, now - T0 + 10 * 365 * 86_400_000);
         store.insert(&ahead).unwrap();
         assert_eq!(
             store.insert(&ahead).unwrap().0,
@@ -411,8 +446,8 @@ mod tests {
             store.insert(&r).unwrap();
         }
         assert_eq!(count(&store, "routes"), 2);
-        assert_eq!(store.delete_results_before(10_000).unwrap(), 2);
-        assert_eq!(store.delete_results_before(10_000).unwrap(), 0);
+        assert_eq!(store.delete_results_before(T0 + 10_000).unwrap(), 2);
+        assert_eq!(store.delete_results_before(T0 + 10_000).unwrap(), 0);
         assert_eq!(store.count_results().unwrap(), 1);
         // The remaining result still uses its route and path; the other route goes.
         assert_eq!(store.delete_history_before(i64::MAX).unwrap().1, 0);
