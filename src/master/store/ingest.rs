@@ -11,6 +11,7 @@ use crate::master::path::Path as NetPath;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Most results committed in one transaction.
 const MAX_GROUP: usize = 4000;
@@ -167,7 +168,7 @@ fn now_ms() -> i64 {
 }
 
 /// Runs the writer until every sender is gone.
-pub fn run(mut conn: Connection, jobs: Receiver<Job>, confirm: u32) {
+pub fn run(mut conn: Connection, jobs: Receiver<Job>, confirm: u32, queue: Arc<Queue>) {
     let mut caches = Caches::default();
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
@@ -181,8 +182,47 @@ pub fn run(mut conn: Connection, jobs: Receiver<Job>, confirm: u32) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        let results: usize = group
+            .iter()
+            .map(|j| match j {
+                Job::Insert(r, _) => r.len(),
+                _ => 0,
+            })
+            .sum();
         write_group(&mut conn, group, &mut caches, confirm);
+        queue.done(results);
         caches.trim();
+    }
+}
+
+/// Most results waiting for the writer: beyond, submitters wait (on their worker thread, so
+/// the HTTP layer slows down) instead of the queue growing without bound when the disk is
+/// slower than the slaves.
+pub const MAX_QUEUED: usize = 20_000;
+
+/// How many results are on their way to the writer.
+#[derive(Default)]
+pub struct Queue {
+    queued: Mutex<usize>,
+    room: Condvar,
+}
+
+impl Queue {
+    /// Waits until `n` more results fit (a submission larger than the whole queue goes in
+    /// alone), then counts them.
+    pub fn enter(&self, n: usize) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        while *q > 0 && *q + n > MAX_QUEUED {
+            q = self.room.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        *q += n;
+    }
+
+    /// `n` results are written (or failed).
+    pub fn done(&self, n: usize) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        *q = q.saturating_sub(n);
+        self.room.notify_all();
     }
 }
 
@@ -667,4 +707,35 @@ fn track(
         });
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_holds_submitters_until_the_writer_catches_up() {
+        let queue = Arc::new(Queue::default());
+        queue.enter(MAX_QUEUED - 10);
+        // A submission larger than the room left waits...
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                queue.enter(500);
+                tx.send(()).unwrap();
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "entered a full queue");
+        // ...until the writer has written enough.
+        queue.done(1000);
+        rx.recv().unwrap();
+        waiting.join().unwrap();
+        assert_eq!(*queue.queued.lock().unwrap(), MAX_QUEUED - 10 - 1000 + 500);
+        // One submission larger than the whole queue goes in when the queue is empty.
+        queue.done(MAX_QUEUED);
+        queue.enter(MAX_QUEUED * 2);
+        assert_eq!(*queue.queued.lock().unwrap(), MAX_QUEUED * 2);
+    }
 }

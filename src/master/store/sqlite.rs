@@ -19,6 +19,7 @@ use std::sync::mpsc::{self, Sender};
 /// The SQLite store.
 pub struct Sqlite {
     jobs: Mutex<Sender<Job>>,
+    queue: std::sync::Arc<ingest::Queue>,
     readers: Pool,
     /// Held (flock) while this master uses the file.
     _lock: File,
@@ -54,12 +55,15 @@ impl Sqlite {
             .with_context(|| format!("cannot prepare database {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
         let confirm = confirm.max(1);
+        let queue = std::sync::Arc::new(ingest::Queue::default());
+        let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || ingest::run(conn, rx, confirm))
+            .spawn(move || ingest::run(conn, rx, confirm, writer_queue))
             .context("cannot start the store's writer")?;
         Ok(Sqlite {
             jobs: Mutex::new(tx),
+            queue,
             readers: Pool::new(path.to_owned()),
             _lock: lock,
             temp: None,
@@ -79,10 +83,16 @@ impl Sqlite {
         Ok(s)
     }
 
-    fn send(&self, job: Job) {
+    /// Hands a job to the writer; false (and logged) when the writer has stopped, in which
+    /// case the job's answer is an error.
+    fn send(&self, job: Job) -> bool {
         let tx = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if tx.send(job).is_err() {
-            log::error!("store: the writer has stopped");
+        match tx.send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                log::error!("store: the writer has stopped");
+                false
+            }
         }
     }
 
@@ -95,7 +105,7 @@ impl Sqlite {
         let slot = std::sync::Arc::new(Mutex::new(None));
         let out = slot.clone();
         let (tx, ticket) = Ticket::channel();
-        self.send(Job::Exec(
+        let _ = self.send(Job::Exec(
             Box::new(move |conn, caches| {
                 *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(f(conn, caches));
             }),
@@ -141,7 +151,13 @@ impl Store for Sqlite {
             .map(|r| ingest::Prepared::new(r, now))
             .collect();
         match prepared {
-            Ok(p) => self.send(Job::Insert(p, tx)),
+            Ok(p) => {
+                let n = p.len();
+                self.queue.enter(n);
+                if !self.send(Job::Insert(p, tx)) {
+                    self.queue.done(n);
+                }
+            }
             Err(e) => {
                 let _ = tx.send(Err(e));
             }
@@ -150,7 +166,7 @@ impl Store for Sqlite {
     }
 
     fn touch_slave(&self, name: &str, remote: &str, agent: Option<&str>, config: bool) {
-        self.send(Job::Touch {
+        let _ = self.send(Job::Touch {
             name: name.to_owned(),
             remote: remote.to_owned(),
             agent: agent.map(str::to_owned),
@@ -161,7 +177,7 @@ impl Store for Sqlite {
 
     fn slave_status(&self, name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>) {
         let clamp = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
-        self.send(Job::Status {
+        let _ = self.send(Job::Status {
             name: name.to_owned(),
             spool_depth: clamp(spool_depth),
             dropped_total: clamp(dropped_total),
