@@ -42,6 +42,8 @@ fn main() -> anyhow::Result<()> {
     let master = Master::start(&Settings {
         slaves_file: dir.join("dt-slaves.json"),
         targets_file: dir.join("dt-targets.json"),
+        users_file: dir.join("dt-users.json"),
+        public_read: false,
         db: dir.join("dt-results.db"),
         listen: "127.0.0.1:0".parse()?,
         reload_interval: Duration::from_secs(60),

@@ -38,7 +38,10 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
                 }
                 .into(),
             ),
-            replies: Some(vec![Some(1_000_000 * ttl), Some(1_100_000 * ttl)]),
+            replies: Some(vec![
+                Some(1_000_000 * ttl + (i as i64 % 997) * 1000),
+                Some(1_100_000 * ttl),
+            ]),
             reply_ttl: None,
         })
         .collect();
@@ -54,7 +57,9 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
         target_address: format!("10.{target}.{HOPS}.1"),
         target_known: true,
         measured_at: at,
-        date_time: String::new(),
+        date_time: chrono::DateTime::from_timestamp_millis(at)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
         success: true,
         hop_count: HOPS,
         path,
@@ -133,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         throttle: Default::default(),
         alerts: Default::default(),
         metrics: Default::default(),
+        read: Default::default(),
     };
     let mut rng = fastrand::Rng::with_seed(7);
     for (name, query) in [
@@ -159,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                 path: path.into(),
                 query: q,
                 user_agent: None,
+                authorization: None,
                 remote: "127.0.0.1:1".parse()?,
                 body: Vec::new(),
             };

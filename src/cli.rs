@@ -15,7 +15,8 @@ use std::time::Duration;
     about = "Distributed traceroute: one master holds slaves and targets, config-less slaves trace and report",
     long_about = "Distributed traceroute and network-path monitor.\n\n\
         The master holds the allowed slaves (dt-slaves.json) and the targets (dt-targets.json), \
-        serves them over HTTP on port 8990 and stores every result in SQLite. Slaves fetch their \
+        serves them over HTTP on port 8990 and stores every result in SQLite; its API, exports \
+        and metrics are read with the login of a user in dt-users.json (or from loopback). Slaves fetch their \
         targets from the master, trace each one every minute and post the paths back.\n\n\
         Flags take Go's spelling (-master=host, -master host) as well as GNU's (--master host). \
         Invoked through a link named dist-traceroute-master or dist-traceroute-slave, the program \
@@ -38,9 +39,20 @@ pub enum Command {
     Trace(TraceArgs),
     /// Start a master on the built-in example config and a local slave, to look around.
     Demo(DemoArgs),
-    /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json (reads stdin).
+    /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json or dt-users.json
+    /// (reads stdin).
     #[command(name = "hash-password")]
     HashPassword,
+    /// Print a new random bearer token and the line of dt-users.json that lets it read.
+    #[command(
+        name = "new-token",
+        long_about = "Print a new random bearer token (32 random bytes from the operating \
+        system, URL-safe base64) on the first line, and on the second the \
+        \"Tokens\": [\"sha256:…\"] entry to put in a user's entry of dt-users.json. The file \
+        keeps only the token's SHA-256; give the token to the script or Prometheus, which sends \
+        it as Authorization: Bearer TOKEN."
+    )]
+    NewToken,
     /// Load a master's result ingest with synthetic results; print throughput and latency.
     #[command(
         long_about = "Load a master's result ingest with synthetic results and print \
@@ -86,6 +98,14 @@ pub struct MasterArgs {
     /// Targets file served to the slaves
     #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
     pub targets: PathBuf,
+    /// Users who may read the API, exports and /metrics with HTTP Basic or a bearer token;
+    /// without this file only clients on loopback may read
+    #[arg(long, value_name = "filename", default_value = "./dt-users.json")]
+    pub users: PathBuf,
+    /// Serve the API, exports and /metrics to anyone without a login (the slaves' addresses
+    /// included)
+    #[arg(long = "public-read")]
+    pub public_read: bool,
     /// Logfile location
     #[arg(long, value_name = "/path/to/file", default_value = "./dt-master.log")]
     pub log: PathBuf,
@@ -358,9 +378,20 @@ pub struct LoadgenArgs {
     /// latency; repeat the flag for several readers at once
     #[arg(long, value_name = "path")]
     pub probe: Vec<String>,
+    /// A user of the master's users file, NAME:PASSWORD, whose HTTP Basic login goes with every
+    /// GET (--verify, --probe, ceiling mode): needed when the master has a users file
+    #[arg(long = "read-user", value_name = "NAME:PASSWORD", value_parser = parse_read_user)]
+    pub read_user: Option<String>,
     /// Probes per hop of every slave (1..=3); by default slave n sends 1 + n % 3
     #[arg(long, value_name = "n", value_parser = clap::value_parser!(u8).range(1..=3))]
     pub queries: Option<u8>,
+}
+
+fn parse_read_user(s: &str) -> Result<String, String> {
+    match s.split_once(':') {
+        Some((name, _)) if !name.is_empty() => Ok(s.to_owned()),
+        _ => Err("must be NAME:PASSWORD".into()),
+    }
 }
 
 fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
@@ -594,6 +625,22 @@ mod tests {
         assert_eq!(m.loglevel, LogLevel::Info);
         assert_eq!(m.listen.port(), 8990);
         assert!(m.listen.ip().is_unspecified());
+    }
+
+    #[test]
+    fn read_access_flags() {
+        let master = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Master(m) => m,
+            other => panic!("not master: {other:?}"),
+        };
+        let m = master(&["dist-traceroute-master"]);
+        assert_eq!(m.users, PathBuf::from("./dt-users.json"));
+        assert!(!m.public_read);
+        let m = master(&["dt", "master", "-users=/etc/dt/u.json", "-public-read"]);
+        assert_eq!(m.users, PathBuf::from("/etc/dt/u.json"));
+        assert!(m.public_read);
+        assert!(!master(&["dt", "master", "-public-read=false"]).public_read);
+        assert!(master(&["dt", "master", "--public-read=true"]).public_read);
     }
 
     #[test]

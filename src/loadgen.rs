@@ -387,6 +387,8 @@ struct Plan {
     distinct_paths: bool,
     keep_ids: bool,
     queries: Option<u8>,
+    /// The `Authorization` header of every GET (`--read-user`).
+    read_auth: Option<String>,
 }
 
 impl Plan {
@@ -413,6 +415,7 @@ impl Plan {
             distinct_paths: a.distinct_paths,
             keep_ids: a.verify,
             queries: a.queries,
+            read_auth: a.read_user.as_deref().map(basic_auth),
         }
     }
 
@@ -739,10 +742,32 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), S
     answer(url, sent)
 }
 
-/// Every GET of loadgen: `GET /` in ceiling mode and the read API for --verify. Should the
-/// read API need credentials, their header goes here.
-fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, Vec<u8>), String> {
-    answer(url, agent.get(url).call())
+/// The `Authorization` header for HTTP Basic with `NAME:PASSWORD`.
+fn basic_auth(user: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user)
+    )
+}
+
+/// A GET with the `--read-user` login, if one was given.
+fn get_request(
+    agent: &ureq::Agent,
+    url: &str,
+    auth: Option<&str>,
+) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    let request = agent.get(url);
+    match auth {
+        Some(a) => request.header("Authorization", a),
+        None => request,
+    }
+}
+
+/// Every GET of loadgen: `GET /` in ceiling mode and the read API for --verify, with the
+/// `--read-user` login when one was given.
+fn get(agent: &ureq::Agent, url: &str, auth: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+    answer(url, get_request(agent, url, auth).call())
 }
 
 /// Runs the connection threads until the run is over.
@@ -774,9 +799,10 @@ fn drive(plan: &Plan, a: &LoadgenArgs) -> anyhow::Result<RunResult> {
         let mut readers = Vec::new();
         for path in &a.probe {
             let (done, control, url) = (&probes_done, &control, format!("{}{path}", plan.base));
+            let auth = plan.read_auth.as_deref();
             let reader = std::thread::Builder::new()
                 .name("probe".into())
-                .spawn_scoped(scope, move || probe(&url, control, done));
+                .spawn_scoped(scope, move || probe(&url, auth, control, done));
             match reader {
                 Ok(t) => readers.push((path.clone(), t)),
                 Err(e) => failed = Some(e),
@@ -838,7 +864,7 @@ fn drive(plan: &Plan, a: &LoadgenArgs) -> anyhow::Result<RunResult> {
 
 /// One `--probe` reader: GETs `url` back to back from the end of the warm-up until the load
 /// stops; gives the latencies (µs) and how many GETs failed.
-fn probe(url: &str, control: &Control, done: &AtomicBool) -> (Vec<u64>, u64) {
+fn probe(url: &str, auth: Option<&str>, control: &Control, done: &AtomicBool) -> (Vec<u64>, u64) {
     let agent = agent();
     let mut lat = Vec::new();
     let mut failures = 0;
@@ -848,8 +874,7 @@ fn probe(url: &str, control: &Control, done: &AtomicBool) -> (Vec<u64>, u64) {
     while !done.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         // Read to the end and throw away: an export is larger than an answer is kept.
-        let read = agent
-            .get(url)
+        let read = get_request(&agent, url, auth)
             .call()
             .map_err(|e| e.to_string())
             .and_then(|mut r| {
@@ -932,7 +957,7 @@ fn connection(plan: &Plan, control: &Control, conn: u32) -> Counts {
         };
         let began = Instant::now();
         let sent = if plan.mode == LoadMode::Ceiling {
-            get(&agent, &url)
+            get(&agent, &url, plan.read_auth.as_deref())
         } else {
             post(&agent, &url, &body)
         };
@@ -1247,11 +1272,19 @@ struct Check {
 }
 
 /// One page of the read API as JSON.
-fn read_api(agent: &ureq::Agent, url: &str) -> anyhow::Result<serde_json::Value> {
-    let (status, body) = get(agent, url).map_err(anyhow::Error::msg)?;
+fn read_api(
+    agent: &ureq::Agent,
+    url: &str,
+    auth: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = get(agent, url, auth).map_err(anyhow::Error::msg)?;
+    let hint = match (status, auth) {
+        (401 | 403, None) => " (a master with a users file wants --read-user NAME:PASSWORD)",
+        _ => "",
+    };
     anyhow::ensure!(
         status == 200,
-        "GET {url}: HTTP {status}: {}",
+        "GET {url}: HTTP {status}: {}{hint}",
         text_of(&body)
     );
     serde_json::from_slice(&body).with_context(|| format!("GET {url}: the answer is not JSON"))
@@ -1278,7 +1311,7 @@ fn verify(plan: &Plan, acked: &[(u32, u128)]) -> anyhow::Result<Check> {
             if let Some(c) = &cursor {
                 let _ = write!(url, "&cursor={}", query_value(c));
             }
-            let page = read_api(&agent, &url)?;
+            let page = read_api(&agent, &url, plan.read_auth.as_deref())?;
             let results = page["results"]
                 .as_array()
                 .with_context(|| format!("GET {url}: no \"results\" list"))?;
@@ -1517,6 +1550,7 @@ mod tests {
             distinct_paths: false,
             keep_ids: false,
             queries: None,
+            read_auth: None,
         }
     }
 

@@ -4,6 +4,12 @@
 use dist_traceroute::cli::{self, Command};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the master's request threads and store writer
+/// allocate and free many small strings per result, and glibc's arenas made that a fifth of
+/// their time (BENCHMARKS.md, master ingest).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod demo;
 mod loadgen;
 mod trace_cmd;
@@ -29,6 +35,20 @@ fn hash_password() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a new bearer token, then the `Tokens` entry of dt-users.json that lets it read.
+fn new_token() -> anyhow::Result<()> {
+    use dist_traceroute::master::config;
+    let token = config::new_token()?;
+    println!("{token}");
+    println!("\"Tokens\": [\"{}\"]", config::token_digest(&token));
+    eprintln!(
+        "The first line is the token: give it to the client (Authorization: Bearer TOKEN) and \
+         keep it secret. The second goes into the user's entry of dt-users.json, which keeps \
+         only the token's SHA-256."
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
     let cli = match cli::parse_from(args.clone()) {
@@ -49,6 +69,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => trace_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::HashPassword => hash_password(),
+        Command::NewToken => new_token(),
         Command::Loadgen(a) => loadgen::run(a),
     };
     match result {

@@ -28,6 +28,7 @@ fn app() -> &'static App {
             throttle: Default::default(),
             alerts: Default::default(),
             metrics: Default::default(),
+            read: Default::default(),
         }
     })
 }
@@ -49,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
             path: path.into(),
             query: String::new(),
             user_agent: None,
+            authorization: None,
             // A fresh address per input keeps the login throttle out of the way.
             remote: std::net::SocketAddr::from(([10, selector, body.len() as u8, 1], 1)),
             body: body.to_vec(),

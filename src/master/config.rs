@@ -1,5 +1,6 @@
-//! The master's config files (`dt-slaves.json`, `dt-targets.json`): strict parsing with
-//! file:line:column errors, the original's validation ranges, and reload on edit.
+//! The master's config files (`dt-slaves.json`, `dt-targets.json`, and `dt-users.json` of the
+//! users who may read): strict parsing with file:line:column errors, the original's validation
+//! ranges, and reload on edit.
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -104,33 +105,39 @@ impl TryFrom<RawSlave> for SlaveConf {
     type Error = String;
 
     fn try_from(raw: RawSlave) -> Result<Self, String> {
-        let name = raw.name;
-        let secret = match (raw.password, raw.password_hash) {
-            (Some(p), None) => Secret::Plain(p.0),
-            (None, Some(h)) => {
-                argon2::password_hash::phc::PasswordHash::new(&h).map_err(|e| {
-                    format!(
-                        "slave '{}': PasswordHash is not a PHC hash string ({e}); make one with `dist-traceroute hash-password`",
-                        name.0
-                    )
-                })?;
-                Secret::Hash(h)
-            }
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "slave '{}': give Password or PasswordHash, not both",
-                    name.0
-                ));
-            }
-            (None, None) => {
-                return Err(format!(
-                    "slave '{}': missing field `Password` (or `PasswordHash`)",
-                    name.0
-                ));
-            }
-        };
-        Ok(SlaveConf { name, secret })
+        let who = format!("slave '{}'", raw.name.0);
+        let secret = one_secret(&who, raw.password.map(|p| p.0), raw.password_hash)?;
+        Ok(SlaveConf {
+            name: raw.name,
+            secret,
+        })
     }
+}
+
+/// Exactly one of `Password` and `PasswordHash`, the hash a PHC string: the rule of slaves and
+/// users alike; `who` names the entry in the message.
+fn one_secret(who: &str, password: Option<String>, hash: Option<String>) -> Result<Secret, String> {
+    match (password, hash) {
+        (Some(p), None) => Ok(Secret::Plain(p)),
+        (None, Some(h)) => {
+            phc_string(who, &h)?;
+            Ok(Secret::Hash(h))
+        }
+        (Some(_), Some(_)) => Err(format!("{who}: give Password or PasswordHash, not both")),
+        (None, None) => Err(format!(
+            "{who}: missing field `Password` (or `PasswordHash`)"
+        )),
+    }
+}
+
+fn phc_string(who: &str, hash: &str) -> Result<(), String> {
+    argon2::password_hash::phc::PasswordHash::new(hash)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{who}: PasswordHash is not a PHC hash string ({e}); make one with `dist-traceroute hash-password`"
+            )
+        })
 }
 
 /// `dt-slaves.json`.
@@ -384,33 +391,7 @@ impl Config {
     }
 
     fn check_hash(&self, name: &str, hash: &str, password: &str) -> bool {
-        use argon2::password_hash::PasswordVerifier;
-        use sha2::Digest;
-        let mut d = sha2::Sha256::new();
-        for part in [name, hash, password] {
-            d.update(part.as_bytes());
-            d.update([0u8]);
-        }
-        let key: [u8; 32] = d.finalize().into();
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.contains(&key) {
-            return true;
-        }
-        drop(cache);
-        let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
-            return false;
-        };
-        let good = argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        if good {
-            cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(key);
-        }
-        good
+        verify_cached(&self.verified, name, hash, password)
     }
 
     /// The UUID of the configured target with this name and address, if any.
@@ -442,6 +423,40 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+/// Checks `password` against an Argon2 `hash`, remembering a pair that checked out (by a
+/// digest of name, hash and password) so the next request of the same login costs no slow hash.
+fn verify_cached(cache: &Mutex<HashSet<[u8; 32]>>, name: &str, hash: &str, password: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    use sha2::Digest;
+    let mut d = sha2::Sha256::new();
+    for part in [name, hash, password] {
+        d.update(part.as_bytes());
+        d.update([0u8]);
+    }
+    let key: [u8; 32] = d.finalize().into();
+    if cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&key)
+    {
+        return true;
+    }
+    let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
+        return false;
+    };
+    let good = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    if good {
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key);
+    }
+    good
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -499,48 +514,532 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Watches both files and swaps in each edit that parses; a broken edit is logged once and
-/// the last good config stays. Runs until the process ends.
-pub fn watch(live: Live, slaves: PathBuf, targets: PathBuf, every: Duration) -> anyhow::Result<()> {
-    let mut last = (stamp(&slaves), stamp(&targets));
-    let mut last_error: Option<String> = None;
+/// Calls `changed` on a thread of its own whenever one of `files` changes (is written,
+/// appears or goes), checking every `every`. Runs until the process ends.
+fn on_change(
+    thread: &str,
+    files: Vec<PathBuf>,
+    every: Duration,
+    mut changed: impl FnMut() + Send + 'static,
+) -> anyhow::Result<()> {
+    let stamps = move || files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
+    let mut last = stamps();
     std::thread::Builder::new()
-        .name("config-watch".into())
+        .name(thread.into())
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                let now = (stamp(&slaves), stamp(&targets));
-                if now == last {
-                    continue;
-                }
-                last = now;
-                match load(&slaves, &targets) {
-                    Ok(config) => {
-                        let old = live.get();
-                        if old.slaves != config.slaves || *old.targets_raw != *config.targets_raw {
-                            log::info!(
-                                "config reloaded: {} slaves, {} targets",
-                                config.slaves.slaves.len(),
-                                config.targets.targets.len()
-                            );
-                            live.set(config);
-                        }
-                        last_error = None;
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        if last_error.as_ref() != Some(&text) {
-                            log::warn!(
-                                "config edit rejected, keeping the last good config: {text}"
-                            );
-                            last_error = Some(text);
-                        }
-                    }
+                let now = stamps();
+                if now != last {
+                    last = now;
+                    changed();
                 }
             }
         })
-        .context("cannot start the config watcher thread")?;
+        .with_context(|| format!("cannot start the {thread} thread"))?;
     Ok(())
+}
+
+/// Watches both files and swaps in each edit that parses; a broken edit is logged once and
+/// the last good config stays. Runs until the process ends.
+pub fn watch(live: Live, slaves: PathBuf, targets: PathBuf, every: Duration) -> anyhow::Result<()> {
+    let mut last_error: Option<String> = None;
+    let files = vec![slaves.clone(), targets.clone()];
+    on_change("config-watch", files, every, move || {
+        match load(&slaves, &targets) {
+            Ok(config) => {
+                let old = live.get();
+                if old.slaves != config.slaves || *old.targets_raw != *config.targets_raw {
+                    log::info!(
+                        "config reloaded: {} slaves, {} targets",
+                        config.slaves.slaves.len(),
+                        config.targets.targets.len()
+                    );
+                    live.set(config);
+                }
+                last_error = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    log::warn!("config edit rejected, keeping the last good config: {text}");
+                    last_error = Some(text);
+                }
+            }
+        }
+    })
+}
+
+// ---- dt-users.json: who may read ----------------------------------------------------------
+
+/// What a user may do; each role may do all that the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads the API, the exports and the metrics.
+    Viewer,
+    /// Reads; later also starts measurements.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    /// The name in the users file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        role_rule(&string_field(d, "Role")?).map_err(de::Error::custom)
+    }
+}
+
+/// The text of a string field; any other JSON value is an error naming `field` that does not
+/// echo the value (it may be a secret put in the wrong place).
+fn string_field<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        _ => Err(de::Error::custom(format!("{field}: must be a string"))),
+    }
+}
+
+/// At most `max` characters of a value quoted in a message.
+fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn role_rule(s: &str) -> Result<Role, String> {
+    Role::ALL
+        .into_iter()
+        .find(|r| r.name() == s)
+        .ok_or_else(|| {
+            format!(
+                "Role: '{}' is not one of viewer, operator, admin",
+                clip(s, 32).escape_debug()
+            )
+        })
+}
+
+/// A user's name: letters, digits, `.`, `_` and `-`, 1 to 64 bytes (so never a `:`, which
+/// ends the name in HTTP Basic).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserName(pub String);
+
+impl<'de> Deserialize<'de> for UserName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = string_field(d, "Name")?;
+        user_name_rule(&s).map_err(de::Error::custom)?;
+        Ok(UserName(s))
+    }
+}
+
+/// Longest user name, in bytes.
+pub const MAX_USER_NAME: usize = 64;
+
+fn user_name_rule(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("Name: must not be empty".into());
+    }
+    if s.len() > MAX_USER_NAME {
+        return Err(format!(
+            "Name: '{}' is {} bytes long, more than {MAX_USER_NAME}",
+            clip(s, 32).escape_debug(),
+            s.len()
+        ));
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "Name: '{}' may hold letters, digits, '.', '_' and '-' only (found {c:?})",
+            s.escape_debug()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Longest plain `Password` of a user, in bytes.
+const MAX_USER_PASSWORD: usize = 1024;
+
+fn user_password<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = string_field(d, "Password")?;
+    user_password_rule(&s).map_err(de::Error::custom)?;
+    Ok(Some(s))
+}
+
+/// The rules of a plain `Password`; no message quotes it.
+fn user_password_rule(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("Password: must not be empty".into());
+    }
+    if s.len() > MAX_USER_PASSWORD {
+        return Err(format!(
+            "Password: is longer than {MAX_USER_PASSWORD} bytes"
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("Password: must not hold control characters".into());
+    }
+    Ok(())
+}
+
+fn password_hash<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string_field(d, "PasswordHash").map(Some)
+}
+
+/// A user's `PasswordHash` must be an Argon2 one: another algorithm would load and then never
+/// let anyone in.
+fn argon2_rule(who: &str, hash: &str) -> Result<(), String> {
+    let parsed = argon2::password_hash::phc::PasswordHash::new(hash)
+        .map_err(|e| format!("{who}: PasswordHash is not a PHC hash string ({e})"))?;
+    let algorithm = parsed.algorithm.as_str();
+    if ["argon2id", "argon2i", "argon2d"].contains(&algorithm) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{who}: PasswordHash is a '{}' hash, not Argon2; make one with `dist-traceroute hash-password`",
+            clip(algorithm, 32).escape_debug()
+        ))
+    }
+}
+
+/// What the users file keeps of a bearer token: its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+/// `Tokens`: a list of `sha256:HEX`. Read as any JSON first, so that no error message quotes
+/// an entry: a token pasted here by mistake must not reach the log.
+fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenDigest>, D::Error> {
+    let serde_json::Value::Array(items) = serde_json::Value::deserialize(d)? else {
+        return Err(de::Error::custom(
+            "Tokens: must be a list of \"sha256:…\" strings",
+        ));
+    };
+    items
+        .iter()
+        .map(|item| token_digest_rule(item.as_str().unwrap_or("")).map(TokenDigest))
+        .collect::<Result<_, _>>()
+        .map_err(de::Error::custom)
+}
+
+fn token_digest_rule(s: &str) -> Result<[u8; 32], String> {
+    let hex = s
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            "Tokens: an entry is not \"sha256:\" and 64 hex digits; put there what \
+             `dist-traceroute new-token` prints for the file, never the token itself"
+                .to_owned()
+        })?;
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// One user of `dt-users.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawUser")]
+pub struct UserConf {
+    /// Unique name.
+    pub name: UserName,
+    /// The password (plain or an Argon2 hash).
+    pub secret: Secret,
+    /// What the user may do.
+    pub role: Role,
+    /// SHA-256 digests of the user's bearer tokens.
+    pub tokens: Vec<TokenDigest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct RawUser {
+    name: UserName,
+    #[serde(default, deserialize_with = "user_password")]
+    password: Option<String>,
+    #[serde(default, deserialize_with = "password_hash")]
+    password_hash: Option<String>,
+    role: Role,
+    #[serde(default, deserialize_with = "tokens")]
+    tokens: Vec<TokenDigest>,
+}
+
+impl TryFrom<RawUser> for UserConf {
+    type Error = String;
+
+    fn try_from(raw: RawUser) -> Result<Self, String> {
+        let who = format!("user '{}'", raw.name.0);
+        let secret = one_secret(&who, raw.password, raw.password_hash)?;
+        if let Secret::Hash(h) = &secret {
+            argon2_rule(&who, h)?;
+        }
+        Ok(UserConf {
+            name: raw.name,
+            secret,
+            role: raw.role,
+            tokens: raw.tokens,
+        })
+    }
+}
+
+/// `dt-users.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct UsersFile {
+    /// The users, each name once, each token digest once.
+    #[serde(deserialize_with = "users_list")]
+    pub users: Vec<UserConf>,
+}
+
+/// The `Users` list, checked entry by entry so that an error points at the entry at fault.
+fn users_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UserConf>, D::Error> {
+    struct List;
+    impl<'de> de::Visitor<'de> for List {
+        type Value = Vec<UserConf>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of users")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut users: Vec<UserConf> = Vec::new();
+            while let Some(user) = seq.next_element::<UserConf>()? {
+                unique_name_rule(&users, &user).map_err(de::Error::custom)?;
+                unique_tokens_rule(&users, &user).map_err(de::Error::custom)?;
+                users.push(user);
+            }
+            Ok(users)
+        }
+    }
+    d.deserialize_seq(List)
+}
+
+fn unique_name_rule(before: &[UserConf], user: &UserConf) -> Result<(), String> {
+    if before.iter().any(|u| u.name == user.name) {
+        return Err(format!("Users: Name '{}' is listed twice", user.name.0));
+    }
+    Ok(())
+}
+
+/// A token belongs to one user: otherwise who it logs in would depend on the order.
+fn unique_tokens_rule(before: &[UserConf], user: &UserConf) -> Result<(), String> {
+    for (i, t) in user.tokens.iter().enumerate() {
+        if user.tokens[..i].contains(t) {
+            return Err(format!(
+                "user '{}': Tokens: an entry is listed twice",
+                user.name.0
+            ));
+        }
+        if let Some(other) = before.iter().find(|u| u.tokens.contains(t)) {
+            return Err(format!(
+                "user '{}': Tokens: an entry is also a token of user '{}'",
+                user.name.0, other.name.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses and checks a users file's text.
+pub fn parse_users(file: &Path, text: &[u8]) -> Result<UsersFile, ConfigError> {
+    parse_json(file, text)
+}
+
+/// The users in force, from one good read of the users file.
+#[derive(Debug)]
+pub struct Users {
+    /// What the file says.
+    pub file: UsersFile,
+    /// Digests of name/hash/password triples that passed the slow hash check.
+    verified: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Users {
+    /// The users of a parsed file, with nothing verified yet.
+    pub fn new(file: UsersFile) -> Users {
+        Users {
+            file,
+            verified: Mutex::default(),
+        }
+    }
+
+    /// The role of user `name` when `password` is theirs.
+    ///
+    /// As for slaves: a plain password is compared in constant time, a hash checked with Argon2
+    /// and a pair that checked out remembered, so a dashboard polling with HTTP Basic pays for
+    /// one slow hash, not one per request.
+    pub fn check_password(&self, name: &str, password: &str) -> Option<Role> {
+        let mut found = None;
+        for u in &self.file.users {
+            if !constant_time_eq(u.name.0.as_bytes(), name.as_bytes()) {
+                continue;
+            }
+            let good = match &u.secret {
+                Secret::Plain(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+                Secret::Hash(h) => verify_cached(&self.verified, name, h, password),
+            };
+            if good {
+                found = Some(u.role);
+            }
+        }
+        found
+    }
+
+    /// The user whose `Tokens` hold the digest of `token`. Every digest is compared, in
+    /// constant time, whichever matches.
+    pub fn check_token(&self, token: &str) -> Option<(&str, Role)> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for u in &self.file.users {
+            for t in &u.tokens {
+                if constant_time_eq(&t.0, &digest) {
+                    found = Some((u.name.0.as_str(), u.role));
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Reads the users file: `None` when there is none (no file is not an error).
+pub fn load_users(file: &Path) -> Result<Option<Users>, ConfigError> {
+    match std::fs::read(file) {
+        Ok(text) => parse_users(file, &text).map(|f| Some(Users::new(f))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// The users in force (or none: no users file), swapped when an edit parses.
+#[derive(Debug, Clone)]
+pub struct LiveUsers {
+    file: Arc<PathBuf>,
+    users: Arc<RwLock<Option<Arc<Users>>>>,
+}
+
+impl Default for LiveUsers {
+    /// No users, from the default file name.
+    fn default() -> Self {
+        LiveUsers::new(PathBuf::from(DEFAULT_USERS_FILE), None)
+    }
+}
+
+/// The users file the master reads unless told otherwise.
+pub const DEFAULT_USERS_FILE: &str = "./dt-users.json";
+
+impl LiveUsers {
+    /// Users read from `file` (`None`: it does not exist).
+    pub fn new(file: PathBuf, users: Option<Users>) -> LiveUsers {
+        LiveUsers {
+            file: Arc::new(file),
+            users: Arc::new(RwLock::new(users.map(Arc::new))),
+        }
+    }
+
+    /// The users in force; `None` when there is no users file.
+    pub fn get(&self) -> Option<Arc<Users>> {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The users file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn set(&self, users: Option<Users>) {
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users.map(Arc::new);
+    }
+}
+
+/// Watches the users file: an edit that parses is in force from the next request, a broken
+/// one is logged once and the last good users stay; a file that goes away means no users
+/// file again (loopback reads only), one that appears is read. Runs until the process ends.
+pub fn watch_users(live: LiveUsers, every: Duration) -> anyhow::Result<()> {
+    let file = live.file().to_owned();
+    let mut last_error: Option<String> = None;
+    on_change(
+        "users-watch",
+        vec![file.clone()],
+        every,
+        move || match load_users(&file) {
+            Ok(Some(users)) => {
+                if live.get().is_none_or(|old| old.file != users.file) {
+                    log::info!(
+                        "users reloaded: {} users from {}",
+                        users.file.users.len(),
+                        file.display()
+                    );
+                    live.set(Some(users));
+                }
+                last_error = None;
+            }
+            Ok(None) => {
+                if live.get().is_some() {
+                    log::warn!(
+                        "users file {} is gone: reads now answer clients on loopback only",
+                        file.display()
+                    );
+                    live.set(None);
+                }
+                last_error = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_ref() != Some(&text) {
+                    log::warn!("users file edit rejected, keeping the last good users: {text}");
+                    last_error = Some(text);
+                }
+            }
+        },
+    )
+}
+
+/// A new bearer token: 32 bytes from the operating system's CSPRNG, URL-safe base64 (43
+/// characters).
+pub fn new_token() -> anyhow::Result<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random bytes from the system: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// What a user's `Tokens` keeps of `token`: `sha256:` and its SHA-256 in hex.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let mut out = String::from("sha256:");
+    for b in digest.iter() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -733,5 +1232,276 @@ mod tests {
             Some("fc06ab7c-ad6f-4837-b2f8-96ef95c4acee")
         );
         assert_eq!(config.target_uuid("LKML", "other.org"), None);
+    }
+
+    // ---- dt-users.json ---------------------------------------------------------------------
+
+    const USERS: &str = r#"{
+    "Users": [
+        {"Name": "alice", "Password": "wonder land", "Role": "viewer"},
+        {"Name": "bob.smith_2-x", "Password": "pw", "Role": "admin"}
+    ]
+}"#;
+
+    fn users_err(text: &str) -> ConfigError {
+        parse_users(Path::new("u.json"), text.as_bytes()).unwrap_err()
+    }
+
+    /// `USERS` with bob's entry replaced by `entry`.
+    fn with_bob(entry: &str) -> String {
+        USERS.replace(
+            r#"{"Name": "bob.smith_2-x", "Password": "pw", "Role": "admin"}"#,
+            entry,
+        )
+    }
+
+    #[test]
+    fn users_file_loads() {
+        let u = parse_users(Path::new("u"), USERS.as_bytes()).unwrap();
+        assert_eq!(u.users.len(), 2);
+        assert_eq!(u.users[1].name.0, "bob.smith_2-x");
+        assert_eq!(u.users[1].role, Role::Admin);
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        let example = include_str!("../../config/dt-users.json");
+        let u = parse_users(Path::new("config/dt-users.json"), example.as_bytes()).unwrap();
+        assert!(
+            u.users.iter().any(|u| !u.tokens.is_empty()),
+            "a token example"
+        );
+        assert!(u.users.iter().any(|u| matches!(u.secret, Secret::Hash(_))));
+    }
+
+    #[test]
+    fn each_users_file_rule_has_its_message() {
+        let digest = token_digest("t");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                USERS.replace("\"Users\"", "\"Userz\""),
+                "unknown field `Userz`",
+            ),
+            (
+                r#"{"Users": []} "#.replace("[]", "[], \"Admins\": []"),
+                "unknown field `Admins`",
+            ),
+            (r#"{}"#.into(), "missing field `Users`"),
+            (r#"{"Users": {}}"#.into(), "expected a list of users"),
+            (
+                with_bob(r#"{"Name": "b", "Passwd": "x", "Role": "viewer"}"#),
+                "unknown field `Passwd`",
+            ),
+            (
+                with_bob(r#"{"Name": "", "Password": "x", "Role": "viewer"}"#),
+                "Name: must not be empty",
+            ),
+            (
+                with_bob(&format!(
+                    r#"{{"Name": "{}", "Password": "x", "Role": "viewer"}}"#,
+                    "n".repeat(65)
+                )),
+                "is 65 bytes long, more than 64",
+            ),
+            (
+                with_bob(r#"{"Name": "bob smith", "Password": "x", "Role": "viewer"}"#),
+                "Name: 'bob smith' may hold letters, digits, '.', '_' and '-' only (found ' ')",
+            ),
+            (
+                with_bob(r#"{"Name": "bob:x", "Password": "x", "Role": "viewer"}"#),
+                "(found ':')",
+            ),
+            (
+                with_bob(r#"{"Name": 7, "Password": "x", "Role": "viewer"}"#),
+                "Name: must be a string",
+            ),
+            (
+                with_bob(r#"{"Name": "alice", "Password": "x", "Role": "viewer"}"#),
+                "Users: Name 'alice' is listed twice",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": "", "Role": "viewer"}"#),
+                "Password: must not be empty",
+            ),
+            (
+                with_bob(&format!(
+                    r#"{{"Name": "b", "Password": "{}", "Role": "viewer"}}"#,
+                    "p".repeat(1025)
+                )),
+                "Password: is longer than 1024 bytes",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": "a\tb", "Role": "viewer"}"#),
+                "Password: must not hold control characters",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": 123456, "Role": "viewer"}"#),
+                "Password: must be a string",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "PasswordHash": 5, "Role": "viewer"}"#),
+                "PasswordHash: must be a string",
+            ),
+            (
+                with_bob(
+                    r#"{"Name": "b", "Password": "x", "PasswordHash": "$argon2id$v=19$m=19456,t=2,p=1$bTWiEsYl2t9r6IGoC1W4gQ$SIrHCB4cbwzoKfmIgXefY2l19zb0e7bFRj2pTDECCb8", "Role": "viewer"}"#,
+                ),
+                "user 'b': give Password or PasswordHash, not both",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Role": "viewer"}"#),
+                "user 'b': missing field `Password` (or `PasswordHash`)",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "PasswordHash": "nope", "Role": "viewer"}"#),
+                "user 'b': PasswordHash is not a PHC hash string",
+            ),
+            (
+                with_bob(
+                    r#"{"Name": "b", "PasswordHash": "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E", "Role": "viewer"}"#,
+                ),
+                "user 'b': PasswordHash is a 'scrypt' hash, not Argon2",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": "x"}"#),
+                "missing field `Role`",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": "x", "Role": "root"}"#),
+                "Role: 'root' is not one of viewer, operator, admin",
+            ),
+            (
+                with_bob(r#"{"Name": "b", "Password": "x", "Role": 1}"#),
+                "Role: must be a string",
+            ),
+            (
+                with_bob(
+                    r#"{"Name": "b", "Password": "x", "Role": "viewer", "Tokens": "sha256:00"}"#,
+                ),
+                "Tokens: must be a list of \"sha256:…\" strings",
+            ),
+            (
+                with_bob(
+                    r#"{"Name": "b", "Password": "x", "Role": "viewer", "Tokens": ["sha256:abc"]}"#,
+                ),
+                "Tokens: an entry is not \"sha256:\" and 64 hex digits",
+            ),
+            (
+                with_bob(&format!(
+                    r#"{{"Name": "b", "Password": "x", "Role": "viewer", "Tokens": ["{digest}", "{}"]}}"#,
+                    digest.to_uppercase().replace("SHA256", "sha256")
+                )),
+                "user 'b': Tokens: an entry is listed twice",
+            ),
+            (
+                USERS
+                    .replace(
+                        r#""Role": "viewer"}"#,
+                        &format!(r#""Role": "viewer", "Tokens": ["{digest}"]}}"#),
+                    )
+                    .replace(
+                        r#""Role": "admin"}"#,
+                        &format!(r#""Role": "admin", "Tokens": ["{digest}"]}}"#),
+                    ),
+                "user 'bob.smith_2-x': Tokens: an entry is also a token of user 'alice'",
+            ),
+            (USERS.replace("}\n    ]", "}\n    "), "expected"),
+        ];
+        for (text, want) in &cases {
+            let e = users_err(text);
+            assert!(e.message.contains(want), "want {want:?}, got {e}");
+            assert!(e.line > 0 && e.column > 0, "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("u.json:{}:", e.line)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_users_file_error_points_at_the_entry_at_fault() {
+        let e = users_err(&with_bob(
+            r#"{"Name": "b", "Password": "x", "Role": "root"}"#,
+        ));
+        assert_eq!(e.line, 4, "{e}");
+        let e = users_err(&with_bob(
+            r#"{"Name": "alice", "Password": "x", "Role": "viewer"}"#,
+        ));
+        assert_eq!(e.line, 4, "{e}");
+        let e = users_err(&USERS.replace("\"Role\": \"viewer\"", "\"Role\": \"viewer\", \"X\": 1"));
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn no_users_file_message_quotes_a_secret() {
+        let token = "Zq9-raw-token-pasted-by-mistake";
+        for text in [
+            with_bob(&format!(
+                r#"{{"Name": "b", "Password": "x", "Role": "viewer", "Tokens": ["{token}"]}}"#
+            )),
+            with_bob(&format!(
+                r#"{{"Name": "b", "Password": "x", "Role": "viewer", "Tokens": "{token}"}}"#
+            )),
+            with_bob(&format!(
+                r#"{{"Name": "b", "Password": "{token}\u0007", "Role": "viewer"}}"#
+            )),
+            with_bob(r#"{"Name": "b", "Password": 987654321, "Role": "viewer"}"#),
+        ] {
+            let e = users_err(&text).to_string();
+            assert!(!e.contains(token) && !e.contains("987654321"), "{e}");
+        }
+        let u = parse_users(Path::new("u"), USERS.as_bytes()).unwrap();
+        assert!(!format!("{u:?}").contains("wonder land"));
+    }
+
+    #[test]
+    fn users_log_in_with_passwords_hashes_and_tokens() {
+        let hash = hash_password("s3cret").unwrap();
+        let token = new_token().unwrap();
+        assert_eq!(token.len(), 43, "{token}");
+        assert_ne!(token, new_token().unwrap());
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        let text = with_bob(&format!(
+            r#"{{"Name": "h", "PasswordHash": "{hash}", "Role": "operator", "Tokens": ["{}"]}}"#,
+            token_digest(&token)
+        ));
+        let users = Users::new(parse_users(Path::new("u"), text.as_bytes()).unwrap());
+        assert_eq!(users.check_password("h", "s3cret"), Some(Role::Operator));
+        assert_eq!(users.verified.lock().unwrap().len(), 1, "remembered");
+        assert_eq!(users.check_password("h", "s3cret"), Some(Role::Operator));
+        assert_eq!(users.check_password("h", "s3cret2"), None);
+        assert_eq!(
+            users.check_password("alice", "wonder land"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(users.check_password("alice", "wonder lan"), None);
+        assert_eq!(users.check_password("h", "wonder land"), None);
+        assert_eq!(users.check_password("nobody", "s3cret"), None);
+        assert_eq!(users.check_token(&token), Some(("h", Role::Operator)));
+        assert_eq!(users.check_token(&token[1..]), None);
+        assert_eq!(users.check_token(""), None);
+    }
+
+    #[test]
+    fn token_digests_are_sha256_in_hex() {
+        assert_eq!(
+            token_digest("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_missing_users_file_is_no_users_file() {
+        let dir = std::env::temp_dir().join(format!("dt-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dt-users.json");
+        let _ = std::fs::remove_file(&file);
+        assert!(load_users(&file).unwrap().is_none());
+        std::fs::write(&file, USERS).unwrap();
+        assert_eq!(load_users(&file).unwrap().unwrap().file.users.len(), 2);
+        std::fs::write(&file, "{").unwrap();
+        assert!(load_users(&file).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

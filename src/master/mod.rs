@@ -1,5 +1,7 @@
-//! The master: loads the config files, keeps them live, stores results and serves slaves.
+//! The master: loads the config files, keeps them live, stores results, serves slaves and
+//! answers reads (for users with a login, or on loopback).
 
+pub mod access;
 pub mod alert;
 pub mod analysis;
 pub mod api;
@@ -27,6 +29,10 @@ pub struct Settings {
     pub slaves_file: PathBuf,
     /// `dt-targets.json`.
     pub targets_file: PathBuf,
+    /// `dt-users.json`: who may read (a missing file means loopback reads only).
+    pub users_file: PathBuf,
+    /// Serve reads to anyone, without a login.
+    pub public_read: bool,
     /// The SQLite file.
     pub db: PathBuf,
     /// Listen address.
@@ -52,6 +58,8 @@ impl From<&MasterArgs> for Settings {
         Settings {
             slaves_file: a.config.clone(),
             targets_file: a.targets.clone(),
+            users_file: a.users.clone(),
+            public_read: a.public_read,
             db: a.db.clone(),
             listen: a.listen,
             reload_interval: a.reload_interval,
@@ -92,6 +100,8 @@ impl Master {
             config.targets.targets.len(),
             s.targets_file.display()
         );
+        let users = config::load_users(&s.users_file)?;
+        log_read_access(s, users.as_ref());
         let store = store::open(&s.db, s.confirm)?;
         store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
         let alerts = match &s.alert_webhook {
@@ -105,6 +115,8 @@ impl Master {
             s.targets_file.clone(),
             s.reload_interval,
         )?;
+        let users = config::LiveUsers::new(s.users_file.clone(), users);
+        config::watch_users(users.clone(), s.reload_interval)?;
         let tls = match &s.tls {
             Some((cert, key)) => Some(tls::server_config(
                 cert.clone(),
@@ -122,6 +134,7 @@ impl Master {
                 throttle: throttle::Throttle::new(),
                 alerts,
                 metrics: metrics::Metrics::default(),
+                read: access::ReadAccess::new(users, s.public_read),
             }),
             listener,
             limits: s.limits.clone(),
@@ -144,6 +157,33 @@ impl Master {
     /// Serves until the process ends.
     pub fn serve(self) -> anyhow::Result<()> {
         server::serve(self.listener, self.app, self.limits, self.tls)
+    }
+}
+
+/// Says at start who may read.
+fn log_read_access(s: &Settings, users: Option<&config::Users>) {
+    let file = s.users_file.display();
+    if s.public_read {
+        log::warn!(
+            "-public-read: every client that reaches this master reads its API, exports and \
+             metrics without a login, the slaves' names and addresses included{}",
+            if users.is_some() {
+                format!(" (the users in {file} are not asked for one)")
+            } else {
+                String::new()
+            }
+        );
+        return;
+    }
+    match users {
+        Some(u) => log::info!(
+            "users: {} from {file}; reads need a login (HTTP Basic or a bearer token)",
+            u.file.users.len()
+        ),
+        None => log::info!(
+            "no users file {file}: reads answer clients on loopback only (add users there to \
+             read from elsewhere)"
+        ),
     }
 }
 

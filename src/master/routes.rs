@@ -1,9 +1,11 @@
 //! Route handlers: plain synchronous functions from a request to a response, so each one is
 //! tested without a socket. The connection layer (`server.rs`) calls [`handle`].
 
+use super::access::{self, AuthHeader, Credentials};
 use super::config::Live;
 use super::path::{Path as NetPath, Terminal};
 use super::store::{NewHop, NewResult, Outcome, Store, Stored, Ticket};
+use super::throttle::Who;
 use crate::proto::{
     BatchAnswer, BatchItem, BatchRequest, ConfigRequest, ItemStatus, ResultAnswer, TraceResult,
 };
@@ -28,6 +30,8 @@ pub struct Request {
     pub query: String,
     /// The `User-Agent` header, if any.
     pub user_agent: Option<String>,
+    /// The `Authorization` header, if any (reads by users).
+    pub authorization: Option<AuthHeader>,
     /// Who sent it.
     pub remote: SocketAddr,
     /// The body.
@@ -179,6 +183,8 @@ pub struct App {
     pub alerts: super::alert::Alerts,
     /// Request-duration histograms.
     pub metrics: super::metrics::Metrics,
+    /// Who may read the API, the exports and the metrics.
+    pub read: access::ReadAccess,
 }
 
 /// What a handler gives back: an answer now, or one that waits for the store's commit.
@@ -236,6 +242,9 @@ pub fn handle(app: &App, req: &Request) -> Response {
 
 /// Routes one request; the caller waits for a [`Reply::Later`] and records the time.
 pub fn route(app: &App, req: &Request) -> Reply {
+    if let Some(refused) = read_gate(app, req) {
+        return Reply::Now(refused);
+    }
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
         ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
@@ -312,31 +321,29 @@ enum AuthFail {
     Throttled(Duration),
 }
 
-/// Checks a name/password pair under the failed-login throttle.
-fn authenticate(
+/// Runs `check` for a login under the failed-login throttle: 429 at once while the address or
+/// the name is blocked, without running `check`; a failure is counted and blocks the address
+/// or name after a burst (logged once), and `wrong` runs for one that started no block.
+fn throttled<T>(
     app: &App,
     req: &Request,
-    name: &str,
-    password: &str,
-    what: &str,
-) -> Result<(), AuthFail> {
+    who: Who<'_>,
+    check: impl FnOnce() -> Option<T>,
+    wrong: impl FnOnce(),
+) -> Result<T, AuthFail> {
     let now = std::time::Instant::now();
-    if let Some(wait) = app.throttle.blocked(req.remote.ip(), name, now) {
+    if let Some(wait) = app.throttle.blocked(req.remote.ip(), who, now) {
         bump(&app.counters.auth_throttled);
         return Err(AuthFail::Throttled(wait));
     }
-    if app.config.get().check_password(name, password) {
+    if let Some(ok) = check() {
         app.throttle.success(req.remote.ip());
-        return Ok(());
+        return Ok(ok);
     }
     bump(&app.counters.auth_failures);
-    let blocks = app.throttle.failure(req.remote.ip(), name, now);
+    let blocks = app.throttle.failure(req.remote.ip(), who, now);
     if blocks.is_empty() {
-        log::warn!(
-            "{what}: wrong name or password for slave '{}' from {}",
-            truncate(name, 64).escape_debug(),
-            req.remote
-        );
+        wrong();
     }
     for b in blocks {
         log::warn!(
@@ -346,6 +353,127 @@ fn authenticate(
         );
     }
     Err(AuthFail::Wrong)
+}
+
+/// Checks a slave's name/password pair under the failed-login throttle.
+fn authenticate(
+    app: &App,
+    req: &Request,
+    name: &str,
+    password: &str,
+    what: &str,
+) -> Result<(), AuthFail> {
+    throttled(
+        app,
+        req,
+        Who::Slave(name),
+        || {
+            app.config
+                .get()
+                .check_password(name, password)
+                .then_some(())
+        },
+        || {
+            log::warn!(
+                "{what}: wrong name or password for slave '{}' from {}",
+                truncate(name, 64).escape_debug(),
+                req.remote
+            )
+        },
+    )
+}
+
+/// Lets a read through (`None`) or answers why not. With `-public-read` anyone reads; without
+/// a users file only clients on loopback do, and the rest get 403 saying how to add a user;
+/// with one, every read needs a user's HTTP Basic login or bearer token (401 without, 401
+/// after the failed-login delay for a wrong one, 429 while the throttle blocks). Every role
+/// may read. Anything but a read passes untouched: the slave endpoints keep their own
+/// credentials.
+fn read_gate(app: &App, req: &Request) -> Option<Response> {
+    let access = &app.read;
+    if access.public || !access::is_read(&req.method, &req.path) {
+        return None;
+    }
+    let Some(users) = access.users.get() else {
+        if access::is_loopback(req.remote.ip()) {
+            return None;
+        }
+        read_refused(app, req, 403, "no users file, and not on loopback");
+        return Some(Response::error(
+            403,
+            access::no_users_file(access.users.file()),
+        ));
+    };
+    let credentials = req
+        .authorization
+        .as_ref()
+        .and_then(|h| access::credentials(&h.0));
+    let login = match &credentials {
+        None => {
+            read_refused(app, req, 401, "no login");
+            return Some(challenge(Response::error(
+                401,
+                "this read needs a login: HTTP Basic with a user of the master's users file, \
+                 or Authorization: Bearer TOKEN",
+            )));
+        }
+        Some(Credentials::Basic { name, password }) => {
+            let name = truncate(name, super::config::MAX_USER_NAME);
+            throttled(
+                app,
+                req,
+                Who::User(name),
+                || users.check_password(name, password),
+                || {},
+            )
+            .map_err(|fail| (fail, format!("user '{}'", name.escape_debug())))
+        }
+        Some(Credentials::Bearer(token)) => throttled(
+            app,
+            req,
+            Who::Token,
+            || users.check_token(token).map(|(_, role)| role),
+            || {},
+        )
+        .map_err(|fail| (fail, "a bearer token".to_owned())),
+    };
+    match login {
+        // A viewer is enough for every read today.
+        Ok(_role) => None,
+        Err((fail, who)) => {
+            let (status, why) = match fail {
+                AuthFail::Wrong => (401, "wrong password or token"),
+                AuthFail::Throttled(_) => (429, "too many failed logins"),
+            };
+            read_refused(app, req, status, &format!("{why} for {who}"));
+            Some(auth_failed(
+                fail,
+                challenge(Response::error(401, "wrong name, password or token")),
+                Response::error(429, "too many failed logins"),
+            ))
+        }
+    }
+}
+
+/// Adds the Basic challenge a 401 on a read carries.
+fn challenge(mut r: Response) -> Response {
+    r.headers
+        .push(("WWW-Authenticate", access::CHALLENGE.to_owned()));
+    r
+}
+
+/// Logs a refused read at info level, at most once a minute per address.
+fn read_refused(app: &App, req: &Request, status: u16, why: &str) {
+    app.read
+        .refusals
+        .note(req.remote.ip(), std::time::Instant::now(), || {
+            format!(
+                "read refused ({status}, {why}): {} {} from {}",
+                req.method,
+                truncate(&req.path, 100).escape_debug(),
+                req.remote
+            )
+        });
 }
 
 /// The answer for a failed login: `wrong` delayed for a 401, or 429 with `Retry-After`.
@@ -852,6 +980,7 @@ mod tests {
             throttle: crate::master::throttle::Throttle::new(),
             alerts: crate::master::alert::Alerts::log_only(),
             metrics: crate::master::metrics::Metrics::default(),
+            read: access::ReadAccess::default(),
         }
     }
 
@@ -861,6 +990,7 @@ mod tests {
             path: path.into(),
             query: String::new(),
             user_agent: None,
+            authorization: None,
             remote: "127.0.0.1:5000".parse().unwrap(),
             body: body.to_vec(),
         }
@@ -1082,5 +1212,235 @@ mod tests {
         assert_eq!(r.status, 200);
         let v: serde_json::Value = serde_json::from_slice(body(&r)).unwrap();
         assert_eq!(v["results"], serde_json::json!([]));
+    }
+
+    // ---- who may read ------------------------------------------------------------------
+
+    /// A token of `alice` in `users_text`.
+    const TOKEN: &str = "k7Vb0Qe1-test-token-of-alice_9fZ";
+
+    fn users_text() -> String {
+        format!(
+            r#"{{"Users":[{{"Name":"alice","Password":"wonder land","Role":"viewer","Tokens":["{}"]}},{{"Name":"ops.1","Password":"x","Role":"operator"}}]}}"#,
+            crate::master::config::token_digest(TOKEN)
+        )
+    }
+
+    /// The test app with a users file.
+    fn app_with_users() -> App {
+        use crate::master::config::{LiveUsers, Users, parse_users};
+        let users = parse_users(Path::new("u.json"), users_text().as_bytes()).unwrap();
+        let mut app = app();
+        app.read = access::ReadAccess::new(
+            LiveUsers::new("u.json".into(), Some(Users::new(users))),
+            false,
+        );
+        app
+    }
+
+    fn read(path: &str, from: &str, auth: Option<String>) -> Request {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            user_agent: None,
+            authorization: auth.map(AuthHeader),
+            remote: from.parse().unwrap(),
+            body: Vec::new(),
+        }
+    }
+
+    fn basic(name: &str, password: &str) -> Option<String> {
+        use base64::Engine;
+        let pair = format!("{name}:{password}");
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ))
+    }
+
+    fn bearer(token: &str) -> Option<String> {
+        Some(format!("Bearer {token}"))
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    const READS: [&str; 11] = [
+        "/api/v1/slaves",
+        "/api/v1/targets",
+        "/api/v1/results",
+        "/api/v1/paths/current",
+        "/api/v1/paths/history",
+        "/api/v1/events",
+        "/api/v1/export/results.jsonl",
+        "/api/v1/export/results.csv",
+        "/api/v1/export/atlas.json",
+        "/api/v1/export/graph.dot?target=Google",
+        "/metrics",
+    ];
+
+    const AWAY: &str = "192.0.2.7:40000";
+
+    #[test]
+    fn without_a_users_file_loopback_reads_and_others_get_403() {
+        let app = app();
+        for from in [
+            "127.0.0.1:1",
+            "127.3.2.1:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            for path in ["/api/v1/results", "/api/v1/slaves", "/metrics"] {
+                assert_eq!(handle(&app, &read(path, from, None)).status, 200, "{from}");
+            }
+        }
+        for from in [AWAY, "[::ffff:192.0.2.7]:1", "[2001:db8::7]:1"] {
+            for path in READS {
+                let r = handle(&app, &read(path, from, None));
+                assert_eq!(r.status, 403, "{path} from {from}");
+                assert_eq!(r.delay, Duration::ZERO);
+                let v: serde_json::Value = serde_json::from_slice(body(&r)).unwrap();
+                let m = v["error"].as_str().unwrap();
+                assert!(
+                    m.contains("./dt-users.json") && m.contains("dist-traceroute hash-password"),
+                    "{m}"
+                );
+            }
+            // A login does not help where there are no users.
+            let r = handle(&app, &read("/metrics", from, basic("alice", "wonder land")));
+            assert_eq!(r.status, 403);
+        }
+        let mut head = read("/metrics", AWAY, None);
+        head.method = "HEAD".into();
+        assert_eq!(handle(&app, &head).status, 403);
+        assert_eq!(handle(&app, &read("/", AWAY, None)).status, 200);
+    }
+
+    #[test]
+    fn with_a_users_file_no_login_gets_401_with_a_challenge() {
+        let app = app_with_users();
+        for from in [AWAY, "127.0.0.1:1"] {
+            for path in READS {
+                let r = handle(&app, &read(path, from, None));
+                assert_eq!(r.status, 401, "{path} from {from}");
+                assert_eq!(
+                    header(&r, "WWW-Authenticate"),
+                    Some("Basic realm=\"dist-traceroute\"")
+                );
+                assert_eq!(r.delay, Duration::ZERO, "no login is not a failed one");
+                let v: serde_json::Value = serde_json::from_slice(body(&r)).unwrap();
+                assert!(v["error"].as_str().unwrap().contains("login"), "{v}");
+            }
+        }
+        for malformed in ["Basic !!!", "Digest x", "Bearer"] {
+            let r = handle(&app, &read("/metrics", AWAY, Some(malformed.into())));
+            assert_eq!((r.status, r.delay), (401, Duration::ZERO), "{malformed}");
+        }
+        assert_eq!(app.counters.auth_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn with_a_users_file_basic_and_bearer_logins_read() {
+        let app = app_with_users();
+        // The graph needs a stored path.
+        assert_eq!(
+            handle(&app, &post("/results/", GO_RESULT.as_bytes())).status,
+            200
+        );
+        for path in READS {
+            for auth in [
+                basic("alice", "wonder land"),
+                basic("ops.1", "x"),
+                bearer(TOKEN),
+            ] {
+                let r = handle(&app, &read(path, AWAY, auth));
+                assert_eq!(r.status, 200, "{path}");
+            }
+        }
+        let mut head = read("/metrics", AWAY, bearer(TOKEN));
+        head.method = "HEAD".into();
+        assert_ne!(handle(&app, &head).status, 401);
+    }
+
+    #[test]
+    fn a_wrong_login_gets_401_after_the_delay_then_429() {
+        let app = app_with_users();
+        for auth in [
+            basic("alice", "wonder"),
+            basic("nobody", "wonder land"),
+            bearer("not-a-token"),
+        ] {
+            let r = handle(&app, &read("/api/v1/slaves", AWAY, auth));
+            assert_eq!(r.status, 401);
+            assert_eq!(r.delay, FAILED_LOGIN_DELAY);
+            assert!(header(&r, "WWW-Authenticate").is_some());
+        }
+        assert_eq!(app.counters.auth_failures.load(Ordering::Relaxed), 3);
+        let wrong = read("/metrics", AWAY, basic("alice", "nope"));
+        for _ in 3..super::super::throttle::BY_ADDRESS.max_failures {
+            assert_eq!(handle(&app, &wrong).status, 401);
+        }
+        let r = handle(&app, &wrong);
+        assert_eq!((r.status, r.delay), (429, Duration::ZERO));
+        assert!(header(&r, "Retry-After").is_some());
+        // The address waits out its block, even with the right password or token...
+        let right = read("/metrics", AWAY, basic("alice", "wonder land"));
+        assert_eq!(handle(&app, &right).status, 429);
+        assert_eq!(
+            handle(&app, &read("/metrics", AWAY, bearer(TOKEN))).status,
+            429
+        );
+        // ...and other addresses read on.
+        let mut elsewhere = right.clone();
+        elsewhere.remote = "198.51.100.1:1".parse().unwrap();
+        assert_eq!(handle(&app, &elsewhere).status, 200);
+    }
+
+    #[test]
+    fn public_read_serves_anyone_without_a_login() {
+        for mut app in [app(), app_with_users()] {
+            app.read.public = true;
+            for path in ["/api/v1/results", "/api/v1/slaves", "/metrics"] {
+                assert_eq!(handle(&app, &read(path, AWAY, None)).status, 200, "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn slave_endpoints_keep_their_own_credentials() {
+        let app = app_with_users();
+        let from = |mut r: Request| {
+            r.remote = AWAY.parse().unwrap();
+            r
+        };
+        let config = from(post("/config/", br#"{"Name":"slave1","Password":"1234"}"#));
+        assert_eq!(handle(&app, &config).status, 200);
+        assert_eq!(
+            handle(&app, &from(post("/results/", GO_RESULT.as_bytes()))).status,
+            200
+        );
+        let api = GO_RESULT.replace("d9bbc544", "e9bbc544");
+        assert_eq!(
+            handle(&app, &from(post("/api/v1/results", api.as_bytes()))).status,
+            200
+        );
+        let batch = format!(
+            r#"{{"Creds":{{"Name":"slave1","Password":"1234"}},"Results":[{}]}}"#,
+            GO_RESULT.replace("d9bbc544", "f9bbc544")
+        );
+        assert_eq!(
+            handle(&app, &from(post("/api/v1/results:batch", batch.as_bytes()))).status,
+            200
+        );
+        assert_eq!(app.store.count_results().unwrap(), 3);
+        // A slave is no user: its pair does not read.
+        let r = handle(&app, &read("/metrics", AWAY, basic("slave1", "1234")));
+        assert_eq!(r.status, 401);
     }
 }

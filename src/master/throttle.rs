@@ -1,6 +1,7 @@
-//! Failed-login throttling per remote address (IPv6 by /64) and per slave name: after a burst
-//! of failures the key is blocked for a while, doubling on repeat; a blocked request is answered
-//! 429 at once, without checking the password, so it costs the server almost nothing.
+//! Failed-login throttling per remote address (IPv6 by /64) and per login name (a slave's or a
+//! reading user's): after a burst of failures the key is blocked for a while, doubling on
+//! repeat; a blocked request is answered 429 at once, without checking the password, so it
+//! costs the server almost nothing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,7 +29,8 @@ pub const BY_ADDRESS: Policy = Policy {
     max_block: Duration::from_secs(900),
 };
 
-/// Name policy, looser since many addresses may try one name: 20 a minute, 10 s up to 5 min.
+/// Name policy (slave or user), looser since many addresses may try one name: 20 a minute,
+/// 10 s up to 5 min.
 pub const BY_NAME: Policy = Policy {
     max_failures: 20,
     window: Duration::from_secs(60),
@@ -43,6 +45,31 @@ const MAX_KEYS: usize = 100_000;
 enum Key {
     Addr(IpAddr),
     Name(String),
+    User(String),
+}
+
+/// Who a login claims to be: its name is throttled besides its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who<'a> {
+    /// A slave name (`/config/`, results).
+    Slave(&'a str),
+    /// A user of the users file (HTTP Basic on a read).
+    User(&'a str),
+    /// A bearer token: no name, so only the address counts (a name key shared by every
+    /// token would let anyone lock every script out).
+    Token,
+}
+
+impl Who<'_> {
+    fn keys(self, addr: IpAddr) -> Vec<Key> {
+        let mut keys = vec![addr_key(addr)];
+        match self {
+            Who::Slave(name) => keys.push(Key::Name(name.to_owned())),
+            Who::User(name) => keys.push(Key::User(name.to_owned())),
+            Who::Token => {}
+        }
+        keys
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +84,7 @@ struct Entry {
 /// A failure that started a block: say it once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockStarted {
-    /// What is blocked (address or slave name).
+    /// What is blocked (address, slave name or user).
     pub what: String,
     /// For how long.
     pub duration: Duration,
@@ -83,7 +110,7 @@ fn addr_key(addr: IpAddr) -> Key {
 fn policy_of(key: &Key) -> Policy {
     match key {
         Key::Addr(_) => BY_ADDRESS,
-        Key::Name(_) => BY_NAME,
+        Key::Name(_) | Key::User(_) => BY_NAME,
     }
 }
 
@@ -97,11 +124,11 @@ impl Throttle {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long until `addr` or `name` may try again, if either is blocked now.
-    pub fn blocked(&self, addr: IpAddr, name: &str, now: Instant) -> Option<Duration> {
+    /// How long until `addr` or `who` may try again, if either is blocked now.
+    pub fn blocked(&self, addr: IpAddr, who: Who<'_>, now: Instant) -> Option<Duration> {
         let mut keys = self.lock();
         let mut wait: Option<Duration> = None;
-        for key in [addr_key(addr), Key::Name(name.to_owned())] {
+        for key in who.keys(addr) {
             if let Some(e) = keys.get_mut(&key)
                 && let Some(until) = e.blocked_until
                 && until > now
@@ -115,13 +142,13 @@ impl Throttle {
     }
 
     /// Records a failed login; returns the blocks it started.
-    pub fn failure(&self, addr: IpAddr, name: &str, now: Instant) -> Vec<BlockStarted> {
+    pub fn failure(&self, addr: IpAddr, who: Who<'_>, now: Instant) -> Vec<BlockStarted> {
         let mut keys = self.lock();
         if keys.len() >= MAX_KEYS {
             prune(&mut keys, now);
         }
         let mut started = Vec::new();
-        for key in [addr_key(addr), Key::Name(name.to_owned())] {
+        for key in who.keys(addr) {
             let policy = policy_of(&key);
             let e = keys.entry(key.clone()).or_insert(Entry {
                 failures: 0,
@@ -141,6 +168,7 @@ impl Throttle {
                     what: match &key {
                         Key::Addr(a) => format!("address {a}"),
                         Key::Name(n) => format!("slave name '{}'", n.escape_debug()),
+                        Key::User(n) => format!("user '{}'", n.escape_debug()),
                     },
                     duration: e.next_block,
                 });
@@ -185,28 +213,28 @@ mod tests {
         let t = Throttle::new();
         let now = Instant::now();
         for _ in 0..4 {
-            assert!(t.failure(ip("192.0.2.1"), "a", now).is_empty());
+            assert!(t.failure(ip("192.0.2.1"), Who::Slave("a"), now).is_empty());
         }
-        assert_eq!(t.blocked(ip("192.0.2.1"), "a", now), None);
-        let started = t.failure(ip("192.0.2.1"), "a", now);
+        assert_eq!(t.blocked(ip("192.0.2.1"), Who::Slave("a"), now), None);
+        let started = t.failure(ip("192.0.2.1"), Who::Slave("a"), now);
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].duration, Duration::from_secs(30));
         assert_eq!(
-            t.blocked(ip("192.0.2.1"), "b", now),
+            t.blocked(ip("192.0.2.1"), Who::Slave("b"), now),
             Some(Duration::from_secs(30))
         );
         assert_eq!(
-            t.blocked(ip("192.0.2.2"), "b", now),
+            t.blocked(ip("192.0.2.2"), Who::Slave("b"), now),
             None,
             "other addresses are free"
         );
         let later = now + Duration::from_secs(31);
-        assert_eq!(t.blocked(ip("192.0.2.1"), "a", later), None);
+        assert_eq!(t.blocked(ip("192.0.2.1"), Who::Slave("a"), later), None);
         for _ in 0..5 {
-            t.failure(ip("192.0.2.1"), "a", later);
+            t.failure(ip("192.0.2.1"), Who::Slave("a"), later);
         }
         assert_eq!(
-            t.blocked(ip("192.0.2.1"), "a", later),
+            t.blocked(ip("192.0.2.1"), Who::Slave("a"), later),
             Some(Duration::from_secs(60))
         );
     }
@@ -216,10 +244,16 @@ mod tests {
         let t = Throttle::new();
         let now = Instant::now();
         for i in 0..5 {
-            t.failure(ip(&format!("2001:db8::{i}")), "a", now);
+            t.failure(ip(&format!("2001:db8::{i}")), Who::Slave("a"), now);
         }
-        assert!(t.blocked(ip("2001:db8::ffff"), "a", now).is_some());
-        assert!(t.blocked(ip("2001:db8:0:1::1"), "zz", now).is_none());
+        assert!(
+            t.blocked(ip("2001:db8::ffff"), Who::Slave("a"), now)
+                .is_some()
+        );
+        assert!(
+            t.blocked(ip("2001:db8:0:1::1"), Who::Slave("zz"), now)
+                .is_none()
+        );
     }
 
     #[test]
@@ -227,13 +261,41 @@ mod tests {
         let t = Throttle::new();
         let now = Instant::now();
         for i in 0..20 {
-            t.failure(ip(&format!("198.51.100.{i}")), "slave1", now);
+            t.failure(ip(&format!("198.51.100.{i}")), Who::Slave("slave1"), now);
         }
         assert_eq!(
-            t.blocked(ip("203.0.113.9"), "slave1", now),
+            t.blocked(ip("203.0.113.9"), Who::Slave("slave1"), now),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(t.blocked(ip("203.0.113.9"), "slave2", now), None);
+        assert_eq!(
+            t.blocked(ip("203.0.113.9"), Who::Slave("slave2"), now),
+            None
+        );
+    }
+
+    #[test]
+    fn users_slaves_and_tokens_are_counted_apart() {
+        let t = Throttle::new();
+        let now = Instant::now();
+        for i in 0..20 {
+            t.failure(ip(&format!("198.51.100.{i}")), Who::User("alice"), now);
+        }
+        let elsewhere = ip("203.0.113.9");
+        assert!(t.blocked(elsewhere, Who::User("alice"), now).is_some());
+        assert_eq!(t.blocked(elsewhere, Who::Slave("alice"), now), None);
+        // Wrong tokens from many addresses block no one else: a token has no name.
+        for i in 0..40 {
+            t.failure(ip(&format!("198.51.101.{i}")), Who::Token, now);
+        }
+        assert_eq!(t.blocked(elsewhere, Who::Token, now), None);
+        for _ in 0..5 {
+            t.failure(elsewhere, Who::Token, now);
+        }
+        assert!(t.blocked(elsewhere, Who::Token, now).is_some());
+        assert!(
+            t.blocked(elsewhere, Who::Slave("slave1"), now).is_some(),
+            "the address is blocked for every kind of login"
+        );
     }
 
     #[test]
@@ -241,13 +303,16 @@ mod tests {
         let t = Throttle::new();
         let now = Instant::now();
         for _ in 0..4 {
-            t.failure(ip("192.0.2.1"), "a", now);
+            t.failure(ip("192.0.2.1"), Who::Slave("a"), now);
         }
         t.success(ip("192.0.2.1"));
-        assert!(t.failure(ip("192.0.2.1"), "a", now).is_empty());
+        assert!(t.failure(ip("192.0.2.1"), Who::Slave("a"), now).is_empty());
         let much_later = now + Duration::from_secs(120);
         for _ in 0..4 {
-            assert!(t.failure(ip("192.0.2.1"), "a", much_later).is_empty());
+            assert!(
+                t.failure(ip("192.0.2.1"), Who::Slave("a"), much_later)
+                    .is_empty()
+            );
         }
     }
 }

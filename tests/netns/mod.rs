@@ -1,5 +1,6 @@
 //! A small harness that builds hosts and routers out of network namespaces and veth
 //! pairs, runs the `trace` example inside one, and deletes everything on drop.
+#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -149,6 +150,26 @@ impl Lab {
         ]);
         run(&["ip", "-n", &na, "link", "set", ia, "up"]);
         run(&["ip", "-n", &nb, "link", "set", ib, "up"]);
+    }
+
+    /// Connects node `name` (interface `inner`) to the root namespace with a veth pair, both
+    /// ends up; returns the root end's name, unique to this process. The pair goes when the
+    /// node is deleted.
+    pub fn link_to_root(&self, name: &str, inner: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        // Interface names have at most 15 bytes: "dtr" + a pid of up to 7 digits + "x" + n.
+        let root = format!(
+            "dtr{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = self.ns(name);
+        run(&[
+            "ip", "link", "add", &root, "type", "veth", "peer", "name", inner, "netns", &ns,
+        ]);
+        run(&["ip", "link", "set", &root, "up"]);
+        run(&["ip", "-n", &ns, "link", "set", inner, "up"]);
+        root
     }
 
     /// Makes node `name` silent: its own packets (ICMP errors included) are routed into a

@@ -255,6 +255,35 @@ pub fn get(addr: SocketAddr, path: &str) -> Answer {
     raw(addr, &request("GET", path, b"")).expect("no answer")
 }
 
+/// A GET with an `Authorization` header (`basic(…)`, or `Bearer TOKEN`).
+pub fn get_as(addr: SocketAddr, path: &str, authorization: &str) -> Answer {
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+    );
+    raw(addr, head.as_bytes()).expect("no answer")
+}
+
+/// The `Authorization` header value of HTTP Basic.
+pub fn basic(name: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{name}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// The stored results, newest first, read with a login (`Authorization` header value).
+pub fn results_as(addr: SocketAddr, query: &str, authorization: &str) -> Vec<serde_json::Value> {
+    let a = get_as(
+        addr,
+        &format!("/api/v1/results?limit=1000&{query}"),
+        authorization,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()["results"].as_array().unwrap().clone()
+}
+
 /// The stored results, newest first.
 pub fn results(addr: SocketAddr, query: &str) -> Vec<serde_json::Value> {
     let a = get(addr, &format!("/api/v1/results?limit=1000&{query}"));
