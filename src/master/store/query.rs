@@ -101,68 +101,64 @@ pub struct ReadCaches {
     series: RwLock<HashMap<i64, Arc<SeriesIdent>>>,
 }
 
+/// Most entries a read cache keeps before it starts over.
+const MAX_CACHED: usize = 100_000;
+
+/// The entry `id` of `map`, loaded (and kept) when missing.
+fn cached<T>(
+    map: &RwLock<HashMap<i64, Arc<T>>>,
+    id: i64,
+    load: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<Arc<T>> {
+    if let Some(v) = map.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        return Ok(v.clone());
+    }
+    let v = Arc::new(load()?);
+    let mut w = map.write().unwrap_or_else(|p| p.into_inner());
+    if w.len() > MAX_CACHED {
+        w.clear();
+    }
+    w.insert(id, v.clone());
+    Ok(v)
+}
+
 impl ReadCaches {
     fn route(&self, conn: &Connection, id: i64) -> anyhow::Result<Arc<RouteInfo>> {
-        if let Some(r) = self
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            return Ok(r.clone());
-        }
-        let (body, path_hash, path_text): (Vec<u8>, String, String) = conn
-            .prepare_cached(
-                "SELECT r.body, p.hash, p.canonical FROM routes r JOIN paths p ON p.id = r.path_id
-                 WHERE r.id = ?1",
-            )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        let route =
-            Route::parse(&body).ok_or_else(|| anyhow::anyhow!("route {id} does not decode"))?;
-        let info = Arc::new(RouteInfo {
-            route,
-            path_hash,
-            path_text,
-        });
-        let mut w = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        if w.len() > 100_000 {
-            w.clear();
-        }
-        w.insert(id, info.clone());
-        Ok(info)
+        cached(&self.routes, id, || {
+            let (body, path_hash, path_text): (Vec<u8>, String, String) = conn
+                .prepare_cached(
+                    "SELECT r.body, p.hash, p.canonical FROM routes r
+                     JOIN paths p ON p.id = r.path_id WHERE r.id = ?1",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let route =
+                Route::parse(&body).ok_or_else(|| anyhow::anyhow!("route {id} does not decode"))?;
+            Ok(RouteInfo {
+                route,
+                path_hash,
+                path_text,
+            })
+        })
     }
 
     fn series(&self, conn: &Connection, id: i64) -> anyhow::Result<Arc<SeriesIdent>> {
-        if let Some(s) = self
-            .series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
-            return Ok(s.clone());
-        }
-        let ident = conn
-            .prepare_cached(
-                "SELECT s.name, t.uuid, t.name, t.address, se.flow FROM series se
-                 JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
-                 WHERE se.id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok(SeriesIdent {
-                    slave: r.get(0)?,
-                    target_uuid: r.get(1)?,
-                    target_name: r.get(2)?,
-                    target_address: r.get(3)?,
-                    flow: r.get(4)?,
-                })
-            })?;
-        let ident = Arc::new(ident);
-        let mut w = self.series.write().unwrap_or_else(|p| p.into_inner());
-        if w.len() > 100_000 {
-            w.clear();
-        }
-        w.insert(id, ident.clone());
-        Ok(ident)
+        cached(&self.series, id, || {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT s.name, t.uuid, t.name, t.address, se.flow FROM series se
+                     JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+                     WHERE se.id = ?1",
+                )?
+                .query_row([id], |r| {
+                    Ok(SeriesIdent {
+                        slave: r.get(0)?,
+                        target_uuid: r.get(1)?,
+                        target_name: r.get(2)?,
+                        target_address: r.get(3)?,
+                        flow: r.get(4)?,
+                    })
+                })?)
+        })
     }
 }
 

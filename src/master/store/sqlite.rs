@@ -59,7 +59,16 @@ impl Sqlite {
         let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || ingest::run(conn, rx, confirm, writer_queue))
+            .spawn(move || {
+                let run =
+                    std::panic::AssertUnwindSafe(|| ingest::run(conn, rx, confirm, writer_queue));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Without its writer the master would answer every result with an error
+                    // and hold every submitter: better to stop and be restarted clean.
+                    log::error!("the store's writer failed: the master stops");
+                    std::process::exit(70);
+                }
+            })
             .context("cannot start the store's writer")?;
         Ok(Sqlite {
             jobs: Mutex::new(tx),
