@@ -4,6 +4,38 @@
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
+/// Appends an address as `Display` writes it; IPv4 without the formatting machinery, since
+/// every hop of every stored result goes through here.
+pub fn push_addr(out: &mut String, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// An address as `Display` writes it (see [`push_addr`]).
+pub fn addr_text(a: &IpAddr) -> String {
+    let mut s = String::with_capacity(15);
+    push_addr(&mut s, a);
+    s
+}
+
 /// How a path ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Terminal {
@@ -64,7 +96,7 @@ impl Path {
         let mut s = String::new();
         for hop in &self.hops {
             match hop {
-                Some(a) => s.push_str(&a.to_string()),
+                Some(a) => push_addr(&mut s, a),
                 None => s.push('*'),
             }
             s.push(' ');
@@ -129,6 +161,26 @@ mod tests {
             Terminal::Reached,
         );
         assert_eq!(p.canonical(), "10.0.0.1 * 10.0.0.3 | reached");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "255.255.255.255",
+            "192.168.1.10",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(addr_text(&ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, 255 - n, n / 3, 100]);
+            assert_eq!(addr_text(&ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -635,6 +635,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         return Err(format!("{} hops is more than 255", r.hops.len()));
     }
     let mut hops = Vec::with_capacity(r.hops.len());
+    let mut addrs = Vec::with_capacity(r.hops.len());
     for h in &r.hops {
         if !(1..=255).contains(&h.ttl) {
             return Err(format!("hop TTL {} is out of range 1..255", h.ttl));
@@ -645,15 +646,25 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
                 h.ttl
             ));
         }
-        if let Some(ip) = &h.ip
-            && ip.parse::<std::net::IpAddr>().is_err()
-        {
-            return Err(format!(
-                "hop {}: IP '{}' is not an address",
-                h.ttl,
-                truncate(ip, 64)
-            ));
-        }
+        // One parse a hop: the address for the path, and its text for the store.
+        let (addr, address) = match &h.ip {
+            Some(ip) => match ip.parse::<std::net::IpAddr>() {
+                // std takes only the dotted quad it would print, so the text is kept.
+                Ok(a @ std::net::IpAddr::V4(_)) => (a, ip.clone()),
+                Ok(a) => (a, a.to_string()),
+                Err(_) => {
+                    return Err(format!(
+                        "hop {}: IP '{}' is not an address",
+                        h.ttl,
+                        truncate(ip, 64)
+                    ));
+                }
+            },
+            None => {
+                let a = std::net::IpAddr::from(h.address);
+                (a, super::path::addr_text(&a))
+            }
+        };
         if h.host.len() > 255 {
             return Err(format!("hop {}: Host is longer than 255 bytes", h.ttl));
         }
@@ -665,9 +676,10 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
                 h.ttl
             ));
         }
+        addrs.push((h.ttl, addr));
         hops.push(NewHop {
             ttl: h.ttl,
-            address: h.addr().to_string(),
+            address,
             host: h.host.clone(),
             rtt_ns: h.elapsed_time,
             size: h.n,
@@ -707,7 +719,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
     } else {
         Terminal::GaveUp
     };
-    let path = NetPath::from_hops(r.hops.iter().map(|h| (h.ttl, h.addr())), terminal);
+    let path = NetPath::from_hops(addrs, terminal);
     let rtt_alert_ns = config
         .target(&target_uuid)
         .and_then(|t| t.rtt_alert_ms)
