@@ -445,21 +445,6 @@ const RTT_GIVEN: u64 = 2;
 const SHIFTED: u64 = 4;
 
 impl Measures {
-    /// The numbers of `r`, received at `received_at`.
-    pub fn of(r: &NewResult, time: SlaveTime, ordered_ms: i64, received_at: i64) -> Measures {
-        Measures {
-            time,
-            ordered_ms,
-            received_at,
-            duration_ns: r.duration_ns,
-            hops: r
-                .hops
-                .iter()
-                .map(|h| (h.rtt_ns, h.replies.clone()))
-                .collect(),
-        }
-    }
-
     /// Packs the numbers; the route says how many replies each hop has.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 3 * self.hops.len());

@@ -420,9 +420,6 @@ pub trait Store: Send + Sync {
     /// Records what a slave reports of itself: spool depth now, results dropped in all.
     fn slave_status(&self, name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>);
 
-    /// Waits until everything submitted before is written.
-    fn flush(&self) -> anyhow::Result<()>;
-
     /// Results matching `q`, newest first, and the cursor of the next page when this one is
     /// full.
     fn results(&self, q: &ResultQuery) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)>;

@@ -194,10 +194,6 @@ impl Store for Sqlite {
         });
     }
 
-    fn flush(&self) -> anyhow::Result<()> {
-        self.submit(Vec::new()).wait().map(|_| ())
-    }
-
     fn results(&self, q: &ResultQuery) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
         let conn = self.readers.get()?;
         query::results(&conn, &self.readers.caches, q)
