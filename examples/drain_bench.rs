@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         users_file: dir.join("dt-users.json"),
         public_read: false,
         db: dir.join("dt-results.db"),
+        db_passwd_file: None,
         listen: "127.0.0.1:0".parse()?,
         reload_interval: Duration::from_secs(60),
         limits: Limits::default(),

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("dt-query-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("bench.db");
-    let store = store::open(&db, 2)?;
+    let store = store::open(&db, None, 2)?;
     let start_ms =
         chrono::Utc::now().timestamp_millis() - (total / (SLAVES * TARGETS)) as i64 * 60_000;
     let t0 = Instant::now();

@@ -115,9 +115,14 @@ pub struct MasterArgs {
     /// Address to listen on: HOST:PORT, :PORT or PORT (default: all IPv4 and IPv6 interfaces)
     #[arg(long, value_name = "addr", default_value = ":8990", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// SQLite file holding every result
-    #[arg(long, value_name = "filename", default_value = "./dt-results.db")]
+    /// Where results are stored: an SQLite file, or a PostgreSQL database shared by several
+    /// masters (postgres://USER@HOST[:PORT]/DBNAME[?sslmode=require|verify-full&sslrootcert=FILE];
+    /// the password from -db-passwd-file or PGPASSWORD)
+    #[arg(long, value_name = "filename|URL", default_value = "./dt-results.db")]
     pub db: PathBuf,
+    /// File whose first line is the PostgreSQL password (instead of PGPASSWORD)
+    #[arg(long = "db-passwd-file", value_name = "filename")]
+    pub db_passwd_file: Option<PathBuf>,
     /// How often the config files are checked for edits
     #[arg(long = "reload-interval", value_name = "duration", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,

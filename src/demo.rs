@@ -36,6 +36,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         users_file: users_file.clone(),
         public_read: false,
         db: a.dir.join("dt-results.db"),
+        db_passwd_file: None,
         listen: a.listen,
         reload_interval: Duration::from_secs(2),
         limits: Limits::default(),

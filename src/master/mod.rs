@@ -33,8 +33,10 @@ pub struct Settings {
     pub users_file: PathBuf,
     /// Serve reads to anyone, without a login.
     pub public_read: bool,
-    /// The SQLite file.
+    /// The SQLite file, or a `postgres://` URL.
     pub db: PathBuf,
+    /// The PostgreSQL password's file.
+    pub db_passwd_file: Option<PathBuf>,
     /// Listen address.
     pub listen: SocketAddr,
     /// How often the config files are checked for edits.
@@ -61,6 +63,7 @@ impl From<&MasterArgs> for Settings {
             users_file: a.users.clone(),
             public_read: a.public_read,
             db: a.db.clone(),
+            db_passwd_file: a.db_passwd_file.clone(),
             listen: a.listen,
             reload_interval: a.reload_interval,
             limits: server::Limits {
@@ -102,7 +105,7 @@ impl Master {
         );
         let users = config::load_users(&s.users_file)?;
         log_read_access(s, users.as_ref());
-        let store = store::open(&s.db, s.confirm)?;
+        let store = store::open(&s.db, s.db_passwd_file.as_deref(), s.confirm)?;
         store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
         let alerts = match &s.alert_webhook {
             Some(url) => alert::Alerts::with_webhook(url.clone())?,

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod pg;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_dist-traceroute");
 

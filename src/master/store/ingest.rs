@@ -72,20 +72,20 @@ impl Job {
 /// A result made ready for the writer on the submitting thread: parsing, hashing and packing
 /// happen there, in parallel, so the one writer thread only runs SQL.
 pub struct Prepared {
-    uid: [u8; 16],
-    slave: String,
-    target: (String, String, String),
-    flow: i64,
-    path: NetPath,
-    path_hash: String,
-    path_text: String,
-    route_body: Vec<u8>,
-    route_hash: [u8; 16],
-    measures: Measures,
-    verbatim: Option<String>,
-    success: bool,
-    destination_rtt_ns: Option<i64>,
-    rtt_alert_ns: Option<i64>,
+    pub(super) uid: [u8; 16],
+    pub(super) slave: String,
+    pub(super) target: (String, String, String),
+    pub(super) flow: i64,
+    pub(super) path: NetPath,
+    pub(super) path_hash: String,
+    pub(super) path_text: String,
+    pub(super) route_body: Vec<u8>,
+    pub(super) route_hash: [u8; 16],
+    pub(super) measures: Measures,
+    pub(super) verbatim: Option<String>,
+    pub(super) success: bool,
+    pub(super) destination_rtt_ns: Option<i64>,
+    pub(super) rtt_alert_ns: Option<i64>,
 }
 
 impl Prepared {
@@ -605,39 +605,19 @@ fn track(
     (path_id, row): (i64, i64),
     confirm: u32,
 ) -> anyhow::Result<Vec<EventRecord>> {
-    let confirm_path = r.path.clone();
     let at = r.measures.ordered_ms;
     let s = series(conn, caches, key)?;
     if s.last_ordered.is_some_and(|last| at < last) {
         return Ok(Vec::new());
     }
     let series_id = s.id;
-    let events = analysis::observe(
-        &mut s.state,
-        &Observation {
-            path_id,
-            path: confirm_path,
-            at,
-            rtt_ns: r.destination_rtt_ns,
-            rtt_alert_ns: r.rtt_alert_ns,
-        },
-        confirm,
-    );
+    let Advance {
+        events,
+        changes,
+        since,
+    } = advance(&mut s.state, r, path_id, at, confirm);
     s.last_ordered = Some(at);
     let state = s.state.clone();
-    let changes = events.iter().filter(|e| e.kind() == "path-change").count() as i64;
-    let current_changed = changes > 0 || state.current.as_ref().is_some_and(|c| c.0 == path_id);
-    let since = if current_changed {
-        events
-            .iter()
-            .find_map(|e| match e {
-                Event::PathChange { since, .. } => Some(*since),
-                _ => None,
-            })
-            .unwrap_or(at)
-    } else {
-        at
-    };
     conn.prepare_cached(
         "UPDATE series SET
             current_path = ?2,
@@ -669,15 +649,7 @@ fn track(
     ])?;
     let mut records = Vec::with_capacity(events.len());
     for event in events {
-        let (from_path, to_path, first_diff) = match &event {
-            Event::PathChange {
-                from_path,
-                to_path,
-                first_diff_ttl,
-                ..
-            } => (Some(*from_path), Some(*to_path), Some(*first_diff_ttl)),
-            _ => (None, None, None),
-        };
+        let (from_path, to_path, first_diff) = event_paths(&event);
         conn.prepare_cached(
             "INSERT INTO events (at, kind, series_id, from_path, to_path, first_diff_ttl, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -707,6 +679,73 @@ fn track(
         });
     }
     Ok(records)
+}
+
+/// What feeding one result to its series' change detection gave.
+pub(super) struct Advance {
+    /// The events, in order.
+    pub events: Vec<Event>,
+    /// How many of them are path changes.
+    pub changes: i64,
+    /// Since when the current path holds, should it be new (the result's time otherwise).
+    pub since: i64,
+}
+
+/// Feeds result `r` (on path row `path_id`) to a series' state: the step both engines share.
+/// `at`: where the result is ordered.
+pub(super) fn advance(
+    state: &mut State,
+    r: &Prepared,
+    path_id: i64,
+    at: i64,
+    confirm: u32,
+) -> Advance {
+    let events = analysis::observe(
+        state,
+        &Observation {
+            path_id,
+            path: r.path.clone(),
+            at,
+            rtt_ns: r.destination_rtt_ns,
+            rtt_alert_ns: r.rtt_alert_ns,
+        },
+        confirm,
+    );
+    let changes = events.iter().filter(|e| e.kind() == "path-change").count() as i64;
+    let current_changed = changes > 0 || state.current.as_ref().is_some_and(|c| c.0 == path_id);
+    let since = if current_changed {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::PathChange { since, .. } => Some(*since),
+                _ => None,
+            })
+            .unwrap_or(at)
+    } else {
+        at
+    };
+    Advance {
+        events,
+        changes,
+        since,
+    }
+}
+
+/// The path columns of an event: (from, to, first differing TTL) for path changes.
+pub(super) fn event_paths(event: &Event) -> (Option<i64>, Option<i64>, Option<i64>) {
+    match event {
+        Event::PathChange {
+            from_path,
+            to_path,
+            first_diff_ttl,
+            ..
+        } => (
+            Some(*from_path),
+            Some(*to_path),
+            Some(*first_diff_ttl as i64),
+        ),
+        _ => (None, None, None),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The master's storage: the only place that speaks SQL. Handlers, the API, exports, metrics
 //! and retention see the [`Store`] trait and the plain types here; each database engine is one
-//! implementation of it ([`sqlite`] today).
+//! implementation of it: [`sqlite`] (one file, one master) and [`postgres`] (one database,
+//! any number of masters).
 
 pub mod codec;
 mod ingest;
+pub mod postgres;
 mod query;
 mod retention;
 mod schema;
@@ -470,7 +472,27 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Opens the database at `path` (an SQLite file), confirming paths after `confirm` results.
-pub fn open(path: &std::path::Path, confirm: u32) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(Arc::new(sqlite::Sqlite::open(path, confirm)?))
+/// Opens the database `db`: a `postgres://` or `postgresql://` URL (its password from
+/// `passwd_file`, the URL or `PGPASSWORD`), or else the path of an SQLite file; confirms
+/// paths after `confirm` results.
+pub fn open(
+    db: &std::path::Path,
+    passwd_file: Option<&std::path::Path>,
+    confirm: u32,
+) -> anyhow::Result<Arc<dyn Store>> {
+    match db.to_str() {
+        Some(url) if postgres::is_url(url) => Ok(Arc::new(postgres::Postgres::open(
+            url,
+            passwd_file,
+            confirm,
+        )?)),
+        _ => {
+            if passwd_file.is_some() {
+                anyhow::bail!(
+                    "-db-passwd-file is for a PostgreSQL -db (postgres://...), not an SQLite file"
+                );
+            }
+            Ok(Arc::new(sqlite::Sqlite::open(db, confirm)?))
+        }
+    }
 }

@@ -80,32 +80,32 @@ impl Pool {
 
 /// A route with its path, as results are shown.
 pub struct RouteInfo {
-    route: Route,
-    path_hash: String,
-    path_text: String,
+    pub(super) route: Route,
+    pub(super) path_hash: String,
+    pub(super) path_text: String,
 }
 
 /// Who a series is.
 pub struct SeriesIdent {
-    slave: String,
-    target_uuid: String,
-    target_name: String,
-    target_address: String,
-    flow: i64,
+    pub(super) slave: String,
+    pub(super) target_uuid: String,
+    pub(super) target_name: String,
+    pub(super) target_address: String,
+    pub(super) flow: i64,
 }
 
 /// Routes and series by id, shared by every reader.
 #[derive(Default)]
 pub struct ReadCaches {
-    routes: RwLock<HashMap<i64, Arc<RouteInfo>>>,
-    series: RwLock<HashMap<i64, Arc<SeriesIdent>>>,
+    pub(super) routes: RwLock<HashMap<i64, Arc<RouteInfo>>>,
+    pub(super) series: RwLock<HashMap<i64, Arc<SeriesIdent>>>,
 }
 
 /// Most entries a read cache keeps before it starts over.
 const MAX_CACHED: usize = 100_000;
 
 /// The entry `id` of `map`, loaded (and kept) when missing.
-fn cached<T>(
+pub(super) fn cached<T>(
     map: &RwLock<HashMap<i64, Arc<T>>>,
     id: i64,
     load: impl FnOnce() -> anyhow::Result<T>,
@@ -170,8 +170,18 @@ fn unpack(
 ) -> anyhow::Result<StoredResult> {
     let route = caches.route(conn, route_id)?;
     let series = caches.series(conn, series_id)?;
+    unpack_with(&route, &series, key, &data)
+}
+
+/// A stored row (`key`, `data`) of a series on a route, as the API shows it.
+pub(super) fn unpack_with(
+    route: &RouteInfo,
+    series: &SeriesIdent,
+    key: i64,
+    data: &[u8],
+) -> anyhow::Result<StoredResult> {
     let ordered = codec::key_ms(key);
-    let (uid, m, date_time) = codec::unpack_row(&data, &route.route, ordered)
+    let (uid, m, date_time) = codec::unpack_row(data, &route.route, ordered)
         .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
     let r = &route.route;
     Ok(StoredResult {
@@ -199,6 +209,65 @@ fn unpack(
     })
 }
 
+/// The hops of a stored row (`key`, `data`) on a route.
+pub(super) fn hops_with(route: &RouteInfo, key: i64, data: &[u8]) -> anyhow::Result<Vec<NewHop>> {
+    let (_, m, _) = codec::unpack_row(data, &route.route, codec::key_ms(key))
+        .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
+    Ok(m.hops(&route.route))
+}
+
+/// The key range of results ordered between `from` and `to` (Unix ms), both included.
+pub(super) fn key_range(from: i64, to: i64) -> (i64, i64) {
+    let hi = if to < codec::EPOCH_MS {
+        -1
+    } else {
+        codec::key(to, codec::PER_MS - 1)
+    };
+    (codec::key(from, 0), hi)
+}
+
+/// The bounds (below `before`, from, to) of a results query on keys.
+pub(super) fn result_bounds(q: &ResultQuery) -> (i64, i64, i64) {
+    let before = q.before.map_or(i64::MAX, |c| c.0);
+    let from = q.from.map_or(0, |t| codec::key(t, 0));
+    let from = q.until.map_or(from, |c| from.max(c.0));
+    let to = q.to.map_or(i64::MAX, |t| {
+        if t < codec::EPOCH_MS {
+            -1
+        } else {
+            codec::key(t, codec::PER_MS - 1)
+        }
+    });
+    (before, from, to)
+}
+
+/// Paths seen by a series, from (route, first key, last key, count) per route: merged by
+/// path, oldest first, keys turned into times.
+pub(super) fn merge_paths(rows: Vec<(Arc<RouteInfo>, i64, i64, i64)>) -> Vec<PathSeen> {
+    let mut by_path: HashMap<String, PathSeen> = HashMap::new();
+    for (route, first, last, count) in rows {
+        let e = by_path
+            .entry(route.path_hash.clone())
+            .or_insert_with(|| PathSeen {
+                path_id: route.path_hash.clone(),
+                path: route.path_text.clone(),
+                first_seen: i64::MAX,
+                last_seen: i64::MIN,
+                count: 0,
+            });
+        e.first_seen = e.first_seen.min(first);
+        e.last_seen = e.last_seen.max(last);
+        e.count += count;
+    }
+    let mut out: Vec<PathSeen> = by_path.into_values().collect();
+    out.sort_by_key(|p| p.first_seen);
+    for p in &mut out {
+        p.first_seen = codec::key_ms(p.first_seen);
+        p.last_seen = codec::key_ms(p.last_seen);
+    }
+    out
+}
+
 type Row = (i64, i64, i64, Vec<u8>);
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -222,6 +291,19 @@ fn series_ids(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Option<Ve
     Ok(Some(ids))
 }
 
+/// The SQL condition on `series_id` of a series filter's ids; `None` when none match.
+pub(super) fn series_clause(ids: &Option<Vec<i64>>) -> Option<String> {
+    match ids {
+        None => Some(String::new()),
+        Some(ids) if ids.is_empty() => None,
+        Some(ids) if ids.len() == 1 => Some(format!("AND series_id = {}", ids[0])),
+        Some(ids) => Some(format!(
+            "AND series_id IN ({})",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        )),
+    }
+}
+
 /// Results newest first, and the cursor of the next page.
 pub fn results(
     conn: &Connection,
@@ -233,31 +315,15 @@ pub fn results(
         target: q.target.clone(),
         flow: None,
     };
-    let series = series_ids(conn, &filter)?;
-    let clause = match &series {
-        None => String::new(),
-        Some(ids) if ids.is_empty() => return Ok((Vec::new(), None)),
-        Some(ids) if ids.len() == 1 => format!("AND series_id = {}", ids[0]),
-        Some(ids) => format!(
-            "AND series_id IN ({})",
-            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-        ),
+    let Some(clause) = series_clause(&series_ids(conn, &filter)?) else {
+        return Ok((Vec::new(), None));
     };
     let sql = format!(
         "SELECT id, series_id, route_id, data FROM results
          WHERE id < ?1 AND id >= ?2 AND id <= ?3 {clause} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let before = q.before.map_or(i64::MAX, |c| c.0);
-    let from = q.from.map_or(0, |t| codec::key(t, 0));
-    let from = q.until.map_or(from, |c| from.max(c.0));
-    let to = q.to.map_or(i64::MAX, |t| {
-        if t < codec::EPOCH_MS {
-            -1
-        } else {
-            codec::key(t, codec::PER_MS - 1)
-        }
-    });
+    let (before, from, to) = result_bounds(q);
     let rows = stmt
         .query_map(params![before, from, to, q.limit, q.offset], row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -297,7 +363,8 @@ pub fn slaves(conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
 
 /// Every target results named.
 pub fn targets(conn: &Connection) -> rusqlite::Result<Vec<StoredTarget>> {
-    let mut stmt = conn.prepare_cached("SELECT uuid, name, address FROM targets ORDER BY name")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT uuid, name, address FROM targets ORDER BY name, uuid, address")?;
     stmt.query_map([], |r| {
         Ok(StoredTarget {
             uuid: r.get(0)?,
@@ -362,12 +429,7 @@ pub fn series_hops(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(|(key, route_id, data)| {
-            let route = caches.route(conn, route_id)?;
-            let (_, m, _) = codec::unpack_row(&data, &route.route, codec::key_ms(key))
-                .ok_or_else(|| anyhow::anyhow!("result {key} does not decode"))?;
-            Ok(m.hops(&route.route))
-        })
+        .map(|(key, route_id, data)| hops_with(&*caches.route(conn, route_id)?, key, &data))
         .collect()
 }
 
@@ -383,12 +445,7 @@ pub fn path_history(
         "SELECT route_id, min(id), max(id), count(*) FROM results
          WHERE series_id = ?1 AND id BETWEEN ?2 AND ?3 GROUP BY route_id",
     )?;
-    let lo = codec::key(from, 0);
-    let hi = if to < codec::EPOCH_MS {
-        -1
-    } else {
-        codec::key(to, codec::PER_MS - 1)
-    };
+    let (lo, hi) = key_range(from, to);
     let rows = stmt
         .query_map(params![series, lo, hi], |r| {
             Ok((
@@ -399,29 +456,13 @@ pub fn path_history(
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut by_path: HashMap<String, PathSeen> = HashMap::new();
-    for (route_id, first, last, count) in rows {
-        let route = caches.route(conn, route_id)?;
-        let e = by_path
-            .entry(route.path_hash.clone())
-            .or_insert_with(|| PathSeen {
-                path_id: route.path_hash.clone(),
-                path: route.path_text.clone(),
-                first_seen: i64::MAX,
-                last_seen: i64::MIN,
-                count: 0,
-            });
-        e.first_seen = e.first_seen.min(first);
-        e.last_seen = e.last_seen.max(last);
-        e.count += count;
-    }
-    let mut out: Vec<PathSeen> = by_path.into_values().collect();
-    out.sort_by_key(|p| p.first_seen);
-    for p in &mut out {
-        p.first_seen = codec::key_ms(p.first_seen);
-        p.last_seen = codec::key_ms(p.last_seen);
-    }
-    Ok(out)
+    let rows = rows
+        .into_iter()
+        .map(|(route_id, first, last, count)| {
+            Ok((caches.route(conn, route_id)?, first, last, count))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(merge_paths(rows))
 }
 
 /// Change events, newest first.

@@ -1,0 +1,264 @@
+//! The PostgreSQL engine: several masters may share one database. Each master has one
+//! writer connection (group commit, as with SQLite) and a pool of read connections; what
+//! keeps concurrent masters correct is in [`ingest`].
+
+pub mod connect;
+mod ingest;
+mod query;
+pub mod schema;
+
+use super::ingest::{Prepared, Queue};
+use super::query::ReadCaches;
+use super::{
+    Cursor, EventQuery, EventView, NewHop, NewResult, PathSeen, ResultQuery, SeriesFilter,
+    SeriesRow, SlaveRecord, Store, StoredResult, StoredTarget, Ticket, codec,
+};
+use anyhow::Context;
+use ingest::Job;
+use r2d2_postgres::PostgresConnectionManager;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use connect::is_url;
+
+/// Read connections kept open at most.
+const READERS: u32 = 16;
+
+/// The PostgreSQL store.
+pub struct Postgres {
+    jobs: Mutex<Sender<Job>>,
+    queue: Arc<Queue>,
+    readers: r2d2_postgres::r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>,
+    caches: ReadCaches,
+    shown: String,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Retention deletes a route only when no master has used it for this long (each master
+/// refreshes `last_used` of the routes it uses every [`ingest::ROUTE_TOUCH_MS`]).
+const ROUTE_IDLE_MS: i64 = 60 * 60 * 1000;
+
+impl Postgres {
+    /// Connects to the database at `url` (password from `passwd_file`, the URL or
+    /// `PGPASSWORD`), creates or upgrades its schema and starts the writer.
+    pub fn open(
+        url: &str,
+        passwd_file: Option<&std::path::Path>,
+        confirm: u32,
+    ) -> anyhow::Result<Postgres> {
+        let target = connect::target(url, passwd_file)?;
+        let shown = target.shown.clone();
+        let mut first = target
+            .config
+            .connect(target.tls.clone())
+            .with_context(|| format!("cannot connect to {shown}"))?;
+        schema::migrate(&mut first).with_context(|| format!("cannot prepare {shown}"))?;
+        drop(first);
+        let (config, tls) = (target.config.clone(), target.tls.clone());
+        let writer =
+            ingest::Writer::new(Box::new(move || Ok(config.connect(tls.clone())?)), confirm)
+                .with_context(|| format!("cannot connect to {shown}"))?;
+        let readers = r2d2_postgres::r2d2::Pool::builder()
+            .max_size(READERS)
+            .min_idle(Some(1))
+            .connection_timeout(std::time::Duration::from_secs(10))
+            .build(PostgresConnectionManager::new(target.config, target.tls))
+            .with_context(|| format!("cannot connect to {shown}"))?;
+        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
+        let writer_queue = queue.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| writer.run(rx, writer_queue));
+                if std::panic::catch_unwind(run).is_err() {
+                    log::error!("the store's writer failed: the master stops");
+                    std::process::exit(70);
+                }
+            })
+            .context("cannot start the store's writer")?;
+        log::info!("database: {shown}");
+        Ok(Postgres {
+            jobs: Mutex::new(tx),
+            queue,
+            readers,
+            caches: ReadCaches::default(),
+            shown,
+        })
+    }
+
+    /// The database, without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn reader(
+        &self,
+    ) -> anyhow::Result<
+        r2d2_postgres::r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>,
+    > {
+        self.readers
+            .get()
+            .with_context(|| format!("no connection to {}", self.shown))
+    }
+
+    fn send(&self, job: Job) -> bool {
+        let tx = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                log::error!("store: the writer has stopped");
+                false
+            }
+        }
+    }
+}
+
+impl Store for Postgres {
+    fn submit(&self, results: Vec<NewResult>) -> Ticket {
+        let (tx, ticket) = Ticket::channel();
+        let now = now_ms();
+        let prepared: Result<Vec<_>, String> =
+            results.into_iter().map(|r| Prepared::new(r, now)).collect();
+        match prepared {
+            Ok(p) => {
+                let n = p.len();
+                self.queue.enter(n);
+                if !self.send(Job::Insert(p, tx)) {
+                    self.queue.done(n);
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+        ticket
+    }
+
+    fn touch_slave(&self, name: &str, remote: &str, agent: Option<&str>, config: bool) {
+        let _ = self.send(Job::Touch {
+            name: name.to_owned(),
+            remote: remote.to_owned(),
+            agent: agent.map(str::to_owned),
+            config,
+            at: now_ms(),
+        });
+    }
+
+    fn slave_status(&self, name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>) {
+        let clamp = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        let _ = self.send(Job::Status {
+            name: name.to_owned(),
+            spool_depth: clamp(spool_depth),
+            dropped_total: clamp(dropped_total),
+            at: now_ms(),
+        });
+    }
+
+    fn results(&self, q: &ResultQuery) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
+        query::results(&mut *self.reader()?, &self.caches, q)
+    }
+
+    fn count_results(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .reader()?
+            .query_one("SELECT count(*) FROM results", &[])?
+            .get(0))
+    }
+
+    fn slaves(&self) -> anyhow::Result<Vec<SlaveRecord>> {
+        query::slaves(&mut *self.reader()?)
+    }
+
+    fn targets(&self) -> anyhow::Result<Vec<StoredTarget>> {
+        query::targets(&mut *self.reader()?)
+    }
+
+    fn series(&self, f: &SeriesFilter) -> anyhow::Result<Vec<SeriesRow>> {
+        query::series(&mut *self.reader()?, f)
+    }
+
+    fn series_hops(&self, series: i64, since: i64) -> anyhow::Result<Vec<Vec<NewHop>>> {
+        query::series_hops(&mut *self.reader()?, &self.caches, series, since)
+    }
+
+    fn path_history(&self, series: i64, from: i64, to: i64) -> anyhow::Result<Vec<PathSeen>> {
+        query::path_history(&mut *self.reader()?, &self.caches, series, from, to)
+    }
+
+    fn events(&self, q: &EventQuery) -> anyhow::Result<Vec<EventView>> {
+        query::events(&mut *self.reader()?, q)
+    }
+
+    fn storage_bytes(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .reader()?
+            .query_one("SELECT pg_database_size(current_database())", &[])?
+            .get(0))
+    }
+
+    /// One master at a time: a master that finds another at it deletes nothing this round.
+    fn delete_results_before(&self, cutoff: i64) -> anyhow::Result<usize> {
+        let mut c = self.reader()?;
+        let mut tx = c.transaction()?;
+        let mine: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&schema::locks::RETENTION],
+            )?
+            .get(0);
+        if !mine {
+            return Ok(0);
+        }
+        let below = codec::key(cutoff, 0);
+        let n = tx.execute(
+            "DELETE FROM results WHERE id IN
+                (SELECT id FROM results WHERE id < $1 ORDER BY id LIMIT $2)
+               AND id NOT IN (SELECT last_result FROM series WHERE last_result IS NOT NULL)",
+            &[&below, &super::retention::BATCH],
+        )?;
+        tx.execute(
+            "DELETE FROM aside WHERE result < $1
+               AND NOT EXISTS (SELECT 1 FROM results WHERE id = aside.result)",
+            &[&below],
+        )?;
+        tx.commit()?;
+        Ok(n as usize)
+    }
+
+    fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)> {
+        let mut c = self.reader()?;
+        let mut tx = c.transaction()?;
+        let mine: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&schema::locks::RETENTION],
+            )?
+            .get(0);
+        if !mine {
+            return Ok((0, 0));
+        }
+        let events = tx.execute("DELETE FROM events WHERE at < $1", &[&cutoff])?;
+        // A route no result uses and no master has used for an hour: every master that
+        // might still hold its id would have refreshed `last_used` before using it.
+        let idle = now_ms() - ROUTE_IDLE_MS;
+        tx.execute(
+            "DELETE FROM routes r WHERE r.last_used < $1
+               AND NOT EXISTS (SELECT 1 FROM results WHERE route_id = r.id)",
+            &[&idle],
+        )?;
+        let paths = tx.execute(
+            "DELETE FROM paths WHERE first_seen < $1
+               AND NOT EXISTS (SELECT 1 FROM routes WHERE path_id = paths.id)
+               AND NOT EXISTS (SELECT 1 FROM series WHERE current_path = paths.id OR candidate_path = paths.id)
+               AND NOT EXISTS (SELECT 1 FROM events WHERE from_path = paths.id OR to_path = paths.id)",
+            &[&cutoff],
+        )?;
+        tx.commit()?;
+        Ok((events as usize, paths as usize))
+    }
+}

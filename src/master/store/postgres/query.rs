@@ -1,0 +1,278 @@
+//! Reads on PostgreSQL: the same queries as SQLite's, on pooled connections, unpacked by the
+//! same code. Routes and series never change once written and their ids are never reused,
+//! so the read caches hold across masters too.
+
+use super::super::query::{
+    ReadCaches, RouteInfo, SeriesIdent, cached, hops_with, key_range, merge_paths, result_bounds,
+    series_clause, unpack_with,
+};
+use super::super::{
+    Cursor, EventQuery, EventView, NewHop, PathSeen, ResultQuery, SeriesFilter, SeriesRow,
+    SlaveRecord, StoredResult, StoredTarget, codec,
+};
+use postgres::GenericClient;
+use std::sync::Arc;
+
+fn route(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    id: i64,
+) -> anyhow::Result<Arc<RouteInfo>> {
+    cached(&caches.routes, id, || {
+        let row = c.query_one(
+            "SELECT r.body, p.hash, p.canonical FROM routes r
+             JOIN paths p ON p.id = r.path_id WHERE r.id = $1",
+            &[&id],
+        )?;
+        let body: Vec<u8> = row.get(0);
+        let route = codec::Route::parse(&body)
+            .ok_or_else(|| anyhow::anyhow!("route {id} does not decode"))?;
+        Ok(RouteInfo {
+            route,
+            path_hash: row.get(1),
+            path_text: row.get(2),
+        })
+    })
+}
+
+fn series_ident(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    id: i64,
+) -> anyhow::Result<Arc<SeriesIdent>> {
+    cached(&caches.series, id, || {
+        let r = c.query_one(
+            "SELECT s.name, t.uuid, t.name, t.address, se.flow FROM series se
+             JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+             WHERE se.id = $1",
+            &[&id],
+        )?;
+        Ok(SeriesIdent {
+            slave: r.get(0),
+            target_uuid: r.get(1),
+            target_name: r.get(2),
+            target_address: r.get(3),
+            flow: r.get(4),
+        })
+    })
+}
+
+fn series_ids(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Option<Vec<i64>>> {
+    if f.slave.is_none() && f.target.is_none() && f.flow.is_none() {
+        return Ok(None);
+    }
+    let rows = c.query(
+        "SELECT se.id FROM series se JOIN slaves s ON s.id = se.slave_id
+         JOIN targets t ON t.id = se.target_id
+         WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
+           AND ($3::BIGINT IS NULL OR se.flow = $3)",
+        &[&f.slave, &f.target, &f.flow],
+    )?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// Results newest first, and the cursor of the next page.
+pub fn results(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    q: &ResultQuery,
+) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
+    let filter = SeriesFilter {
+        slave: q.slave.clone(),
+        target: q.target.clone(),
+        flow: None,
+    };
+    let Some(clause) = series_clause(&series_ids(c, &filter)?) else {
+        return Ok((Vec::new(), None));
+    };
+    let sql = format!(
+        "SELECT id, series_id, route_id, data FROM results
+         WHERE id < $1 AND id >= $2 AND id <= $3 {clause} ORDER BY id DESC LIMIT $4 OFFSET $5"
+    );
+    let (before, from, to) = result_bounds(q);
+    let rows = c.query(
+        &sql,
+        &[
+            &before,
+            &from,
+            &to,
+            &i64::from(q.limit),
+            &i64::from(q.offset),
+        ],
+    )?;
+    let next = (rows.len() as u32 == q.limit && q.limit > 0)
+        .then(|| rows.last().map(|r| Cursor(r.get(0))))
+        .flatten();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let key: i64 = r.get(0);
+        let route = route(c, caches, r.get(2))?;
+        let series = series_ident(c, caches, r.get(1))?;
+        out.push(unpack_with(&route, &series, key, r.get(3))?);
+    }
+    Ok((out, next))
+}
+
+/// Every slave in the store.
+pub fn slaves(c: &mut impl GenericClient) -> anyhow::Result<Vec<SlaveRecord>> {
+    let rows = c.query(
+        "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
+                spool_depth, dropped_total, clock_skew_ms FROM slaves ORDER BY name",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| SlaveRecord {
+            name: r.get(0),
+            first_seen: Some(r.get(1)),
+            last_seen: Some(r.get(2)),
+            last_config: r.get(3),
+            remote_addr: r.get(4),
+            version: r.get(5),
+            results_stored: r.get(6),
+            spool_depth: r.get(7),
+            dropped_total: r.get(8),
+            clock_skew_ms: r.get(9),
+            configured: false,
+        })
+        .collect())
+}
+
+/// Every target results named.
+pub fn targets(c: &mut impl GenericClient) -> anyhow::Result<Vec<StoredTarget>> {
+    let rows = c.query(
+        "SELECT uuid, name, address FROM targets ORDER BY name, uuid, address",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredTarget {
+            uuid: r.get(0),
+            name: r.get(1),
+            address: r.get(2),
+        })
+        .collect())
+}
+
+/// The series matching `f`.
+pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Vec<SeriesRow>> {
+    let rows = c.query(
+        "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, p.hash, p.canonical,
+                se.current_since, se.last_measured, se.changes_total, p.hop_count,
+                se.last_success, se.last_rtt_ns
+         FROM series se JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         LEFT JOIN paths p ON p.id = se.current_path
+         WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
+           AND ($3::BIGINT IS NULL OR se.flow = $3)
+         ORDER BY s.name, t.name, se.flow",
+        &[&f.slave, &f.target, &f.flow],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let hash: Option<String> = r.get(6);
+            let text: Option<String> = r.get(7);
+            SeriesRow {
+                id: r.get(0),
+                slave: r.get(1),
+                target_id: r.get(2),
+                target_name: r.get(3),
+                target_address: r.get(4),
+                flow: r.get(5),
+                current_path: hash.zip(text),
+                current_since: r.get(8),
+                last_measured: r.get(9),
+                changes_total: r.get(10),
+                current_hops: r.get(11),
+                last_success: r.get(12),
+                last_rtt_ns: r.get(13),
+            }
+        })
+        .collect())
+}
+
+/// The hops of each result of a series from `since` on.
+pub fn series_hops(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    series: i64,
+    since: i64,
+) -> anyhow::Result<Vec<Vec<NewHop>>> {
+    let rows = c.query(
+        "SELECT id, route_id, data FROM results WHERE series_id = $1 AND id >= $2 ORDER BY id",
+        &[&series, &codec::key(since, 0)],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let route = route(c, caches, r.get(1))?;
+        out.push(hops_with(&route, r.get(0), r.get(2))?);
+    }
+    Ok(out)
+}
+
+/// The distinct paths of a series in a time range, oldest first.
+pub fn path_history(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    series: i64,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<PathSeen>> {
+    let (lo, hi) = key_range(from, to);
+    let rows = c.query(
+        "SELECT route_id, min(id), max(id), count(*) FROM results
+         WHERE series_id = $1 AND id BETWEEN $2 AND $3 GROUP BY route_id",
+        &[&series, &lo, &hi],
+    )?;
+    let mut seen = Vec::with_capacity(rows.len());
+    for r in rows {
+        seen.push((route(c, caches, r.get(0))?, r.get(1), r.get(2), r.get(3)));
+    }
+    Ok(merge_paths(seen))
+}
+
+/// Change events, newest first.
+pub fn events(c: &mut impl GenericClient, q: &EventQuery) -> anyhow::Result<Vec<EventView>> {
+    let rows = c.query(
+        "SELECT e.id, e.at, e.kind, s.name, t.uuid, t.name, se.flow, fp.hash, fp.canonical,
+                tp.hash, tp.canonical, e.first_diff_ttl, e.detail
+         FROM events e JOIN series se ON se.id = e.series_id
+         JOIN slaves s ON s.id = se.slave_id JOIN targets t ON t.id = se.target_id
+         LEFT JOIN paths fp ON fp.id = e.from_path LEFT JOIN paths tp ON tp.id = e.to_path
+         WHERE e.id < $1 AND ($2::TEXT IS NULL OR s.name = $2)
+           AND ($3::TEXT IS NULL OR t.uuid = $3 OR t.name = $3)
+           AND ($4::BIGINT IS NULL OR se.flow = $4) AND ($5::TEXT IS NULL OR e.kind = $5)
+           AND e.at >= $6 AND e.at <= $7
+         ORDER BY e.id DESC LIMIT $8",
+        &[
+            &q.before_id.unwrap_or(i64::MAX),
+            &q.series.slave,
+            &q.series.target,
+            &q.series.flow,
+            &q.kind,
+            &q.from.unwrap_or(i64::MIN),
+            &q.to.unwrap_or(i64::MAX),
+            &i64::from(q.limit),
+        ],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let fp: (Option<String>, Option<String>) = (r.get(7), r.get(8));
+            let tp: (Option<String>, Option<String>) = (r.get(9), r.get(10));
+            EventView {
+                id: r.get(0),
+                at: r.get(1),
+                kind: r.get(2),
+                slave: r.get(3),
+                target_id: r.get(4),
+                target_name: r.get(5),
+                flow: r.get(6),
+                from_path: fp.0.zip(fp.1),
+                to_path: tp.0.zip(tp.1),
+                first_diff_ttl: r.get(11),
+                detail: r.get(12),
+            }
+        })
+        .collect())
+}

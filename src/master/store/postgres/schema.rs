@@ -1,0 +1,158 @@
+//! The PostgreSQL schema: the same ideas as SQLite's (each path and route stored once,
+//! results packed by `codec` under the same ordering keys, series and events), created and
+//! moved forward by whichever master starts first while the others wait.
+
+use anyhow::Context;
+
+/// The versions this program writes; a newer database is refused.
+pub const VERSION: i32 = 1;
+
+/// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
+pub mod locks {
+    /// Held while the schema is created or migrated.
+    pub const MIGRATE: i64 = 0x6474_0001;
+    /// Held by the master running a retention step.
+    pub const RETENTION: i64 = 0x6474_0002;
+    /// Held by `db copy` while it copies into this database.
+    pub const COPY: i64 = 0x6474_0003;
+}
+
+/// The migrations, in order; `dt_schema.version` counts how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything. Times are Unix ms, RTTs ns, as in SQLite.
+    "CREATE TABLE slaves (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        last_config BIGINT,
+        remote_addr TEXT,
+        agent TEXT,
+        spool_depth BIGINT,
+        dropped_total BIGINT NOT NULL DEFAULT 0,
+        -- When the spool figures were reported: the newest report wins across masters.
+        status_at BIGINT,
+        results_stored BIGINT NOT NULL DEFAULT 0,
+        clock_skew_ms BIGINT
+     );
+     CREATE TABLE targets (
+        id BIGSERIAL PRIMARY KEY,
+        uuid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        address TEXT NOT NULL,
+        UNIQUE (uuid, name, address)
+     );
+     CREATE TABLE paths (
+        id BIGSERIAL PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        canonical TEXT NOT NULL,
+        hop_count BIGINT NOT NULL,
+        terminal TEXT NOT NULL,
+        first_seen BIGINT NOT NULL
+     );
+     -- last_used: refreshed at most every few minutes by each master that stores results on
+     -- the route, so retention can tell a route nobody uses from one a master still caches.
+     CREATE TABLE routes (
+        id BIGSERIAL PRIMARY KEY,
+        hash BYTEA NOT NULL UNIQUE,
+        path_id BIGINT NOT NULL REFERENCES paths(id),
+        body BYTEA NOT NULL,
+        last_used BIGINT NOT NULL
+     );
+     CREATE INDEX routes_by_path ON routes (path_id);
+     CREATE TABLE series (
+        id BIGSERIAL PRIMARY KEY,
+        slave_id BIGINT NOT NULL REFERENCES slaves(id),
+        target_id BIGINT NOT NULL REFERENCES targets(id),
+        flow BIGINT NOT NULL,
+        current_path BIGINT REFERENCES paths(id),
+        current_since BIGINT,
+        candidate_path BIGINT REFERENCES paths(id),
+        candidate_count BIGINT NOT NULL DEFAULT 0,
+        candidate_since BIGINT,
+        last_measured BIGINT,
+        last_result BIGINT,
+        unreached_streak BIGINT NOT NULL DEFAULT 0,
+        ever_reached BOOLEAN NOT NULL DEFAULT false,
+        unreachable_alerted BOOLEAN NOT NULL DEFAULT false,
+        rtt_high_streak BIGINT NOT NULL DEFAULT 0,
+        rtt_alerted BOOLEAN NOT NULL DEFAULT false,
+        changes_total BIGINT NOT NULL DEFAULT 0,
+        last_success BOOLEAN,
+        last_rtt_ns BIGINT,
+        UNIQUE (slave_id, target_id, flow)
+     );
+     -- id: the ordering key (codec::key); data: codec::pack_row. No foreign keys, as in
+     -- SQLite: the writers keep series_id and route_id right.
+     CREATE TABLE results (
+        id BIGINT PRIMARY KEY,
+        series_id BIGINT NOT NULL,
+        route_id BIGINT NOT NULL,
+        data BYTEA NOT NULL
+     );
+     CREATE INDEX results_by_series ON results (series_id, id);
+     CREATE TABLE aside (uid BYTEA PRIMARY KEY, result BIGINT NOT NULL);
+     CREATE INDEX aside_by_result ON aside (result);
+     CREATE TABLE events (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        series_id BIGINT NOT NULL REFERENCES series(id),
+        from_path BIGINT REFERENCES paths(id),
+        to_path BIGINT REFERENCES paths(id),
+        first_diff_ttl BIGINT,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX events_by_time ON events (at);
+     CREATE INDEX events_by_series ON events (series_id, at);
+     -- Each master's config files as it last loaded them (a digest per file), so every master
+     -- can show where they differ.
+     CREATE TABLE masters (
+        name TEXT PRIMARY KEY,
+        config JSONB NOT NULL,
+        seen_at BIGINT NOT NULL
+     );
+     -- How far a `db copy` from an SQLite file got, so a second run goes on from there.
+     CREATE TABLE copies (
+        source TEXT PRIMARY KEY,
+        last_key BIGINT NOT NULL,
+        copied BIGINT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT false
+     );",
+];
+
+/// Creates or upgrades the schema. The first master to start does it under an advisory
+/// lock; the others wait for it and find the work done.
+pub fn migrate(client: &mut postgres::Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&locks::MIGRATE])
+        .context("cannot take the migration lock")?;
+    let done = run(client);
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&locks::MIGRATE]);
+    done
+}
+
+fn run(client: &mut postgres::Client) -> anyhow::Result<()> {
+    client.batch_execute("CREATE TABLE IF NOT EXISTS dt_schema (version INTEGER NOT NULL)")?;
+    let version: i32 = match client.query_opt("SELECT version FROM dt_schema", &[])? {
+        Some(row) => row.get(0),
+        None => {
+            client.execute("INSERT INTO dt_schema (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    if version > VERSION {
+        anyhow::bail!(
+            "schema version {version} is newer than this program knows ({VERSION}): use a newer dist-traceroute"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)
+            .with_context(|| format!("migration {} failed", i + 1))?;
+        tx.execute("UPDATE dt_schema SET version = $1", &[&(i as i32 + 1)])?;
+        tx.commit()?;
+        log::info!("database: schema {} created", i + 1);
+    }
+    Ok(())
+}

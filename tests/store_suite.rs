@@ -1,0 +1,558 @@
+//! One store test suite, run against both engines: every test below runs once on a fresh
+//! SQLite file and once on a fresh database of a throwaway PostgreSQL server (started by
+//! the harness; a machine without PostgreSQL fails these tests, it does not skip them).
+
+mod util;
+
+use dist_traceroute::master::path::{Path as NetPath, Terminal};
+use dist_traceroute::master::store::{
+    EventQuery, NewHop, NewResult, ResultQuery, SeriesFilter, Store, Stored, codec,
+    postgres::Postgres, sqlite::Sqlite,
+};
+use std::sync::Arc;
+
+/// Test times count from here (2025-11-24).
+const T0: i64 = 1_764_000_000_000;
+
+#[derive(Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store of `engine`, confirming paths after `confirm` results.
+fn open(engine: Engine, confirm: u32) -> Arc<dyn Store> {
+    match engine {
+        Engine::Sqlite => Arc::new(Sqlite::open_temp(confirm).unwrap()),
+        Engine::Postgres => {
+            let pg = util::pg::server();
+            let db = pg.create_db("suite");
+            Arc::new(Postgres::open(&pg.url(&db), None, confirm).unwrap())
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn hop(ttl: i64, address: &str, rtt_ns: i64) -> NewHop {
+    NewHop {
+        ttl,
+        address: address.into(),
+        host: String::new(),
+        rtt_ns,
+        size: 56,
+        kind: None,
+        replies: None,
+        reply_ttl: None,
+    }
+}
+
+/// Result `id` of slave1 to Google at T0 + `at` ms over 10.0.0.1 and 10.0.0.3.
+fn result(id: u32, at: i64) -> NewResult {
+    let at = T0 + at;
+    let mut first = hop(1, "10.0.0.1", 1000);
+    first.replies = Some(vec![Some(1000), None]);
+    let mut last = hop(3, "10.0.0.3", 3_000_123);
+    last.host = "c.example.".into();
+    last.kind = Some("reached".into());
+    last.reply_ttl = Some(61);
+    NewResult {
+        result_id: format!("00000000-0000-4000-8000-{id:012}"),
+        slave: "slave1".into(),
+        target_uuid: "76d96640-d357-47b3-ba50-5248a7604bc9".into(),
+        target_name: "Google".into(),
+        target_address: "www.google.at".into(),
+        target_known: true,
+        measured_at: at,
+        date_time: chrono::DateTime::from_timestamp_millis(at)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+        success: true,
+        hop_count: 3,
+        path: NetPath::from_hops(
+            [
+                (1, "10.0.0.1".parse().unwrap()),
+                (3, "10.0.0.3".parse().unwrap()),
+            ],
+            Terminal::Reached,
+        ),
+        protocol: Some("udp".into()),
+        flow: Some(0),
+        destination: None,
+        unreachable: None,
+        error: None,
+        agent: None,
+        duration_ns: Some(2_000_000),
+        rtt_alert_ns: None,
+        hops: vec![first, last],
+    }
+}
+
+/// The same result over another second hop.
+fn via(mut r: NewResult, second: &str) -> NewResult {
+    r.hops[0].address = second.into();
+    r.path = NetPath::from_hops(
+        [
+            (1, second.parse().unwrap()),
+            (3, "10.0.0.3".parse().unwrap()),
+        ],
+        Terminal::Reached,
+    );
+    r
+}
+
+fn all(store: &dyn Store) -> Vec<dist_traceroute::master::store::StoredResult> {
+    store
+        .results(&ResultQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+}
+
+/// Runs each named test on both engines.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::Engine::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::Engine::Postgres) } )*
+        }
+    };
+}
+
+suite!(
+    a_result_id_is_stored_once_and_reads_back_exactly,
+    pages_and_filters_walk_every_result_once,
+    concurrent_submissions_each_get_their_own_answer,
+    a_full_millisecond_spills_into_the_next_and_dedup_still_works,
+    a_result_dated_ahead_is_ordered_at_its_arrival_and_still_a_duplicate,
+    a_confirmed_path_change_gives_one_event_and_a_late_backlog_none,
+    series_hops_and_path_history_follow_the_series,
+    slaves_merge_what_every_request_reported,
+    retention_keeps_the_newest_of_a_series,
+    reopening_keeps_everything_and_migrates_nothing_twice,
+);
+
+fn a_result_id_is_stored_once_and_reads_back_exactly(engine: Engine) {
+    let store = open(engine, 2);
+    let first = result(1, 1_000);
+    assert!(matches!(store.insert(&first).unwrap().0, Stored::New(_)));
+    assert_eq!(store.insert(&first).unwrap().0, Stored::Duplicate);
+    // A duplicate inside a batch, next to a new one.
+    let answers = store
+        .insert_batch(&[first.clone(), result(2, 2_000)])
+        .unwrap();
+    assert_eq!(answers[0].0, Stored::Duplicate);
+    assert!(matches!(answers[1].0, Stored::New(_)));
+    assert_eq!(store.count_results().unwrap(), 2);
+    let got = all(&*store);
+    assert_eq!(got.len(), 2);
+    let back = &got[1];
+    assert_eq!(back.id, first.result_id);
+    assert_eq!(back.slave, "slave1");
+    assert_eq!(back.target_id, first.target_uuid);
+    assert_eq!(back.target_name, "Google");
+    assert_eq!(back.target_address, "www.google.at");
+    assert_eq!(back.date_time, first.date_time);
+    assert_eq!(back.measured_at, first.measured_at);
+    assert_eq!(back.ordered_at, None);
+    assert_eq!(back.duration_ns, Some(2_000_000));
+    assert_eq!(back.hops, first.hops);
+    assert_eq!(back.path, "10.0.0.1 * 10.0.0.3 | reached");
+    assert_eq!(back.protocol.as_deref(), Some("udp"));
+    assert_eq!(back.flow, Some(0));
+    assert!(back.success);
+    assert_eq!(back.hop_count, 3);
+}
+
+fn pages_and_filters_walk_every_result_once(engine: Engine) {
+    let store = open(engine, 2);
+    let mut batch: Vec<NewResult> = (0..25).map(|i| result(i, i as i64 * 1_000)).collect();
+    for i in 0..5 {
+        let mut r = result(100 + i, i as i64 * 1_000 + 500);
+        r.slave = "slave2".into();
+        batch.push(r);
+    }
+    store.insert_batch(&batch).unwrap();
+    // Pages of 7, newest first, each result once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = store
+            .results(&ResultQuery {
+                slave: Some("slave1".into()),
+                before: cursor,
+                limit: 7,
+                ..Default::default()
+            })
+            .unwrap();
+        seen.extend(page.iter().map(|r| r.measured_at));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let expected: Vec<i64> = (0..25).rev().map(|i| T0 + i * 1_000).collect();
+    assert_eq!(seen, expected);
+    // Time range, target by name and by UUID, and an unknown slave.
+    let ranged = store
+        .results(&ResultQuery {
+            from: Some(T0 + 3_000),
+            to: Some(T0 + 5_000),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .0;
+    let times: Vec<i64> = ranged.iter().map(|r| r.measured_at - T0).collect();
+    assert_eq!(times, vec![5_000, 4_500, 4_000, 3_500, 3_000]);
+    for target in ["Google", "76d96640-d357-47b3-ba50-5248a7604bc9"] {
+        let n = store
+            .results(&ResultQuery {
+                target: Some(target.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .0
+            .len();
+        assert_eq!(n, 30, "{target}");
+    }
+    let none = store
+        .results(&ResultQuery {
+            slave: Some("nobody".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .0;
+    assert!(none.is_empty());
+    // Offset: the n-th newest alone.
+    let third = store
+        .results(&ResultQuery {
+            slave: Some("slave2".into()),
+            offset: 2,
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .0;
+    assert_eq!(third[0].measured_at, T0 + 2_500);
+    // Series and targets as stored.
+    let series = store.series(&SeriesFilter::default()).unwrap();
+    let names: Vec<&str> = series.iter().map(|s| s.slave.as_str()).collect();
+    assert_eq!(names, vec!["slave1", "slave2"]);
+    assert_eq!(store.targets().unwrap().len(), 1);
+}
+
+fn concurrent_submissions_each_get_their_own_answer(engine: Engine) {
+    let store = open(engine, 2);
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..40u32)
+                    .map(|i| store.submit(vec![result(t * 1000 + i, 1_000 + i as i64)]))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|ticket| ticket.wait().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in threads {
+        for answer in t.join().unwrap() {
+            assert_eq!(answer.len(), 1);
+            assert!(matches!(answer[0].0, Stored::New(_)));
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 320);
+    assert_eq!(store.count_results().unwrap(), 320);
+    // Eight results share each millisecond: each got a key of its own.
+    let page = store
+        .results(&ResultQuery {
+            from: Some(T0 + 1_039),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .0;
+    assert_eq!(page.len(), 8);
+    assert!(page.iter().all(|r| r.measured_at == T0 + 1_039));
+}
+
+fn a_full_millisecond_spills_into_the_next_and_dedup_still_works(engine: Engine) {
+    let store = open(engine, 2);
+    let n = codec::PER_MS as u32 + 6;
+    let batch: Vec<NewResult> = (0..n).map(|i| result(i, 5_000)).collect();
+    store.insert_batch(&batch).unwrap();
+    let again = store.insert_batch(&batch).unwrap();
+    assert!(again.iter().all(|o| o.0 == Stored::Duplicate));
+    let got = all(&*store);
+    assert_eq!(got.len(), n as usize);
+    assert!(got.iter().all(|r| r.measured_at == T0 + 5_000));
+    let moved: Vec<_> = got.iter().filter_map(|r| r.ordered_at).collect();
+    assert_eq!(moved, vec![T0 + 5_001; 6]);
+}
+
+fn a_result_dated_ahead_is_ordered_at_its_arrival_and_still_a_duplicate(engine: Engine) {
+    let store = open(engine, 1);
+    let now = now_ms();
+    let ahead = result(7, now - T0 + 10 * 365 * 86_400_000);
+    store.insert(&ahead).unwrap();
+    assert_eq!(store.insert(&ahead).unwrap().0, Stored::Duplicate);
+    let got = all(&*store);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].measured_at, ahead.measured_at);
+    assert_eq!(got[0].date_time, ahead.date_time);
+    let ordered = got[0].ordered_at.expect("ordered elsewhere");
+    assert!((now..now + 60_000).contains(&ordered), "{ordered} vs {now}");
+    let skew = store.slaves().unwrap()[0].clock_skew_ms.unwrap();
+    assert!(skew > 9 * 365 * 86_400_000, "{skew}");
+}
+
+fn a_confirmed_path_change_gives_one_event_and_a_late_backlog_none(engine: Engine) {
+    let store = open(engine, 2);
+    let mut id = 0;
+    let mut next = |at: i64, second: &str| {
+        id += 1;
+        via(result(id, at), second)
+    };
+    let mut events = Vec::new();
+    for (at, second) in [
+        (1_000, "10.0.0.1"),
+        (2_000, "10.0.0.1"),
+        // One result on another path is not yet a change...
+        (3_000, "10.0.9.1"),
+        (4_000, "10.0.0.1"),
+        // ...two in a row are.
+        (5_000, "10.0.9.1"),
+        (6_000, "10.0.9.1"),
+    ] {
+        events.extend(store.insert(&next(at, second)).unwrap().1);
+    }
+    let changes: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.kind() == "path-change")
+        .collect();
+    assert_eq!(changes.len(), 1, "{events:?}");
+    assert_eq!(
+        changes[0].from.as_deref(),
+        Some("10.0.0.1 * 10.0.0.3 | reached")
+    );
+    assert_eq!(
+        changes[0].to.as_deref(),
+        Some("10.0.9.1 * 10.0.0.3 | reached")
+    );
+    assert_eq!(changes[0].slave, "slave1");
+    // A late backlog on the old path is stored but does not flip the path back.
+    for at in [1_500, 1_600, 1_700] {
+        assert!(store.insert(&next(at, "10.0.0.1")).unwrap().1.is_empty());
+    }
+    let series = store.series(&SeriesFilter::default()).unwrap();
+    assert_eq!(series.len(), 1);
+    let s = &series[0];
+    assert_eq!(s.changes_total, 1);
+    assert_eq!(
+        s.current_path.as_ref().map(|p| p.1.as_str()),
+        Some("10.0.9.1 * 10.0.0.3 | reached")
+    );
+    assert_eq!(s.last_measured, Some(T0 + 6_000));
+    assert_eq!(s.last_success, Some(true));
+    assert_eq!(s.last_rtt_ns, Some(3_000_123));
+    // Silent TTL 2 counts: the path is three hops long.
+    assert_eq!(s.current_hops, Some(3));
+    // The events as the query shows them, filtered by kind.
+    let stored = store
+        .events(&EventQuery {
+            kind: Some("path-change".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, changes[0].id);
+    assert_eq!(stored[0].at, changes[0].at);
+    assert_eq!(stored[0].target_name, "Google");
+    assert!(stored[0].first_diff_ttl.is_some());
+    assert_eq!(
+        stored[0].to_path.as_ref().map(|p| p.1.as_str()),
+        Some("10.0.9.1 * 10.0.0.3 | reached")
+    );
+    let other = store
+        .events(&EventQuery {
+            series: SeriesFilter {
+                slave: Some("slave2".into()),
+                ..Default::default()
+            },
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(other.is_empty());
+}
+
+fn series_hops_and_path_history_follow_the_series(engine: Engine) {
+    let store = open(engine, 2);
+    for i in 0..4u32 {
+        let second = if i < 2 { "10.0.0.1" } else { "10.0.5.1" };
+        store
+            .insert(&via(result(i, i as i64 * 1_000), second))
+            .unwrap();
+    }
+    let series = store.series(&SeriesFilter::default()).unwrap();
+    let id = series[0].id;
+    let hops = store.series_hops(id, T0 + 1_000).unwrap();
+    assert_eq!(hops.len(), 3);
+    assert_eq!(hops[0][0].address, "10.0.0.1");
+    assert_eq!(hops[2][0].address, "10.0.5.1");
+    let history = store.path_history(id, T0, T0 + 10_000).unwrap();
+    let seen: Vec<(&str, i64, i64, i64)> = history
+        .iter()
+        .map(|p| {
+            (
+                p.path.as_str(),
+                p.first_seen - T0,
+                p.last_seen - T0,
+                p.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("10.0.0.1 * 10.0.0.3 | reached", 0, 1_000, 2),
+            ("10.0.5.1 * 10.0.0.3 | reached", 2_000, 3_000, 2),
+        ]
+    );
+}
+
+fn slaves_merge_what_every_request_reported(engine: Engine) {
+    let store = open(engine, 2);
+    store.touch_slave("slave1", "192.0.2.7", Some("dist-traceroute/0.1.0"), true);
+    store.slave_status("slave1", Some(12), Some(3));
+    store.insert(&result(1, 1_000)).unwrap();
+    store.insert(&result(2, 2_000)).unwrap();
+    store.slave_status("slave1", Some(4), None);
+    store.touch_slave("slave2", "198.51.100.1", None, false);
+    // Jobs are written in order: one more insert makes sure the status above is stored.
+    store.insert(&result(3, 3_000)).unwrap();
+    let slaves = store.slaves().unwrap();
+    let names: Vec<&str> = slaves.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["slave1", "slave2"]);
+    let s1 = &slaves[0];
+    assert_eq!(s1.remote_addr.as_deref(), Some("192.0.2.7"));
+    assert_eq!(s1.version.as_deref(), Some("dist-traceroute/0.1.0"));
+    assert_eq!(s1.results_stored, 3);
+    assert_eq!(s1.spool_depth, Some(4));
+    assert_eq!(s1.dropped_total, 3);
+    assert!(s1.last_config.is_some());
+    assert!(s1.last_seen >= s1.last_config);
+    // The results are a year old: the slave's clock looks that far behind.
+    assert!(s1.clock_skew_ms.unwrap() < -86_400_000);
+    assert_eq!(slaves[1].results_stored, 0);
+    assert_eq!(slaves[1].last_config, None);
+}
+
+fn retention_keeps_the_newest_of_a_series(engine: Engine) {
+    let store = open(engine, 1);
+    for (i, at) in [1_000, 2_000, 3_000].into_iter().enumerate() {
+        let second = if i < 2 { "10.0.0.1" } else { "10.0.7.1" };
+        store.insert(&via(result(i as u32, at), second)).unwrap();
+    }
+    let mut other = result(50, 500);
+    other.slave = "slave2".into();
+    store.insert(&other).unwrap();
+    let mut deleted = 0;
+    loop {
+        match store.delete_results_before(T0 + 10_000).unwrap() {
+            0 => break,
+            n => deleted += n,
+        }
+    }
+    // Each series keeps its newest result, however old.
+    assert_eq!(deleted, 2);
+    let left: Vec<i64> = all(&*store).iter().map(|r| r.measured_at - T0).collect();
+    assert_eq!(left, vec![3_000, 500]);
+    assert!(
+        !store
+            .events(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+    let (events, _) = store.delete_history_before(T0 + 10_000).unwrap();
+    assert!(events >= 1);
+    assert!(
+        store
+            .events(&EventQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+    // Results still read back, and new ones still go in.
+    store.insert(&result(9, 4_000)).unwrap();
+    assert_eq!(all(&*store).len(), 3);
+    assert_eq!(
+        store.insert(&result(9, 4_000)).unwrap().0,
+        Stored::Duplicate
+    );
+}
+
+fn reopening_keeps_everything_and_migrates_nothing_twice(engine: Engine) {
+    match engine {
+        Engine::Sqlite => {
+            let dir = util::Scratch::new("suite-reopen");
+            let file = dir.path("t.db");
+            {
+                let first = Sqlite::open(&file, 2).unwrap();
+                first.insert(&result(1, 1_000)).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let again = Sqlite::open(&file, 2).unwrap();
+            assert_eq!(again.count_results().unwrap(), 1);
+            assert_eq!(
+                again.insert(&result(1, 1_000)).unwrap().0,
+                Stored::Duplicate
+            );
+        }
+        Engine::Postgres => {
+            let pg = util::pg::server();
+            let db = pg.create_db("reopen");
+            let url = pg.url(&db);
+            // Several masters starting at once: one creates the schema, the others wait.
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    std::thread::spawn(move || Postgres::open(&url, None, 2).map(|_| ()))
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+            assert_eq!(pg.psql(&db, "SELECT version FROM dt_schema").trim(), "1");
+            {
+                let first = Postgres::open(&url, None, 2).unwrap();
+                first.insert(&result(1, 1_000)).unwrap();
+            }
+            let again = Postgres::open(&url, None, 2).unwrap();
+            assert_eq!(again.count_results().unwrap(), 1);
+            assert_eq!(
+                again.insert(&result(1, 1_000)).unwrap().0,
+                Stored::Duplicate
+            );
+            assert_eq!(pg.psql(&db, "SELECT count(*) FROM dt_schema").trim(), "1");
+        }
+    }
+}
