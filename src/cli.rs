@@ -65,6 +65,40 @@ pub enum Command {
         --db."
     )]
     Loadgen(LoadgenArgs),
+    /// Work on a master's database (copy an SQLite history into PostgreSQL).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `dist-traceroute db ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Copy an SQLite history (results, paths, series, events, slaves) into PostgreSQL.
+    #[command(
+        long_about = "Copy an SQLite history (results, paths, series, events, slaves) \
+        into a PostgreSQL database, creating its schema when new. Results keep their IDs, \
+        times and order (cursors stay valid); a result already there is not copied twice. \
+        Each batch commits with a note of how far it got: a copy that stopped goes on from \
+        there when run again, and a finished one run again does nothing. Stop the master \
+        that uses the SQLite file first (the copy refuses a file in use); masters may already \
+        be writing to the PostgreSQL database."
+    )]
+    Copy(DbCopyArgs),
+}
+
+/// `dist-traceroute db copy`.
+#[derive(Debug, clap::Args)]
+pub struct DbCopyArgs {
+    /// The SQLite file to copy from (a master's -db)
+    #[arg(long, value_name = "filename")]
+    pub from: PathBuf,
+    /// The PostgreSQL database to copy into: postgres://USER@HOST[:PORT]/DBNAME (password
+    /// from --db-passwd-file or PGPASSWORD)
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// File whose first line is the PostgreSQL password (instead of PGPASSWORD)
+    #[arg(long = "db-passwd-file", value_name = "filename")]
+    pub db_passwd_file: Option<PathBuf>,
 }
 
 /// Log level names of the seed.

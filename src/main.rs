@@ -49,6 +49,40 @@ fn new_token() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `db copy`: an SQLite history into PostgreSQL, with progress on stderr.
+fn db_copy(a: &cli::DbCopyArgs) -> anyhow::Result<()> {
+    use dist_traceroute::master::store::postgres::{connect, copy};
+    anyhow::ensure!(
+        connect::is_url(&a.to),
+        "--to {}: not a postgres:// or postgresql:// URL",
+        a.to
+    );
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now();
+    let done = copy::copy(&a.from, &a.to, a.db_passwd_file.as_deref(), |p| {
+        if shown.elapsed() >= std::time::Duration::from_secs(1) {
+            shown = std::time::Instant::now();
+            let all = (p.before + p.copied).min(p.total.max(1));
+            eprintln!(
+                "copied {} of {} results ({:.0}%)",
+                p.before + p.copied,
+                p.total,
+                100.0 * all as f64 / p.total.max(1) as f64
+            );
+        }
+    })?;
+    eprintln!(
+        "done in {:.1} s: {} results copied now, {} by an earlier run, {} stored at the next free key \
+         (theirs was taken), {} events",
+        started.elapsed().as_secs_f64(),
+        done.copied,
+        done.before,
+        done.moved,
+        done.events
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().collect();
     let cli = match cli::parse_from(args.clone()) {
@@ -71,6 +105,7 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::NewToken => new_token(),
         Command::Loadgen(a) => loadgen::run(a),
+        Command::Db(cli::DbCommand::Copy(a)) => db_copy(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

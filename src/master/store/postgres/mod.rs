@@ -3,6 +3,7 @@
 //! keeps concurrent masters correct is in [`ingest`].
 
 pub mod connect;
+pub mod copy;
 mod ingest;
 mod query;
 pub mod schema;
