@@ -138,7 +138,7 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
             let results: Vec<Value> = (0..1000)
                 .map(|i| {
                     let n = chunk * 1000 + i;
-                    let flow = (n % 4) as i64;
+                    let flow = n % 4;
                     // Every result to the same millisecond as the one before it on another flow.
                     let at = start + (n / 4) * 200;
                     let route = if (n / 400) % 2 == 0 { &a } else { &b };

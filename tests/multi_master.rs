@@ -224,7 +224,14 @@ fn two_masters_on_one_database_give_the_events_of_one() {
             let (a, b) = (a.addr(), b.addr());
             std::thread::spawn(move || {
                 for (i, r) in script("slave1", flow).iter().enumerate() {
-                    store(if (i + flow as usize).is_multiple_of(2) { a } else { b }, r);
+                    store(
+                        if (i + flow as usize).is_multiple_of(2) {
+                            a
+                        } else {
+                            b
+                        },
+                        r,
+                    );
                 }
             })
         })
