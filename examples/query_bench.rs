@@ -127,6 +127,7 @@ fn main() -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = App {
+        name: "bench:8990".into(),
         config: Live::new(Config {
             slaves,
             targets,

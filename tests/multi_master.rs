@@ -269,7 +269,6 @@ fn two_masters_on_one_database_give_the_events_of_one() {
         "/api/v1/results?limit=1000",
         "/api/v1/events?limit=1000",
         "/api/v1/paths/current",
-        "/api/v1/targets",
     ] {
         assert_eq!(
             get_json(a.addr(), query),
@@ -277,6 +276,9 @@ fn two_masters_on_one_database_give_the_events_of_one() {
             "{query}"
         );
     }
+    let targets = |addr| get_json(addr, "/api/v1/targets");
+    assert_eq!(targets(a.addr())["targets"], targets(b.addr())["targets"]);
+    assert_eq!(targets(a.addr())["config_differs"], false);
     let count = |addr| {
         let mut n = 0;
         let mut cursor = String::new();
@@ -412,4 +414,41 @@ fn a_master_killed_under_load_loses_nothing_and_the_other_serves_on() {
         .parse()
         .unwrap();
     assert_eq!(rows, listed.len());
+}
+
+#[test]
+fn masters_whose_config_files_differ_say_so() {
+    let pg = util::pg::server();
+    let db = pg.create_db("configs");
+    let url = format!("postgres://{}@127.0.0.1:{}/{db}", util::pg::USER, pg.port);
+    let quick = ["-reload-interval", "100ms"];
+    let (_a_dir, a) = master("cfg-a", &url, &quick);
+    let (b_dir, b) = master("cfg-b", &url, &quick);
+    // B serves another targets file.
+    let seed = std::fs::read_to_string(b_dir.path("dt-targets.json")).unwrap();
+    b_dir.write("dt-targets.json", &targets_with(3));
+    let differ = |addr, want: bool| {
+        wait_for(Duration::from_secs(10), || {
+            let t = get_json(addr, "/api/v1/targets");
+            (t["config_differs"] == want).then_some(t)
+        })
+        .unwrap_or_else(|| panic!("config_differs never became {want} on {addr}"))
+    };
+    for m in [&a, &b] {
+        let t = differ(m.addr(), true);
+        let masters = t["masters"].as_array().unwrap();
+        assert_eq!(masters.len(), 2, "{t}");
+        let this: Vec<&Value> = masters.iter().filter(|m| m["this"] == true).collect();
+        assert_eq!(this.len(), 1, "{t}");
+        assert_eq!(this[0]["same_config"], true, "{t}");
+        let other = masters.iter().find(|m| m["this"] == false).unwrap();
+        assert_eq!(other["same_config"], false, "{t}");
+        assert_ne!(other["config"]["targets"], this[0]["config"]["targets"]);
+        assert_eq!(other["config"]["slaves"], this[0]["config"]["slaves"]);
+    }
+    // Put B's file back: both agree again.
+    b_dir.write("dt-targets.json", &seed);
+    for m in [&a, &b] {
+        differ(m.addr(), false);
+    }
 }

@@ -556,3 +556,34 @@ fn reopening_keeps_everything_and_migrates_nothing_twice(engine: Engine) {
         }
     }
 }
+
+/// Several masters share a PostgreSQL database: while one runs a retention step (it holds
+/// the retention lock), another deletes nothing, and goes ahead once the lock is free.
+#[test]
+fn postgres_retention_runs_on_one_master_at_a_time() {
+    let pg = util::pg::server();
+    let db = pg.create_db("retention_lock");
+    let url = pg.url(&db);
+    let store = Postgres::open(&url, None, 2).unwrap();
+    for i in 0..3 {
+        store.insert(&result(i, i as i64 * 1_000)).unwrap();
+    }
+    let mut other = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&dist_traceroute::master::store::postgres::schema::locks::RETENTION],
+        )
+        .unwrap();
+    assert_eq!(store.delete_results_before(T0 + 10_000).unwrap(), 0);
+    assert_eq!(store.delete_history_before(T0 + 10_000).unwrap(), (0, 0));
+    assert_eq!(store.count_results().unwrap(), 3);
+    other
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&dist_traceroute::master::store::postgres::schema::locks::RETENTION],
+        )
+        .unwrap();
+    assert_eq!(store.delete_results_before(T0 + 10_000).unwrap(), 2);
+    assert_eq!(store.count_results().unwrap(), 1);
+}

@@ -282,7 +282,28 @@ fn targets(app: &App, req: &Request) -> Response {
                 }));
             }
         }
-        Ok(serde_json::json!({ "targets": list }))
+        // Masters sharing the database: whose config files differ from this one's.
+        let masters = app.store.master_configs()?;
+        if masters.is_empty() {
+            return Ok(serde_json::json!({ "targets": list }));
+        }
+        let mine = config.digests();
+        let fresh = chrono::Utc::now().timestamp_millis() - 10 * 60 * 1000;
+        let mut differs = false;
+        let peers: Vec<serde_json::Value> = masters
+            .iter()
+            .map(|m| {
+                let same = m.digests == mine;
+                differs |= !same && m.seen_at >= fresh;
+                serde_json::json!({
+                    "name": m.name, "this": m.name == app.name, "config": m.digests,
+                    "same_config": same, "seen_at": iso(m.seen_at),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "targets": list, "config": mine, "config_differs": differs, "masters": peers,
+        }))
     })
 }
 

@@ -394,6 +394,29 @@ impl Config {
         verify_cached(&self.verified, name, hash, password)
     }
 
+    /// A digest of each file as loaded, for masters sharing a database to compare: the
+    /// targets file's bytes, and the slaves' names (never their passwords).
+    pub fn digests(&self) -> serde_json::Value {
+        use sha2::Digest;
+        let short = |d: &[u8]| {
+            d[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let mut names: Vec<&str> = self
+            .slaves
+            .slaves
+            .iter()
+            .map(|s| s.name.0.as_str())
+            .collect();
+        names.sort_unstable();
+        serde_json::json!({
+            "targets": short(&sha2::Sha256::digest(&self.targets_raw)),
+            "slaves": short(&sha2::Sha256::digest(names.join("\n").as_bytes())),
+        })
+    }
+
     /// The UUID of the configured target with this name and address, if any.
     pub fn target_uuid(&self, name: &str, address: &str) -> Option<&str> {
         self.targets

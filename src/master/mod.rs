@@ -129,8 +129,11 @@ impl Master {
             None => None,
         };
         let listener = server::bind(s.listen)?;
+        let name = master_name(listener.local_addr()?.port());
+        publish_config(store.clone(), live.clone(), name.clone(), s.reload_interval)?;
         Ok(Master {
             app: Arc::new(routes::App {
+                name,
                 config: live,
                 store,
                 counters: routes::Counters::default(),
@@ -161,6 +164,48 @@ impl Master {
     pub fn serve(self) -> anyhow::Result<()> {
         server::serve(self.listener, self.app, self.limits, self.tls)
     }
+}
+
+/// This master's name among masters sharing a database: its host name and port.
+fn master_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{port}")
+}
+
+/// Tells the store which config files this master serves: at start, after each reload, and
+/// every minute (so the others see it is alive).
+fn publish_config(
+    store: Arc<dyn store::Store>,
+    live: config::Live,
+    name: String,
+    every: std::time::Duration,
+) -> anyhow::Result<()> {
+    let publish = move |digests: &serde_json::Value| {
+        if let Err(e) = store.publish_config(&name, digests) {
+            log::warn!("cannot record this master's config in the database: {e:#}");
+        }
+    };
+    let mut last = live.get().digests();
+    publish(&last);
+    std::thread::Builder::new()
+        .name("config-publish".into())
+        .spawn(move || {
+            let mut published = std::time::Instant::now();
+            loop {
+                std::thread::sleep(every.max(std::time::Duration::from_millis(100)));
+                let now = live.get().digests();
+                if now != last || published.elapsed() >= std::time::Duration::from_secs(60) {
+                    publish(&now);
+                    published = std::time::Instant::now();
+                    last = now;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Says at start who may read.

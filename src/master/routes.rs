@@ -171,6 +171,8 @@ fn bump(c: &AtomicU64) {
 
 /// What the handlers share.
 pub struct App {
+    /// This master's name among masters sharing a database (host:port).
+    pub name: String,
     /// The live config.
     pub config: Live,
     /// The database.
@@ -981,6 +983,7 @@ mod tests {
         let raw = br#"{"ReportURL":"","Targets":{"76d96640-d357-47b3-ba50-5248a7604bc9":{"Name":"Google","Address":"www.google.at"}},"Retries":1,"MaxHops":30,"TimeoutMs":500}"#;
         let targets = parse_targets(Path::new("t"), raw).unwrap();
         App {
+            name: "test:8990".into(),
             config: Live::new(Config {
                 slaves,
                 targets,

@@ -410,6 +410,17 @@ pub struct EventView {
     pub detail: String,
 }
 
+/// What a master sharing the database published of its config.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Its name (host and port).
+    pub name: String,
+    /// A digest per config file.
+    pub digests: serde_json::Value,
+    /// When it last published, Unix ms.
+    pub seen_at: i64,
+}
+
 /// The storage interface; every method is synchronous and safe to call from any thread.
 pub trait Store: Send + Sync {
     /// Hands results to the writer; the ticket resolves when they are durable, with each
@@ -457,6 +468,18 @@ pub trait Store: Send + Sync {
     /// Deletes events before `cutoff`, and paths first seen before it that nothing uses;
     /// returns (events, paths).
     fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)>;
+
+    /// Records which config files master `master` serves now (`digests`: a digest per
+    /// file), for masters sharing a database to compare. Engines of one master keep nothing.
+    fn publish_config(&self, master: &str, digests: &serde_json::Value) -> anyhow::Result<()> {
+        let _ = (master, digests);
+        Ok(())
+    }
+
+    /// What every master sharing this database last published, by name.
+    fn master_configs(&self) -> anyhow::Result<Vec<MasterConfig>> {
+        Ok(Vec::new())
+    }
 
     /// Stores one result and waits until it is durable.
     fn insert(&self, r: &NewResult) -> anyhow::Result<Outcome> {

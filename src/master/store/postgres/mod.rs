@@ -11,8 +11,8 @@ pub mod schema;
 use super::ingest::{Prepared, Queue};
 use super::query::ReadCaches;
 use super::{
-    Cursor, EventQuery, EventView, NewHop, NewResult, PathSeen, ResultQuery, SeriesFilter,
-    SeriesRow, SlaveRecord, Store, StoredResult, StoredTarget, Ticket, codec,
+    Cursor, EventQuery, EventView, MasterConfig, NewHop, NewResult, PathSeen, ResultQuery,
+    SeriesFilter, SeriesRow, SlaveRecord, Store, StoredResult, StoredTarget, Ticket, codec,
 };
 use anyhow::Context;
 use ingest::Job;
@@ -200,6 +200,30 @@ impl Store for Postgres {
             .reader()?
             .query_one("SELECT pg_database_size(current_database())", &[])?
             .get(0))
+    }
+
+    fn publish_config(&self, master: &str, digests: &serde_json::Value) -> anyhow::Result<()> {
+        self.reader()?.execute(
+            "INSERT INTO masters (name, config, seen_at) VALUES ($1, $2::TEXT::JSONB, $3)
+             ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config, seen_at = EXCLUDED.seen_at",
+            &[&master, &digests.to_string(), &now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn master_configs(&self) -> anyhow::Result<Vec<MasterConfig>> {
+        let rows = self.reader()?.query(
+            "SELECT name, config::TEXT, seen_at FROM masters ORDER BY name",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| MasterConfig {
+                name: r.get(0),
+                digests: serde_json::from_str(r.get(1)).unwrap_or_default(),
+                seen_at: r.get(2),
+            })
+            .collect())
     }
 
     /// One master at a time: a master that finds another at it deletes nothing this round.
