@@ -157,6 +157,10 @@ pub struct MasterArgs {
     /// File whose first line is the PostgreSQL password (instead of PGPASSWORD)
     #[arg(long = "db-passwd-file", value_name = "filename")]
     pub db_passwd_file: Option<PathBuf>,
+    /// Load balancers in front of this master (addresses or CIDR ranges, comma-separated):
+    /// for requests from them the client is the address their X-Forwarded-For names
+    #[arg(long = "trusted-proxy", value_name = "addr,...", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
     /// How often the config files are checked for edits
     #[arg(long = "reload-interval", value_name = "duration", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -561,6 +565,17 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+/// An address (a network of one) or a CIDR range.
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("'{text}' is not an address or a CIDR range (like 10.0.0.0/8)"))
 }
 
 /// Parses the process arguments, taking the subcommand from the program name when it names one.

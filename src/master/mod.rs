@@ -73,6 +73,7 @@ impl From<&MasterArgs> for Settings {
                 max_header_bytes: usize::try_from(a.max_header_bytes).unwrap_or(16 * 1024),
                 max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
                 workers: usize::try_from(a.workers).unwrap_or(8),
+                trusted_proxies: a.trusted_proxy.clone(),
             },
             tls: a.tls_cert.clone().zip(a.tls_key.clone()),
             confirm: a.path_confirm,

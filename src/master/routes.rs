@@ -508,9 +508,14 @@ fn config(app: &App, req: &Request) -> Response {
     }
     let config = app.config.get();
     bump(&app.counters.configs_served);
+    // Behind a trusted proxy the client's port is unknown (0): keep the address alone.
+    let remote = match req.remote.port() {
+        0 => req.remote.ip().to_string(),
+        _ => req.remote.to_string(),
+    };
     app.store.touch_slave(
         &creds.name,
-        &req.remote.to_string(),
+        &remote,
         creds.agent.as_deref().or(req.user_agent.as_deref()),
         true,
     );

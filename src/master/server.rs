@@ -58,6 +58,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Threads running handlers.
     pub workers: usize,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Limits {
@@ -69,6 +71,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_connections: 1024,
             workers: 8,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -541,6 +544,35 @@ fn reply(r: Response, close: bool, link: Link) -> hyper::Response<Out> {
     out
 }
 
+/// Who sent a request: the peer, or when the peer is a trusted proxy, the address its
+/// `X-Forwarded-For` names (read from the right: the first address that is not itself a
+/// trusted proxy). Headers from any other peer are ignored, so a client cannot pose as
+/// another address.
+fn client_of(peer: SocketAddr, headers: &hyper::HeaderMap, trusted: &[ipnet::IpNet]) -> SocketAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            // Garbage in the header: stop at the proxy that passed it on.
+            break;
+        };
+        let ip = ip.to_canonical();
+        if !is_trusted(ip) {
+            return SocketAddr::new(ip, 0);
+        }
+    }
+    peer
+}
+
 async fn respond(
     app: Arc<App>,
     limits: &Limits,
@@ -593,7 +625,7 @@ async fn respond(
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(|s| super::access::AuthHeader(s.to_owned())),
-        remote,
+        remote: client_of(remote, &parts.headers, &limits.trusted_proxies),
         body,
     };
     let start = Instant::now();
