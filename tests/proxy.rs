@@ -56,16 +56,17 @@ fn a_trusted_proxy_names_the_client_and_nobody_else_can() {
         send(addr, "POST", "/config/", Some("192.0.2.44"), config),
         200
     );
-    drop(behind);
-    let reader = Proc::master(&dir.0, &["-trusted-proxy", "127.0.0.1", "-public-read"]);
-    let slaves = get(reader.addr(), "/api/v1/slaves").json();
-    let s1 = slaves["slaves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "slave1")
-        .unwrap_or_else(|| panic!("{slaves}"))
-        .clone();
+    // (The balancer's own read, from loopback; the address is written after the answer.)
+    let s1 = wait_for(Duration::from_secs(10), || {
+        let slaves = get(addr, "/api/v1/slaves").json();
+        slaves["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "slave1" && !s["remote_addr"].is_null())
+            .cloned()
+    })
+    .expect("slave1's address is recorded");
     assert_eq!(s1["remote_addr"], "192.0.2.44", "{s1}");
 
     // A master that trusts no proxy ignores the header: a loopback client stays one.
