@@ -1,9 +1,10 @@
 //! A throwaway PostgreSQL server for the tests: one per test process, started on first use,
-//! and gone, process and files, once the test process exits, however it exits.
+//! and gone, process and files, once the test process exits, however it exits. It speaks TLS
+//! too, with a certificate from a CA of its own.
 
 use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -53,13 +54,14 @@ rm -rf "$dir"
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
-/// A running server on 127.0.0.1, reachable as superuser `USER` with `password`.
+/// A running server on 127.0.0.1, reachable as superuser `USER` with `password`, over plain
+/// TCP or TLS (its certificate, from the CA in `ca_file`, names `localhost` and 127.0.0.1).
 pub struct Server {
     /// The TCP port on 127.0.0.1.
     pub port: u16,
     /// The superuser's password (scram-sha-256 over TCP; the unix socket trusts).
     pub password: String,
-    /// The scratch folder: `data/`, `socket/` and the server's `log`.
+    /// The scratch folder: `data/`, `socket/`, the server's `log` and the certificates.
     pub dir: PathBuf,
     /// The major version's `bin/`, where `psql` comes from too.
     pub bin: PathBuf,
@@ -83,6 +85,16 @@ impl Server {
             "postgres://{USER}:{}@127.0.0.1:{}/{db}",
             self.password, self.port
         )
+    }
+
+    /// The PEM file of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The PEM file of a CA that signed nothing the server has, for a client to distrust it.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.dir.join("other-ca.crt")
     }
 
     /// Creates an empty database named `prefix_N_PID` and returns the name.
@@ -195,8 +207,8 @@ fn find_bin() -> Result<PathBuf, String> {
     }
 }
 
-/// The folder's layout, owned by the server's OS user: a socket folder, an empty log and
-/// the password file for initdb.
+/// The folder's layout, owned by the server's OS user: a socket folder, an empty log, the
+/// password file for initdb and the certificates.
 fn prepare(dir: &Path, bin: &Path, root: bool, password: &str) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -204,6 +216,19 @@ fn prepare(dir: &Path, bin: &Path, root: bool, password: &str) -> Result<(), Str
     std::fs::create_dir(dir.join("socket")).map_err(|e| io("mkdir socket", e))?;
     std::fs::write(dir.join("log"), "").map_err(|e| io("create log", e))?;
     std::fs::write(dir.join("password"), password).map_err(|e| io("write password", e))?;
+    let pki = pki()?;
+    std::fs::write(dir.join("ca.crt"), pki.ca).map_err(|e| io("write ca.crt", e))?;
+    std::fs::write(dir.join("other-ca.crt"), pki.other_ca)
+        .map_err(|e| io("write other-ca.crt", e))?;
+    std::fs::write(dir.join("server.crt"), pki.cert).map_err(|e| io("write server.crt", e))?;
+    // PostgreSQL refuses a key file that other users may read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("server.key"))
+        .and_then(|mut f| f.write_all(pki.key.as_bytes()))
+        .map_err(|e| io("write server.key", e))?;
     if root {
         let out = Command::new("chown")
             .args(["-R", &format!("{OS_USER}:{OS_USER}")])
@@ -220,6 +245,46 @@ fn prepare(dir: &Path, bin: &Path, root: bool, password: &str) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// The server's certificates, PEM.
+struct Pki {
+    /// The CA that signed `cert`.
+    ca: String,
+    /// A CA that signed nothing here.
+    other_ca: String,
+    /// The server's certificate, for `localhost` and 127.0.0.1.
+    cert: String,
+    /// The server's private key.
+    key: String,
+}
+
+/// A fresh CA and a server certificate signed by it, and an unrelated CA (ECDSA P-256: quick
+/// to generate).
+fn pki() -> Result<Pki, String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let rcgen = |e: rcgen::Error| format!("making the test certificates: {e}");
+    let ca = |name: &str| -> Result<CertifiedIssuer<'static, KeyPair>, String> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().map_err(rcgen)?).map_err(rcgen)
+    };
+    let issuer = ca("dist-traceroute test CA")?;
+    let other = ca("dist-traceroute unrelated test CA")?;
+    let key = KeyPair::generate().map_err(rcgen)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(rcgen)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).map_err(rcgen)?;
+    Ok(Pki {
+        ca: issuer.pem(),
+        other_ca: other.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// Starts the watchdog shell that will run the server; nothing runs until it gets a port.
@@ -246,7 +311,15 @@ fn spawn_watchdog(
             "-c",
             "max_connections=300",
         ])
-        .args(["-c", "shared_buffers=32MB"]);
+        .args(["-c", "shared_buffers=32MB"])
+        .args(["-c", "ssl=on"])
+        .arg("-c")
+        .arg(format!(
+            "ssl_cert_file={}",
+            dir.join("server.crt").display()
+        ))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
     let mut child = clean_env(&mut sh)
         .current_dir(dir)
         .process_group(0)
