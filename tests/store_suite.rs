@@ -587,3 +587,50 @@ fn postgres_retention_runs_on_one_master_at_a_time() {
     assert_eq!(store.delete_results_before(T0 + 10_000).unwrap(), 2);
     assert_eq!(store.count_results().unwrap(), 1);
 }
+
+/// Two masters on one PostgreSQL database storing results of the same milliseconds at the
+/// same time: every result gets a key of its own (a master that finds its key taken moves
+/// on), none is lost or stored twice.
+#[test]
+fn postgres_two_masters_fill_the_same_milliseconds() {
+    let pg = util::pg::server();
+    let db = pg.create_db("shared_ms");
+    let url = pg.url(&db);
+    let stores: Vec<Arc<dyn Store>> = (0..2)
+        .map(|_| Arc::new(Postgres::open(&url, None, 2).unwrap()) as Arc<dyn Store>)
+        .collect();
+    let writers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(n, store)| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for batch in 0..10u32 {
+                    let results: Vec<NewResult> = (0..10u32)
+                        .map(|i| {
+                            let mut r = result(n as u32 * 1000 + batch * 10 + i, 5_000);
+                            r.slave = format!("slave{}", n + 1);
+                            r
+                        })
+                        .collect();
+                    for o in store.insert_batch(&results).unwrap() {
+                        assert!(matches!(o.0, Stored::New(_)), "{o:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let got = all(&*stores[0]);
+    assert_eq!(got.len(), 200);
+    let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(got.iter().all(|r| r.measured_at == T0 + 5_000));
+    // 64 keys a millisecond: the rest moved on to the next ones.
+    let moved = got.iter().filter(|r| r.ordered_at.is_some()).count();
+    assert_eq!(moved, 200 - codec::PER_MS as usize);
+    // Each master sees them all.
+    assert_eq!(all(&*stores[1]).len(), 200);
+}

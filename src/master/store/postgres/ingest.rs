@@ -296,14 +296,16 @@ impl Writer {
         series_ids.dedup();
         let mut live: HashMap<i64, Live> = HashMap::with_capacity(series_ids.len());
         if !series_ids.is_empty() {
-            let rows = tx.query(
+            let st = prepare(
+                &mut tx,
+                statements,
                 "SELECT id, last_measured, current_path, candidate_path, candidate_count,
                         candidate_since, unreached_streak, ever_reached, unreachable_alerted,
                         rtt_high_streak, rtt_alerted, current_since, last_result, last_success,
                         last_rtt_ns
                  FROM series WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&series_ids],
             )?;
+            let rows = tx.query(&st, &[&series_ids])?;
             for r in rows {
                 let current = path_by_id(&mut tx, statements, caches, r.get(2))?;
                 let candidate =
@@ -338,18 +340,29 @@ impl Writer {
                 );
             }
         }
+        // Every result of the group at once: which are stored already, their keys, one
+        // insert; then each is fed to its series in order.
+        let items: Vec<(&Prepared, Ids)> = jobs
+            .iter()
+            .zip(&ids)
+            .filter_map(|(job, ids)| match job {
+                Job::Insert(results, _) => Some(results.iter().zip(ids.iter().copied())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut stored =
+            store_all(&mut tx, statements, caches, &mut live, &items, *confirm)?.into_iter();
         let mut slaves: BTreeMap<i64, SlaveUpdate> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (job, ids) in jobs.iter().zip(&ids) {
             let mut out = Vec::new();
             match job {
-                Job::Insert(results, _) => {
-                    for (r, ids) in results.iter().zip(ids) {
-                        let s = live
-                            .get_mut(&ids.series)
-                            .ok_or_else(|| anyhow::anyhow!("series {} vanished", ids.series))?;
-                        let (outcome, skew) =
-                            insert(&mut tx, statements, caches, s, r, *ids, *confirm)?;
+                Job::Insert(..) => {
+                    for ids in ids {
+                        let (outcome, skew) = stored
+                            .next()
+                            .ok_or_else(|| anyhow::anyhow!("a result went missing"))?;
                         if matches!(outcome.0, Stored::New(_)) {
                             let u = slaves.entry(ids.slave).or_default();
                             u.stored += 1;
@@ -388,90 +401,149 @@ impl Writer {
             }
             outcomes.push(out);
         }
-        // Write back the series (in id order), then the slaves (in id order).
-        let mut dirty: Vec<(&i64, &Live)> = live.iter().filter(|(_, s)| s.dirty).collect();
-        dirty.sort_unstable_by_key(|(id, _)| **id);
-        for (id, s) in dirty {
-            let st = prepare(&mut tx, statements, UPDATE_SERIES)?;
-            let state = &s.state;
-            tx.execute(
-                &st,
-                &[
-                    id,
-                    &state.current.as_ref().map(|c| c.0),
-                    &s.current_since,
-                    &state.candidate.as_ref().map(|c| c.path_id),
-                    &state.candidate.as_ref().map_or(0, |c| i64::from(c.count)),
-                    &state.candidate.as_ref().map(|c| c.since),
-                    &s.last_ordered,
-                    &s.last_result,
-                    &i64::from(state.unreached_streak),
-                    &state.ever_reached,
-                    &state.unreachable_alerted,
-                    &i64::from(state.rtt_high_streak),
-                    &state.rtt_alerted,
-                    &s.changes,
-                    &s.last_success,
-                    &s.last_rtt_ns,
-                ],
-            )?;
-        }
-        for (id, u) in &slaves {
-            let st = prepare(&mut tx, statements, UPDATE_SLAVE)?;
-            let (remote, remote_at) = u
-                .remote
-                .as_ref()
-                .map_or((None, None), |(r, at)| (Some(r.as_str()), Some(*at)));
-            let (depth, dropped, status_at) = u
-                .status
-                .map_or((None, None, None), |(d, t, at)| (d, t, Some(at)));
-            tx.execute(
-                &st,
-                &[
-                    id,
-                    &u.last_seen,
-                    &u.stored,
-                    &u.skew,
-                    &remote,
-                    &remote_at,
-                    &u.agent,
-                    &u.last_config,
-                    &depth,
-                    &dropped,
-                    &status_at,
-                ],
-            )?;
-        }
+        update_series(&mut tx, statements, &live)?;
+        update_slaves(&mut tx, statements, &slaves)?;
         tx.commit()?;
         Ok(outcomes)
     }
 }
 
-const UPDATE_SERIES: &str = "UPDATE series SET
-    current_path = $2, current_since = $3,
-    candidate_path = $4, candidate_count = $5, candidate_since = $6,
-    last_measured = $7, last_result = $8,
-    unreached_streak = $9, ever_reached = $10, unreachable_alerted = $11,
-    rtt_high_streak = $12, rtt_alerted = $13, changes_total = changes_total + $14,
-    last_success = $15, last_rtt_ns = $16
- WHERE id = $1";
+/// Writes back the state of every series the group fed (their rows are locked).
+fn update_series(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut HashMap<&'static str, Statement>,
+    live: &HashMap<i64, Live>,
+) -> anyhow::Result<()> {
+    let mut dirty: Vec<(&i64, &Live)> = live.iter().filter(|(_, s)| s.dirty).collect();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    dirty.sort_unstable_by_key(|(id, _)| **id);
+    let col =
+        |f: &dyn Fn(&Live) -> Option<i64>| dirty.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
+    let ids: Vec<i64> = dirty.iter().map(|(id, _)| **id).collect();
+    let current = col(&|s| s.state.current.as_ref().map(|c| c.0));
+    let since = col(&|s| s.current_since);
+    let candidate = col(&|s| s.state.candidate.as_ref().map(|c| c.path_id));
+    let count = col(&|s| Some(s.state.candidate.as_ref().map_or(0, |c| i64::from(c.count))));
+    let candidate_since = col(&|s| s.state.candidate.as_ref().map(|c| c.since));
+    let measured = col(&|s| s.last_ordered);
+    let last = col(&|s| s.last_result);
+    let unreached = col(&|s| Some(i64::from(s.state.unreached_streak)));
+    let rtt_streak = col(&|s| Some(i64::from(s.state.rtt_high_streak)));
+    let changes = col(&|s| Some(s.changes));
+    let rtt = col(&|s| s.last_rtt_ns);
+    let flag =
+        |f: &dyn Fn(&Live) -> Option<bool>| dirty.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
+    let ever = flag(&|s| Some(s.state.ever_reached));
+    let unreachable = flag(&|s| Some(s.state.unreachable_alerted));
+    let rtt_alerted = flag(&|s| Some(s.state.rtt_alerted));
+    let success = flag(&|s| s.last_success);
+    let st = prepare(
+        tx,
+        statements,
+        "UPDATE series AS s SET
+            current_path = u.cp, current_since = u.cs,
+            candidate_path = u.cand, candidate_count = u.cc, candidate_since = u.csi,
+            last_measured = u.lm, last_result = u.lr,
+            unreached_streak = u.us, ever_reached = u.er, unreachable_alerted = u.ua,
+            rtt_high_streak = u.rs, rtt_alerted = u.ra, changes_total = s.changes_total + u.ch,
+            last_success = u.ls, last_rtt_ns = u.lt
+         FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
+                     $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BOOLEAN[],
+                     $11::BOOLEAN[], $12::BIGINT[], $13::BOOLEAN[], $14::BIGINT[],
+                     $15::BOOLEAN[], $16::BIGINT[])
+              AS u(id, cp, cs, cand, cc, csi, lm, lr, us, er, ua, rs, ra, ch, ls, lt)
+         WHERE s.id = u.id",
+    )?;
+    tx.execute(
+        &st,
+        &[
+            &ids,
+            &current,
+            &since,
+            &candidate,
+            &count,
+            &candidate_since,
+            &measured,
+            &last,
+            &unreached,
+            &ever,
+            &unreachable,
+            &rtt_streak,
+            &rtt_alerted,
+            &changes,
+            &success,
+            &rtt,
+        ],
+    )?;
+    Ok(())
+}
 
-/// A slave's row takes the newest of what every master saw: `last_seen` and `last_config`
-/// only grow, the address and the spool figures are those of the latest report.
-const UPDATE_SLAVE: &str = "UPDATE slaves SET
-    last_seen = GREATEST(last_seen, $2),
-    results_stored = results_stored + $3,
-    clock_skew_ms = COALESCE($4, clock_skew_ms),
-    remote_addr = CASE WHEN $6::BIGINT IS NOT NULL AND $6 >= COALESCE(last_config, 0)
-                       THEN COALESCE($5, remote_addr) ELSE remote_addr END,
-    agent = COALESCE($7, agent),
-    last_config = GREATEST(last_config, $8),
-    spool_depth = CASE WHEN $11::BIGINT IS NOT NULL AND $11 >= COALESCE(status_at, 0)
-                       THEN COALESCE($9, spool_depth) ELSE spool_depth END,
-    dropped_total = CASE WHEN $11::BIGINT IS NOT NULL AND $11 >= COALESCE(status_at, 0)
-                         THEN COALESCE($10, dropped_total) ELSE dropped_total END,
-    status_at = GREATEST(status_at, $11)
- WHERE id = $1";
+/// Writes what the group saw of each slave. Their rows are locked in id order first, so two
+/// masters' groups never wait on each other in a cycle. A slave's row takes the newest of
+/// what every master saw: `last_seen` and `last_config` only grow, the address and the spool
+/// figures are those of the latest report.
+fn update_slaves(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut HashMap<&'static str, Statement>,
+    slaves: &BTreeMap<i64, SlaveUpdate>,
+) -> anyhow::Result<()> {
+    if slaves.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = slaves.keys().copied().collect();
+    let st = prepare(
+        tx,
+        statements,
+        "SELECT id FROM slaves WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )?;
+    tx.query(&st, &[&ids])?;
+    let u: Vec<&SlaveUpdate> = slaves.values().collect();
+    let seen: Vec<Option<i64>> = u.iter().map(|u| u.last_seen).collect();
+    let stored: Vec<i64> = u.iter().map(|u| u.stored).collect();
+    let skew: Vec<Option<i64>> = u.iter().map(|u| u.skew).collect();
+    let remote: Vec<Option<&str>> = u
+        .iter()
+        .map(|u| u.remote.as_ref().map(|r| r.0.as_str()))
+        .collect();
+    let remote_at: Vec<Option<i64>> = u.iter().map(|u| u.remote.as_ref().map(|r| r.1)).collect();
+    let agent: Vec<Option<&str>> = u.iter().map(|u| u.agent.as_deref()).collect();
+    let config: Vec<Option<i64>> = u.iter().map(|u| u.last_config).collect();
+    let depth: Vec<Option<i64>> = u.iter().map(|u| u.status.and_then(|s| s.0)).collect();
+    let dropped: Vec<Option<i64>> = u.iter().map(|u| u.status.and_then(|s| s.1)).collect();
+    let status_at: Vec<Option<i64>> = u.iter().map(|u| u.status.map(|s| s.2)).collect();
+    let st = prepare(
+        tx,
+        statements,
+        "UPDATE slaves AS s SET
+            last_seen = GREATEST(s.last_seen, u.seen),
+            results_stored = s.results_stored + u.stored,
+            clock_skew_ms = COALESCE(u.skew, s.clock_skew_ms),
+            remote_addr = CASE WHEN u.remote_at IS NOT NULL AND u.remote_at >= COALESCE(s.last_config, 0)
+                               THEN COALESCE(u.remote, s.remote_addr) ELSE s.remote_addr END,
+            agent = COALESCE(u.agent, s.agent),
+            last_config = GREATEST(s.last_config, u.config),
+            spool_depth = CASE WHEN u.status_at IS NOT NULL AND u.status_at >= COALESCE(s.status_at, 0)
+                               THEN COALESCE(u.depth, s.spool_depth) ELSE s.spool_depth END,
+            dropped_total = CASE WHEN u.status_at IS NOT NULL AND u.status_at >= COALESCE(s.status_at, 0)
+                                 THEN COALESCE(u.dropped, s.dropped_total) ELSE s.dropped_total END,
+            status_at = GREATEST(s.status_at, u.status_at)
+         FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[],
+                     $6::BIGINT[], $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[],
+                     $11::BIGINT[])
+              AS u(id, seen, stored, skew, remote, remote_at, agent, config, depth, dropped, status_at)
+         WHERE s.id = u.id",
+    )?;
+    tx.execute(
+        &st,
+        &[
+            &ids, &seen, &stored, &skew, &remote, &remote_at, &agent, &config, &depth, &dropped,
+            &status_at,
+        ],
+    )?;
+    Ok(())
+}
 
 /// Answers each job: inserts with their outcomes (or error), after the commit.
 fn answer(group: Vec<Job>, outcomes: Vec<Result<Vec<Outcome>, String>>) {
@@ -668,53 +740,222 @@ fn path_by_id(
     Ok(Some((id, path)))
 }
 
-/// Stores one result (once per ID) under its series' lock and feeds it to the series;
-/// also gives the slave's clock skew by this result.
+/// The slave's clock against ours by result `r`: the end of its trace against its arrival.
+fn skew(r: &Prepared) -> i64 {
+    let m = &r.measures;
+    m.time.ms + m.duration_ns.unwrap_or(0) / 1_000_000 - m.received_at
+}
+
+/// Stores the results of a group (each ID once) under their series' locks and feeds them
+/// to their series in order; gives each one's outcome and the slave's clock skew by it.
+/// A few statements for the whole group: which IDs are stored already, the free keys of
+/// the milliseconds it needs, one insert; results whose key another master took meanwhile
+/// are then placed one by one.
+fn store_all(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut HashMap<&'static str, Statement>,
+    caches: &mut Caches,
+    live: &mut HashMap<i64, Live>,
+    items: &[(&Prepared, Ids)],
+    confirm: u32,
+) -> anyhow::Result<Vec<(Outcome, i64)>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A resend has the same series and time; one ordered elsewhere is in `aside`. The series
+    // locks make the answer final: no other master can store the same result meanwhile.
+    let idx: Vec<i64> = (0..items.len() as i64).collect();
+    let series: Vec<i64> = items.iter().map(|(_, i)| i.series).collect();
+    let lo: Vec<i64> = items
+        .iter()
+        .map(|(r, _)| codec::key(r.measures.time.ms, 0))
+        .collect();
+    let hi: Vec<i64> = items
+        .iter()
+        .map(|(r, _)| {
+            codec::key(
+                r.measures.time.ms.saturating_add(codec::SPILL_MS - 1),
+                codec::PER_MS - 1,
+            )
+        })
+        .collect();
+    let uids: Vec<&[u8]> = items.iter().map(|(r, _)| &r.uid[..]).collect();
+    let st = prepare(
+        tx,
+        statements,
+        "SELECT q.i FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BYTEA[])
+              AS q(i, s, lo, hi, uid)
+         WHERE EXISTS (SELECT 1 FROM results r WHERE r.series_id = q.s
+                          AND r.id BETWEEN q.lo AND q.hi
+                          AND substring(r.data from 1 for 16) = q.uid)
+            OR EXISTS (SELECT 1 FROM aside a WHERE a.uid = q.uid)",
+    )?;
+    let stored_before: std::collections::HashSet<i64> = tx
+        .query(&st, &[&idx, &series, &lo, &hi, &uids])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The rest get keys, in order; a result twice in the group is stored once.
+    let mut in_group = std::collections::HashSet::new();
+    let mut fresh: Vec<usize> = Vec::new();
+    for (i, (r, _)) in items.iter().enumerate() {
+        if !stored_before.contains(&(i as i64)) && in_group.insert(r.uid) {
+            fresh.push(i);
+        }
+    }
+    let wanted: Vec<i64> = fresh
+        .iter()
+        .map(|&i| {
+            items[i]
+                .0
+                .measures
+                .ordered_ms
+                .clamp(codec::EPOCH_MS, codec::LAST_MS)
+        })
+        .filter(|at| !caches.keys.contains_key(at))
+        .collect();
+    load_keys(tx, statements, caches, wanted)?;
+    let mut placed: Vec<(usize, codec::Measures, i64)> = Vec::with_capacity(fresh.len());
+    for &i in &fresh {
+        let r = items[i].0;
+        let mut m = r.measures.clone();
+        let mut at = m.ordered_ms.clamp(codec::EPOCH_MS, codec::LAST_MS);
+        let key = loop {
+            if !caches.keys.contains_key(&at) {
+                load_keys(tx, statements, caches, vec![at])?;
+            }
+            let n = caches.keys[&at];
+            if n < codec::PER_MS {
+                caches.keys.insert(at, n + 1);
+                break codec::key(at, n);
+            }
+            at += 1;
+        };
+        m.ordered_ms = at;
+        placed.push((i, m, key));
+    }
+    let keys: Vec<i64> = placed.iter().map(|p| p.2).collect();
+    let series_of: Vec<i64> = placed.iter().map(|p| items[p.0].1.series).collect();
+    let routes: Vec<i64> = placed.iter().map(|p| items[p.0].1.route).collect();
+    let data: Vec<Vec<u8>> = placed
+        .iter()
+        .map(|(i, m, _)| {
+            let r = items[*i].0;
+            codec::pack_row(&r.uid, m, r.verbatim.as_deref())
+        })
+        .collect();
+    let st = prepare(
+        tx,
+        statements,
+        "INSERT INTO results (id, series_id, route_id, data)
+         SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[])
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )?;
+    let inserted: std::collections::HashSet<i64> = tx
+        .query(&st, &[&keys, &series_of, &routes, &data])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (i, m, key) in &mut placed {
+        if !inserted.contains(key) {
+            // Another master took this key: look again, for this result alone.
+            caches.keys.remove(&m.ordered_ms);
+            let r = items[*i].0;
+            *key = claim_key(
+                tx,
+                statements,
+                caches,
+                items[*i].1,
+                &r.uid,
+                m,
+                r.verbatim.as_deref(),
+            )?;
+        }
+        // A result moved on by a full millisecond or two is still found near its own time;
+        // one ordered far from it is kept aside so that a resend of it is found.
+        if !(0..codec::SPILL_MS).contains(&(m.ordered_ms - m.time.ms)) {
+            let st = prepare(
+                tx,
+                statements,
+                "INSERT INTO aside (uid, result) VALUES ($1, $2)
+                 ON CONFLICT (uid) DO UPDATE SET result = EXCLUDED.result",
+            )?;
+            tx.execute(&st, &[&&items[*i].0.uid[..], &*key])?;
+        }
+    }
+    let mut out: Vec<(Outcome, i64)> = items
+        .iter()
+        .map(|(r, _)| ((Stored::Duplicate, Vec::new()), skew(r)))
+        .collect();
+    for (i, m, key) in placed {
+        let (r, ids) = items[i];
+        let s = live
+            .get_mut(&ids.series)
+            .ok_or_else(|| anyhow::anyhow!("series {} vanished", ids.series))?;
+        let events = feed(
+            tx,
+            statements,
+            caches,
+            s,
+            r,
+            ids,
+            (key, m.ordered_ms),
+            confirm,
+        )?;
+        out[i].0 = (Stored::New(key), events);
+    }
+    Ok(out)
+}
+
+/// Fills `caches.keys` with the next free counter of each millisecond in `at`.
+fn load_keys(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut HashMap<&'static str, Statement>,
+    caches: &mut Caches,
+    mut at: Vec<i64>,
+) -> anyhow::Result<()> {
+    at.sort_unstable();
+    at.dedup();
+    if at.is_empty() {
+        return Ok(());
+    }
+    let lo: Vec<i64> = at.iter().map(|t| codec::key(*t, 0)).collect();
+    let hi: Vec<i64> = at
+        .iter()
+        .map(|t| codec::key(*t, codec::PER_MS - 1))
+        .collect();
+    let st = prepare(
+        tx,
+        statements,
+        "SELECT q.lo, (SELECT max(id) FROM results WHERE id BETWEEN q.lo AND q.hi)
+         FROM unnest($1::BIGINT[], $2::BIGINT[]) AS q(lo, hi)",
+    )?;
+    for row in tx.query(&st, &[&lo, &hi])? {
+        let lo: i64 = row.get(0);
+        let top: Option<i64> = row.get(1);
+        caches
+            .keys
+            .insert(codec::key_ms(lo), top.map_or(0, |k| k - lo + 1));
+    }
+    Ok(())
+}
+
+/// Feeds a stored result (at `key`, ordered at `at`) to its series, whose row the group has
+/// locked, and records the events. A result ordered before the series' newest is stored but
+/// not fed (a late backlog must not flip the current path back).
 #[allow(clippy::too_many_arguments)]
-fn insert(
+fn feed(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut HashMap<&'static str, Statement>,
     caches: &mut Caches,
     s: &mut Live,
     r: &Prepared,
     ids: Ids,
+    (key, at): (i64, i64),
     confirm: u32,
-) -> anyhow::Result<(Outcome, i64)> {
-    let time = r.measures.time;
-    let skew = time.ms + r.measures.duration_ns.unwrap_or(0) / 1_000_000 - r.measures.received_at;
-    let uid = &r.uid[..];
-    // A resend has the same series and time; one ordered elsewhere is in `aside`. The series
-    // lock makes this answer final: no other master can store the same result meanwhile.
-    let st = prepare(
-        tx,
-        statements,
-        "SELECT 1 FROM results WHERE series_id = $1 AND id BETWEEN $2 AND $3
-           AND substring(data from 1 for 16) = $4
-         UNION ALL SELECT 1 FROM aside WHERE uid = $4 LIMIT 1",
-    )?;
-    let lo = codec::key(time.ms, 0);
-    let hi = codec::key(
-        time.ms.saturating_add(codec::SPILL_MS - 1),
-        codec::PER_MS - 1,
-    );
-    if !tx.query(&st, &[&ids.series, &lo, &hi, &uid])?.is_empty() {
-        return Ok(((Stored::Duplicate, Vec::new()), skew));
-    }
-    let mut m = r.measures.clone();
-    let key = claim_key(
-        tx,
-        statements,
-        caches,
-        ids,
-        &r.uid,
-        &mut m,
-        r.verbatim.as_deref(),
-    )?;
-    let at = m.ordered_ms;
-    // A result ordered before the series' newest is stored but not fed (a late backlog must
-    // not flip the current path back).
+) -> anyhow::Result<Vec<EventRecord>> {
     if s.last_ordered.is_some_and(|last| at < last) {
-        return Ok(((Stored::New(key), Vec::new()), skew));
+        return Ok(Vec::new());
     }
     let old_current = s.state.current.as_ref().map(|c| c.0);
     let step = advance(&mut s.state, r, ids.path, at, confirm);
@@ -765,11 +1006,11 @@ fn insert(
             event,
         });
     }
-    Ok(((Stored::New(key), records), skew))
+    Ok(records)
 }
 
 /// Inserts a result row at the first free key of its millisecond (or a later one when that
-/// is full); returns the key and leaves the millisecond used in `m`.
+/// is full), one statement at a time; returns the key and leaves the millisecond used in `m`.
 fn claim_key(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut HashMap<&'static str, Statement>,
@@ -813,15 +1054,6 @@ fn claim_key(
         let data = codec::pack_row(uid, m, verbatim);
         if tx.execute(&st, &[&key, &ids.series, &ids.route, &data])? == 1 {
             caches.keys.insert(at, n + 1);
-            if !(0..codec::SPILL_MS).contains(&(m.ordered_ms - m.time.ms)) {
-                let st = prepare(
-                    tx,
-                    statements,
-                    "INSERT INTO aside (uid, result) VALUES ($1, $2)
-                     ON CONFLICT (uid) DO UPDATE SET result = EXCLUDED.result",
-                )?;
-                tx.execute(&st, &[&&uid[..], &key])?;
-            }
             return Ok(key);
         }
         // Another master took this key: look again.
