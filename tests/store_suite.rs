@@ -541,7 +541,10 @@ fn reopening_keeps_everything_and_migrates_nothing_twice(engine: Engine) {
             for o in openers {
                 o.join().unwrap().unwrap();
             }
-            assert_eq!(pg.psql(&db, "SELECT version FROM dt_schema").trim(), "1");
+            assert_eq!(
+                pg.psql(&db, "SELECT version FROM dt_schema").trim(),
+                dist_traceroute::master::store::postgres::schema::VERSION.to_string()
+            );
             {
                 let first = Postgres::open(&url, None, 2).unwrap();
                 first.insert(&result(1, 1_000)).unwrap();

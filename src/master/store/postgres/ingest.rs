@@ -90,8 +90,6 @@ struct Caches {
     /// Route id and the `last_used` this master last wrote.
     routes: HashMap<[u8; 16], (i64, i64)>,
     series: HashMap<(i64, i64, i64), i64>,
-    /// The next counter of recent milliseconds (a hint: other masters take keys too).
-    keys: HashMap<i64, i64>,
 }
 
 impl Caches {
@@ -100,7 +98,6 @@ impl Caches {
             || self.routes.len() > MAX_CACHED
             || self.series.len() > MAX_CACHED
             || self.targets.len() > MAX_CACHED
-            || self.keys.len() > MAX_CACHED
         {
             *self = Caches::default();
         }
@@ -803,41 +800,45 @@ fn store_all(
             fresh.push(i);
         }
     }
-    let wanted: Vec<i64> = fresh
+    // Keys: each result's millisecond, and a place in it from the shared sequence.
+    let st = prepare(
+        tx,
+        statements,
+        "SELECT nextval('result_keys') FROM generate_series(1, $1::BIGINT)",
+    )?;
+    let places: Vec<i64> = tx
+        .query(&st, &[&(fresh.len() as i64)])?
         .iter()
-        .map(|&i| {
-            items[i]
-                .0
-                .measures
-                .ordered_ms
-                .clamp(codec::EPOCH_MS, codec::LAST_MS)
-        })
-        .filter(|at| !caches.keys.contains_key(at))
+        .map(|r| r.get::<_, i64>(0).rem_euclid(codec::PER_MS))
         .collect();
-    load_keys(tx, statements, caches, wanted)?;
+    let mut taken = std::collections::HashSet::new();
     let mut placed: Vec<(usize, codec::Measures, i64)> = Vec::with_capacity(fresh.len());
-    for &i in &fresh {
-        let r = items[i].0;
-        let mut m = r.measures.clone();
+    for (&i, &place) in fresh.iter().zip(&places) {
+        let mut m = items[i].0.measures.clone();
         let mut at = m.ordered_ms.clamp(codec::EPOCH_MS, codec::LAST_MS);
-        let key = loop {
-            if !caches.keys.contains_key(&at) {
-                load_keys(tx, statements, caches, vec![at])?;
+        let mut n = place;
+        let mut tries = 0;
+        // Within the group a millisecond's places are used once; past 64 the result moves on
+        // to the next millisecond.
+        while !taken.insert(codec::key(at, n)) {
+            tries += 1;
+            n = (n + 1) % codec::PER_MS;
+            if tries == codec::PER_MS {
+                tries = 0;
+                at += 1;
             }
-            let n = caches.keys[&at];
-            if n < codec::PER_MS {
-                caches.keys.insert(at, n + 1);
-                break codec::key(at, n);
-            }
-            at += 1;
-        };
+        }
         m.ordered_ms = at;
-        placed.push((i, m, key));
+        placed.push((i, m, codec::key(at, n)));
     }
-    let keys: Vec<i64> = placed.iter().map(|p| p.2).collect();
-    let series_of: Vec<i64> = placed.iter().map(|p| items[p.0].1.series).collect();
-    let routes: Vec<i64> = placed.iter().map(|p| items[p.0].1.route).collect();
-    let data: Vec<Vec<u8>> = placed
+    // Rows go in key order: two masters inserting into the same milliseconds then wait for
+    // each other's keys in one order, never in a cycle.
+    let mut by_key: Vec<&(usize, codec::Measures, i64)> = placed.iter().collect();
+    by_key.sort_unstable_by_key(|p| p.2);
+    let keys: Vec<i64> = by_key.iter().map(|p| p.2).collect();
+    let series_of: Vec<i64> = by_key.iter().map(|p| items[p.0].1.series).collect();
+    let routes: Vec<i64> = by_key.iter().map(|p| items[p.0].1.route).collect();
+    let data: Vec<Vec<u8>> = by_key
         .iter()
         .map(|(i, m, _)| {
             let r = items[*i].0;
@@ -858,13 +859,12 @@ fn store_all(
         .collect();
     for (i, m, key) in &mut placed {
         if !inserted.contains(key) {
-            // Another master took this key: look again, for this result alone.
-            caches.keys.remove(&m.ordered_ms);
+            // Taken (the millisecond had more results than places, or another master drew
+            // the same place): the next free key, for this result alone.
             let r = items[*i].0;
             *key = claim_key(
                 tx,
                 statements,
-                caches,
                 items[*i].1,
                 &r.uid,
                 m,
@@ -905,39 +905,6 @@ fn store_all(
         out[i].0 = (Stored::New(key), events);
     }
     Ok(out)
-}
-
-/// Fills `caches.keys` with the next free counter of each millisecond in `at`.
-fn load_keys(
-    tx: &mut postgres::Transaction<'_>,
-    statements: &mut HashMap<&'static str, Statement>,
-    caches: &mut Caches,
-    mut at: Vec<i64>,
-) -> anyhow::Result<()> {
-    at.sort_unstable();
-    at.dedup();
-    if at.is_empty() {
-        return Ok(());
-    }
-    let lo: Vec<i64> = at.iter().map(|t| codec::key(*t, 0)).collect();
-    let hi: Vec<i64> = at
-        .iter()
-        .map(|t| codec::key(*t, codec::PER_MS - 1))
-        .collect();
-    let st = prepare(
-        tx,
-        statements,
-        "SELECT q.lo, (SELECT max(id) FROM results WHERE id BETWEEN q.lo AND q.hi)
-         FROM unnest($1::BIGINT[], $2::BIGINT[]) AS q(lo, hi)",
-    )?;
-    for row in tx.query(&st, &[&lo, &hi])? {
-        let lo: i64 = row.get(0);
-        let top: Option<i64> = row.get(1);
-        caches
-            .keys
-            .insert(codec::key_ms(lo), top.map_or(0, |k| k - lo + 1));
-    }
-    Ok(())
 }
 
 /// Feeds a stored result (at `key`, ordered at `at`) to its series, whose row the group has
@@ -1014,7 +981,6 @@ fn feed(
 fn claim_key(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut HashMap<&'static str, Statement>,
-    caches: &mut Caches,
     ids: Ids,
     uid: &[u8; 16],
     m: &mut codec::Measures,
@@ -1022,23 +988,18 @@ fn claim_key(
 ) -> anyhow::Result<i64> {
     let mut at = m.ordered_ms.clamp(codec::EPOCH_MS, codec::LAST_MS);
     loop {
-        let n = match caches.keys.get(&at) {
-            Some(n) => *n,
-            None => {
-                let st = prepare(
-                    tx,
-                    statements,
-                    "SELECT max(id) FROM results WHERE id BETWEEN $1 AND $2",
-                )?;
-                let top: Option<i64> = tx
-                    .query_one(
-                        &st,
-                        &[&codec::key(at, 0), &codec::key(at, codec::PER_MS - 1)],
-                    )?
-                    .get(0);
-                top.map_or(0, |k| k - codec::key(at, 0) + 1)
-            }
-        };
+        let st = prepare(
+            tx,
+            statements,
+            "SELECT max(id) FROM results WHERE id BETWEEN $1 AND $2",
+        )?;
+        let top: Option<i64> = tx
+            .query_one(
+                &st,
+                &[&codec::key(at, 0), &codec::key(at, codec::PER_MS - 1)],
+            )?
+            .get(0);
+        let n = top.map_or(0, |k| k - codec::key(at, 0) + 1);
         if n >= codec::PER_MS {
             at += 1;
             continue;
@@ -1053,10 +1014,8 @@ fn claim_key(
         )?;
         let data = codec::pack_row(uid, m, verbatim);
         if tx.execute(&st, &[&key, &ids.series, &ids.route, &data])? == 1 {
-            caches.keys.insert(at, n + 1);
             return Ok(key);
         }
-        // Another master took this key: look again.
-        caches.keys.remove(&at);
+        // Another master took this key meanwhile: look again.
     }
 }

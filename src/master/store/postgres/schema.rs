@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -119,6 +119,10 @@ const MIGRATIONS: &[&str] = &[
         copied BIGINT NOT NULL,
         done BOOLEAN NOT NULL DEFAULT false
      );",
+    // 2: where a result goes within its millisecond: the next value of this sequence (mod
+    // 64), so masters writing the same milliseconds rarely pick the same key (a sequence
+    // never waits for another transaction; a taken key would).
+    "CREATE SEQUENCE result_keys CYCLE;",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
