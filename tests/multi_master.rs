@@ -276,6 +276,34 @@ fn two_masters_on_one_database_give_the_events_of_one() {
             "{query}"
         );
     }
+    // The metrics drawn from the store read the same from both, and count every change.
+    let store_metrics = |addr| -> Vec<String> {
+        get(addr, "/metrics")
+            .text()
+            .lines()
+            .filter(|l| {
+                [
+                    "dt_path_changes",
+                    "dt_path_hops",
+                    "dt_target_reachable",
+                    "dt_path_info",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+            })
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect()
+    };
+    let (ma, mb) = (store_metrics(a.addr()), store_metrics(b.addr()));
+    assert_eq!(ma, mb);
+    let changes: f64 = ma
+        .iter()
+        .filter(|l| l.starts_with("dt_path_changes_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(changes, 30.0, "{ma:#?}");
     let targets = |addr| get_json(addr, "/api/v1/targets");
     assert_eq!(targets(a.addr())["targets"], targets(b.addr())["targets"]);
     assert_eq!(targets(a.addr())["config_differs"], false);
