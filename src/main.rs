@@ -54,8 +54,8 @@ fn db_copy(a: &cli::DbCopyArgs) -> anyhow::Result<()> {
     use dist_traceroute::master::store::postgres::{connect, copy};
     anyhow::ensure!(
         connect::is_url(&a.to),
-        "--to {}: not a postgres:// or postgresql:// URL",
-        a.to
+        // (Not echoed: it may hold a password.)
+        "--to is not a postgres:// or postgresql:// URL"
     );
     let started = std::time::Instant::now();
     let mut shown = std::time::Instant::now();

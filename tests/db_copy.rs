@@ -244,6 +244,29 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
     );
     assert!(out.contains(", 0 events"), "{out}");
     assert_eq!(all_results(master.addr()).len(), 12_001);
+    // So does copying the same history from another path (a backup of the file).
+    std::fs::copy(dir.path("dt-results.db"), dir.path("backup.db")).unwrap();
+    let (code, out, err) = run(
+        &dir.0,
+        std::path::Path::new(BIN),
+        &[
+            "db",
+            "copy",
+            "--from",
+            "backup.db",
+            "--to",
+            &url,
+            "--db-passwd-file",
+            "db-password",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("0 results copied now, 12000 by an earlier run"),
+        "{err}"
+    );
+    assert!(err.contains(", 0 events"), "{err}");
+    assert_eq!(all_results(master.addr()).len(), 12_001);
 
     // A copy cut off after its first batch (each batch is one transaction) goes on from
     // there: undo everything after it, as if the run had stopped.

@@ -632,8 +632,10 @@ fn postgres_two_masters_fill_the_same_milliseconds() {
     assert_eq!(ids.len(), 200);
     assert!(got.iter().all(|r| r.measured_at == T0 + 5_000));
     // 64 keys a millisecond: the rest moved on to the next ones.
+    // (At least: a result whose place the other master drew takes the next key after the
+    // highest, which may be in the next millisecond though an earlier place is free.)
     let moved = got.iter().filter(|r| r.ordered_at.is_some()).count();
-    assert_eq!(moved, 200 - codec::PER_MS as usize);
+    assert!(moved >= 200 - codec::PER_MS as usize, "{moved}");
     // Each master sees them all.
     assert_eq!(all(&*stores[1]).len(), 200);
 }

@@ -638,6 +638,29 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
     if !(1..=255).contains(&r.hop_count) {
         return Err(format!("HopCount {} is out of range 1..255", r.hop_count));
     }
+    // A NUL character is no part of any name, and PostgreSQL cannot store one in text.
+    let texts = [
+        ("Target.Name", Some(&r.target.name)),
+        ("Target.Address", Some(&r.target.address)),
+        ("TargetID", r.target_id.as_ref()),
+        ("Protocol", r.protocol.as_ref()),
+        ("Destination", r.destination.as_ref()),
+        ("Unreachable", r.unreachable.as_ref()),
+        ("Error", r.error.as_ref()),
+        ("Agent", r.agent.as_ref()),
+    ];
+    let hop_texts = r.hops.iter().flat_map(|h| {
+        [
+            ("hop Host", Some(&h.host)),
+            ("hop IP", h.ip.as_ref()),
+            ("hop Kind", h.kind.as_ref()),
+        ]
+    });
+    for (field, text) in texts.into_iter().chain(hop_texts) {
+        if text.is_some_and(|t| t.contains('\0')) {
+            return Err(format!("{field} contains a NUL character"));
+        }
+    }
     if r.hops.len() > 255 {
         return Err(format!("{} hops is more than 255", r.hops.len()));
     }
@@ -1131,6 +1154,21 @@ mod tests {
         let r = handle(&app, &post("/api/v1/results", GO_RESULT.as_bytes()));
         assert_eq!(r.status, 200);
         assert_eq!(app.store.count_results().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_nul_character_in_any_text_is_refused_for_good() {
+        let app = app();
+        let good: TraceResult = serde_json::from_str(GO_RESULT).unwrap();
+        let mut bad = good.clone();
+        bad.target.name = "Goo\0gle".into();
+        let e = check_result(&bad, &app.config.get()).unwrap_err();
+        assert!(e.contains("Target.Name contains a NUL"), "{e}");
+        let mut bad = good.clone();
+        bad.hops[0].host = "a\0b".into();
+        let e = check_result(&bad, &app.config.get()).unwrap_err();
+        assert!(e.contains("hop Host contains a NUL"), "{e}");
+        assert!(check_result(&good, &app.config.get()).is_ok());
     }
 
     #[test]

@@ -509,6 +509,12 @@ pub fn open(
             passwd_file,
             confirm,
         )?)),
+        Some(text) if text.contains("://") => {
+            // (Not echoed: a mistyped URL may hold a password.)
+            anyhow::bail!(
+                "-db: only postgres:// and postgresql:// URLs, or the path of an SQLite file"
+            )
+        }
         _ => {
             if passwd_file.is_some() {
                 anyhow::bail!(

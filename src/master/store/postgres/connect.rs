@@ -104,6 +104,11 @@ pub fn target(url: &str, passwd_file: Option<&Path>) -> anyhow::Result<Target> {
     }
     config.application_name("dist-traceroute");
     config.connect_timeout(std::time::Duration::from_secs(10));
+    // A database host that vanishes without closing the connection (power, network) is
+    // noticed in about a minute, not after the kernel's two hours.
+    config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    config.tcp_user_timeout(std::time::Duration::from_secs(60));
     let host = config
         .get_hosts()
         .iter()

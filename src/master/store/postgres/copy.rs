@@ -68,6 +68,9 @@ pub fn copy(
     if !mine {
         anyhow::bail!("another db copy is writing into {}", target.shown);
     }
+    // No master runs retention while the copy goes on: routes and paths it has made but no
+    // copied result uses yet must not be swept away as unused.
+    pg.execute("SELECT pg_advisory_lock($1)", &[&locks::RETENTION])?;
 
     let ids = dimensions(&src, &mut pg)?;
     let mut done = Copied {
@@ -103,6 +106,7 @@ pub fn copy(
         let mut series = Vec::with_capacity(rows.len());
         let mut routes = Vec::with_capacity(rows.len());
         let mut data = Vec::with_capacity(rows.len());
+        let mut source_routes = Vec::with_capacity(rows.len());
         for (key, s, r, d) in rows {
             keys.push(key);
             series.push(
@@ -115,6 +119,7 @@ pub fn copy(
                     .get(&r)
                     .with_context(|| format!("result {key}: route {r} unknown"))?,
             );
+            source_routes.push(r);
             data.push(d);
         }
         let mut tx = pg.transaction()?;
@@ -128,24 +133,70 @@ pub fn copy(
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let mut skipped = 0;
         for i in 0..keys.len() {
             if inserted.contains(&keys[i]) {
                 continue;
             }
-            // The key is taken by another result: store this one at the next free key.
+            // The key is taken. By this very result (the same history copied from another
+            // path, or merged twice)? Then it is there already.
+            let uid = &data[i][..16.min(data[i].len())];
+            let ms = codec::key_ms(keys[i]);
+            let there = !tx
+                .query(
+                    "SELECT 1 FROM results WHERE series_id = $1 AND id BETWEEN $2 AND $3
+                       AND substring(data from 1 for 16) = $4
+                     UNION ALL SELECT 1 FROM aside WHERE uid = $4 LIMIT 1",
+                    &[
+                        &series[i],
+                        &codec::key(ms, 0),
+                        &codec::key(ms.saturating_add(codec::SPILL_MS - 1), codec::PER_MS - 1),
+                        &uid,
+                    ],
+                )?
+                .is_empty();
+            if there {
+                skipped += 1;
+                continue;
+            }
+            // By another: store this one at the next free key (repacked when that is in a
+            // later millisecond: its times are kept relative to where it is ordered).
             let new = next_free(&mut tx, keys[i])?;
+            let row = if codec::key_ms(new) == ms {
+                data[i].clone()
+            } else {
+                let body: Vec<u8> = src.query_row(
+                    "SELECT body FROM routes WHERE id = ?1",
+                    [source_routes[i]],
+                    |r| r.get(0),
+                )?;
+                let route = codec::Route::parse(&body)
+                    .with_context(|| format!("route {} does not decode", source_routes[i]))?;
+                let (uid, mut m, date_time) = codec::unpack_row(&data[i], &route, ms)
+                    .with_context(|| format!("result {} does not decode", keys[i]))?;
+                m.ordered_ms = codec::key_ms(new);
+                let verbatim = (m.time.style == codec::VERBATIM).then_some(date_time.as_str());
+                codec::pack_row(&uid, &m, verbatim)
+            };
             tx.execute(
                 "INSERT INTO results (id, series_id, route_id, data) VALUES ($1, $2, $3, $4)",
-                &[&new, &series[i], &routes[i], &data[i]],
+                &[&new, &series[i], &routes[i], &row],
             )?;
             tx.execute(
                 "INSERT INTO aside (uid, result) VALUES ($1, $2)
                  ON CONFLICT (uid) DO UPDATE SET result = EXCLUDED.result",
-                &[&&data[i][..16.min(data[i].len())], &new],
+                &[&uid, &new],
+            )?;
+            // A series whose newest result this is points at its new key.
+            tx.execute(
+                "UPDATE series SET last_result = $3 WHERE id = $1 AND last_result = $2",
+                &[&series[i], &keys[i], &new],
             )?;
             moved.insert(keys[i], new);
             done.moved += 1;
         }
+        done.before += skipped;
+        done.copied -= skipped;
         done.copied += keys.len() as i64;
         tx.execute(
             "INSERT INTO copies (source, last_key, copied) VALUES ($1, $2, $3)
@@ -193,9 +244,14 @@ pub fn copy(
         })? {
             let (at, kind, series, from_path, to_path, diff, detail) = row?;
             let path = |p: Option<i64>| p.and_then(|p| ids.paths.get(&p).copied());
-            tx.execute(
+            // An event already there (the same history copied before, from elsewhere) is not
+            // copied again.
+            let n = tx.execute(
                 "INSERT INTO events (at, kind, series_id, from_path, to_path, first_diff_ttl, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 SELECT $1, $2, $3, $4, $5, $6, $7
+                 WHERE NOT EXISTS (SELECT 1 FROM events WHERE series_id = $3 AND at = $1
+                                     AND kind = $2 AND from_path IS NOT DISTINCT FROM $4
+                                     AND to_path IS NOT DISTINCT FROM $5)",
                 &[
                     &at,
                     &kind,
@@ -206,13 +262,7 @@ pub fn copy(
                     &detail,
                 ],
             )?;
-            done.events += 1;
-        }
-        for (old, new) in &moved {
-            tx.execute(
-                "UPDATE series SET last_result = $2 WHERE last_result = $1",
-                &[old, new],
-            )?;
+            done.events += n as i64;
         }
         tx.execute(
             "INSERT INTO copies (source, last_key, copied, done) VALUES ($1, $2, $3, true)
@@ -222,6 +272,7 @@ pub fn copy(
         tx.commit()?;
     }
     let _ = pg.execute("SELECT pg_advisory_unlock($1)", &[&locks::COPY]);
+    let _ = pg.execute("SELECT pg_advisory_unlock($1)", &[&locks::RETENTION]);
     Ok(done)
 }
 

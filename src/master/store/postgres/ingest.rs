@@ -213,9 +213,12 @@ impl Writer {
                 }
             }
         }
-        if group.len() == 1 {
+        // Without a connection every job would fail the same way: answer them all now (the
+        // slaves send again) instead of trying each alone.
+        if group.len() == 1 || self.client.as_ref().is_none_or(Client::is_closed) {
             log::error!("store: {last}");
-            answer(group, vec![Err(last)]);
+            let n = group.len();
+            answer(group, (0..n).map(|_| Err(last.clone())).collect());
             return;
         }
         let mut outcomes = Vec::with_capacity(group.len());
@@ -393,7 +396,10 @@ impl Writer {
                     at,
                 } => {
                     let u = slaves.entry(slave_ids[name.as_str()]).or_default();
-                    u.status = Some((*spool_depth, *dropped_total, *at));
+                    // Field by field, as SQLite keeps them: a report without a figure leaves
+                    // the last one.
+                    let (depth, dropped) = u.status.map_or((None, None), |s| (s.0, s.1));
+                    u.status = Some((spool_depth.or(depth), dropped_total.or(dropped), *at));
                 }
             }
             outcomes.push(out);
