@@ -2,8 +2,8 @@
 //! request from a queue and commits them in groups. What differs is that other masters
 //! write the same tables at the same time:
 //!
-//! - the names, paths, routes and series a group needs are made first, each in its own
-//!   short statement, so a group's transaction takes no lock on them;
+//! - the names, paths, routes and series a group needs are made first, in a short
+//!   transaction of their own, so the group's transaction takes no lock on them;
 //! - the group's transaction locks its series rows (in id order) before it reads their
 //!   change-detection state, so results of one series reaching two masters are fed one after
 //!   the other, exactly as one master would; then the slaves' rows, also in id order, so
@@ -270,25 +270,28 @@ impl Writer {
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("no connection to the database"))?;
         let now = now_ms();
-        // Names, paths, routes and series first, outside the transaction.
+        // Names, paths, routes and series first, in a short transaction of their own (one
+        // commit for all that are new, and the group's transaction locks none of them).
         let mut ids: Vec<Vec<Ids>> = Vec::with_capacity(jobs.len());
         let mut slave_ids: HashMap<String, i64> = HashMap::new();
+        let mut names = client.transaction()?;
         for job in jobs {
             let mut these = Vec::new();
             match job {
                 Job::Insert(results, _) => {
                     for r in results {
-                        these.push(resolve(client, statements, caches, r, now)?);
+                        these.push(resolve(&mut names, statements, caches, r, now)?);
                     }
                 }
                 _ => {
                     let name = job.slave().unwrap_or_default();
-                    let id = slave_id(client, statements, caches, name, now)?;
+                    let id = slave_id(&mut names, statements, caches, name, now)?;
                     slave_ids.insert(name.to_owned(), id);
                 }
             }
             ids.push(these);
         }
+        names.commit()?;
         let mut tx = client.transaction()?;
         // Lock the series in id order and read their state.
         let mut series_ids: Vec<i64> = ids.iter().flatten().map(|i| i.series).collect();
@@ -572,7 +575,7 @@ fn prepare(
 }
 
 fn slave_id(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     statements: &mut HashMap<&'static str, Statement>,
     caches: &mut Caches,
     name: &str,
@@ -596,7 +599,7 @@ fn slave_id(
 
 /// The ids of a result's slave, series, path and route, made when new.
 fn resolve(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     statements: &mut HashMap<&'static str, Statement>,
     caches: &mut Caches,
     r: &Prepared,
@@ -684,7 +687,7 @@ fn resolve(
 /// The route of a result: cached, with its `last_used` refreshed when stale (a route gone
 /// meanwhile is made again), or made.
 fn route_id(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     statements: &mut HashMap<&'static str, Statement>,
     caches: &mut Caches,
     r: &Prepared,
