@@ -6,6 +6,8 @@
 use super::codec::{self, Measures, Route, SlaveTime};
 use super::schema;
 use super::{EventRecord, NewResult, Outcome, Stored};
+/// Where a submission's answer goes.
+pub type Reply = tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>;
 use crate::master::analysis::{self, Candidate, Event, Observation, State};
 use crate::master::path::Path as NetPath;
 use rusqlite::{Connection, params};
@@ -29,29 +31,9 @@ pub enum Job {
         tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>,
     ),
     /// A slave was seen.
-    Touch {
-        /// Its name.
-        name: String,
-        /// Its address.
-        remote: String,
-        /// What it said it runs.
-        agent: Option<String>,
-        /// It fetched its config.
-        config: bool,
-        /// When, Unix ms.
-        at: i64,
-    },
+    Touch(Touch),
     /// A slave reported its spool.
-    Status {
-        /// Its name.
-        name: String,
-        /// Results waiting there.
-        spool_depth: Option<i64>,
-        /// Results it dropped in all.
-        dropped_total: Option<i64>,
-        /// When, Unix ms.
-        at: i64,
-    },
+    Status(Status),
     /// Anything else that writes (retention), inside the group's transaction; answered
     /// (with no outcomes) after the commit.
     Exec(
@@ -61,12 +43,118 @@ pub enum Job {
 }
 
 impl Job {
-    fn results(&self) -> usize {
+    fn results(&self) -> Option<usize> {
         match self {
-            Job::Insert(r, _) => r.len().max(1),
-            _ => 1,
+            Job::Insert(r, _) => Some(r.len()),
+            _ => None,
         }
     }
+}
+
+/// A slave was seen (the same for every engine's writer).
+pub struct Touch {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub remote: String,
+    /// What it said it runs.
+    pub agent: Option<String>,
+    /// It fetched its config.
+    pub config: bool,
+    /// When, Unix ms.
+    pub at: i64,
+}
+
+impl Touch {
+    /// `name` seen now from `remote`.
+    pub fn now(name: &str, remote: &str, agent: Option<&str>, config: bool) -> Touch {
+        Touch {
+            name: name.to_owned(),
+            remote: remote.to_owned(),
+            agent: agent.map(str::to_owned),
+            config,
+            at: now_ms(),
+        }
+    }
+}
+
+/// A slave reported its spool (the same for every engine's writer).
+pub struct Status {
+    /// Its name.
+    pub name: String,
+    /// Results waiting there.
+    pub spool_depth: Option<i64>,
+    /// Results it dropped in all.
+    pub dropped_total: Option<i64>,
+    /// When, Unix ms.
+    pub at: i64,
+}
+
+impl Status {
+    /// What `name` reports now.
+    pub fn now(name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>) -> Status {
+        let clamp = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        Status {
+            name: name.to_owned(),
+            spool_depth: clamp(spool_depth),
+            dropped_total: clamp(dropped_total),
+            at: now_ms(),
+        }
+    }
+}
+
+/// Takes `results` apart on the calling thread and hands them to a writer with `send`
+/// (false: the writer has stopped), waiting first for room in `queue`.
+pub fn submit(
+    queue: &Queue,
+    results: Vec<NewResult>,
+    send: impl FnOnce(Vec<Prepared>, Reply) -> bool,
+) -> super::Ticket {
+    let (tx, ticket) = super::Ticket::channel();
+    let now = now_ms();
+    match results
+        .into_iter()
+        .map(|r| Prepared::new(r, now))
+        .collect::<Result<Vec<_>, String>>()
+    {
+        Ok(p) => {
+            let n = p.len();
+            queue.enter(n);
+            if !send(p, tx) {
+                queue.done(n);
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e));
+        }
+    }
+    ticket
+}
+
+/// The next group for a writer: `first` and whatever else waits, up to `max` results
+/// (`results` counts a job's results, `None` for other work, which counts as one); also how
+/// many results the group holds.
+pub fn gather<J>(
+    first: J,
+    jobs: &Receiver<J>,
+    results: impl Fn(&J) -> Option<usize>,
+    max: usize,
+) -> (Vec<J>, usize) {
+    let weight = |j: &J| results(j).map_or(1, |n| n.max(1));
+    let mut held = results(&first).unwrap_or(0);
+    let mut n = weight(&first);
+    let mut group = vec![first];
+    while n < max {
+        match jobs.try_recv() {
+            Ok(job) => {
+                n += weight(&job);
+                held += results(&job).unwrap_or(0);
+                group.push(job);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    (group, held)
 }
 
 /// A result made ready for the writer on the submitting thread: parsing, hashing and packing
@@ -171,24 +259,7 @@ fn now_ms() -> i64 {
 pub fn run(mut conn: Connection, jobs: Receiver<Job>, confirm: u32, queue: Arc<Queue>) {
     let mut caches = Caches::default();
     while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        let mut n = group[0].results();
-        while n < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    n += job.results();
-                    group.push(job);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        let results: usize = group
-            .iter()
-            .map(|j| match j {
-                Job::Insert(r, _) => r.len(),
-                _ => 0,
-            })
-            .sum();
+        let (group, results) = gather(first, &jobs, Job::results, MAX_GROUP);
         write_group(&mut conn, group, &mut caches, confirm);
         queue.done(results);
         caches.trim();
@@ -267,13 +338,13 @@ fn write_group(conn: &mut Connection, group: Vec<Job>, caches: &mut Caches, conf
                 }
                 Ok(Some((reply, out)))
             }
-            Job::Touch {
+            Job::Touch(Touch {
                 name,
                 remote,
                 agent,
                 config,
                 at,
-            } => {
+            }) => {
                 let id = slave_id(conn, caches, &name, at).map_err(|e| (e.to_string(), None))?;
                 conn.prepare_cached(
                     "UPDATE slaves SET remote_addr = ?2, agent = COALESCE(?3, agent),
@@ -285,12 +356,12 @@ fn write_group(conn: &mut Connection, group: Vec<Job>, caches: &mut Caches, conf
                 .map_err(|e| (e.to_string(), None))?;
                 Ok(None)
             }
-            Job::Status {
+            Job::Status(Status {
                 name,
                 spool_depth,
                 dropped_total,
                 at,
-            } => {
+            }) => {
                 let id = slave_id(conn, caches, &name, at).map_err(|e| (e.to_string(), None))?;
                 conn.prepare_cached(
                     "UPDATE slaves SET spool_depth = COALESCE(?2, spool_depth),
@@ -337,7 +408,6 @@ fn write_group(conn: &mut Connection, group: Vec<Job>, caches: &mut Caches, conf
     }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>;
 type JobError = (String, Option<Reply>);
 
 /// Runs `f` in a savepoint: kept when it succeeds, undone (and the caches, which may hold

@@ -14,14 +14,14 @@
 //!   cached id) is retried with cold caches, then job by job, so one bad job fails alone.
 
 use super::super::codec;
-use super::super::ingest::{Prepared, Queue, advance, event_paths};
+use super::super::ingest::{Prepared, Queue, Reply, Status, Touch, advance, event_paths, gather};
 use super::super::{EventRecord, Outcome, Stored};
 use crate::master::analysis::{Candidate, State};
 use crate::master::path::Path as NetPath;
 use postgres::{Client, GenericClient, Statement};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 
 /// Most results committed in one transaction.
 const MAX_GROUP: usize = 2000;
@@ -32,50 +32,28 @@ pub const ROUTE_TOUCH_MS: i64 = 10 * 60 * 1000;
 /// Tries of a whole group before its jobs are tried one by one.
 const GROUP_TRIES: usize = 3;
 
-type Reply = tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>;
-
 /// Work for the writer.
 pub enum Job {
     /// Store these results; answer when durable.
     Insert(Vec<Prepared>, Reply),
     /// A slave was seen.
-    Touch {
-        /// Its name.
-        name: String,
-        /// Its address.
-        remote: String,
-        /// What it said it runs.
-        agent: Option<String>,
-        /// It fetched its config.
-        config: bool,
-        /// When, Unix ms.
-        at: i64,
-    },
+    Touch(Touch),
     /// A slave reported its spool.
-    Status {
-        /// Its name.
-        name: String,
-        /// Results waiting there.
-        spool_depth: Option<i64>,
-        /// Results it dropped in all.
-        dropped_total: Option<i64>,
-        /// When, Unix ms.
-        at: i64,
-    },
+    Status(Status),
 }
 
 impl Job {
-    fn results(&self) -> usize {
+    fn results(&self) -> Option<usize> {
         match self {
-            Job::Insert(r, _) => r.len().max(1),
-            _ => 1,
+            Job::Insert(r, _) => Some(r.len()),
+            _ => None,
         }
     }
 
     fn slave(&self) -> Option<&str> {
         match self {
             Job::Insert(..) => None,
-            Job::Touch { name, .. } | Job::Status { name, .. } => Some(name),
+            Job::Touch(Touch { name, .. }) | Job::Status(Status { name, .. }) => Some(name),
         }
     }
 }
@@ -169,24 +147,7 @@ impl Writer {
     /// Runs until every sender is gone.
     pub fn run(mut self, jobs: Receiver<Job>, queue: Arc<Queue>) {
         while let Ok(first) = jobs.recv() {
-            let mut group = vec![first];
-            let mut n = group[0].results();
-            while n < MAX_GROUP {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        n += job.results();
-                        group.push(job);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            let results: usize = group
-                .iter()
-                .map(|j| match j {
-                    Job::Insert(r, _) => r.len(),
-                    _ => 0,
-                })
-                .sum();
+            let (group, results) = gather(first, &jobs, Job::results, MAX_GROUP);
             self.write_group(group);
             queue.done(results);
             self.caches.trim();
@@ -375,13 +336,13 @@ impl Writer {
                         out.push(outcome);
                     }
                 }
-                Job::Touch {
+                Job::Touch(Touch {
                     name,
                     remote,
                     agent,
                     config,
                     at,
-                } => {
+                }) => {
                     let u = slaves.entry(slave_ids[name.as_str()]).or_default();
                     u.last_seen = u.last_seen.max(Some(*at));
                     u.remote = Some((remote.clone(), *at));
@@ -392,12 +353,12 @@ impl Writer {
                         u.last_config = u.last_config.max(Some(*at));
                     }
                 }
-                Job::Status {
+                Job::Status(Status {
                     name,
                     spool_depth,
                     dropped_total,
                     at,
-                } => {
+                }) => {
                     let u = slaves.entry(slave_ids[name.as_str()]).or_default();
                     // Field by field, as SQLite keeps them: a report without a figure leaves
                     // the last one.

@@ -8,7 +8,7 @@ mod ingest;
 mod query;
 pub mod schema;
 
-use super::ingest::{Prepared, Queue};
+use super::ingest::{Queue, Status, Touch};
 use super::query::ReadCaches;
 use super::{
     Cursor, EventQuery, EventView, MasterConfig, NewHop, NewResult, PathSeen, ResultQuery,
@@ -121,43 +121,15 @@ impl Postgres {
 
 impl Store for Postgres {
     fn submit(&self, results: Vec<NewResult>) -> Ticket {
-        let (tx, ticket) = Ticket::channel();
-        let now = now_ms();
-        let prepared: Result<Vec<_>, String> =
-            results.into_iter().map(|r| Prepared::new(r, now)).collect();
-        match prepared {
-            Ok(p) => {
-                let n = p.len();
-                self.queue.enter(n);
-                if !self.send(Job::Insert(p, tx)) {
-                    self.queue.done(n);
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-            }
-        }
-        ticket
+        super::ingest::submit(&self.queue, results, |p, tx| self.send(Job::Insert(p, tx)))
     }
 
     fn touch_slave(&self, name: &str, remote: &str, agent: Option<&str>, config: bool) {
-        let _ = self.send(Job::Touch {
-            name: name.to_owned(),
-            remote: remote.to_owned(),
-            agent: agent.map(str::to_owned),
-            config,
-            at: now_ms(),
-        });
+        let _ = self.send(Job::Touch(Touch::now(name, remote, agent, config)));
     }
 
     fn slave_status(&self, name: &str, spool_depth: Option<u64>, dropped_total: Option<u64>) {
-        let clamp = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
-        let _ = self.send(Job::Status {
-            name: name.to_owned(),
-            spool_depth: clamp(spool_depth),
-            dropped_total: clamp(dropped_total),
-            at: now_ms(),
-        });
+        let _ = self.send(Job::Status(Status::now(name, spool_depth, dropped_total)));
     }
 
     fn results(&self, q: &ResultQuery) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
