@@ -3,8 +3,7 @@
 
 mod util;
 
-use dist_traceroute::master::path::{Path as NetPath, Terminal};
-use dist_traceroute::master::store::{NewHop, NewResult, ResultQuery, Store, postgres::Postgres};
+use dist_traceroute::master::store::{ResultQuery, Store, postgres::Postgres};
 use std::path::Path;
 use util::pg;
 
@@ -28,57 +27,12 @@ fn path(file: &Path) -> &str {
     file.to_str().expect("the harness's folder is UTF-8")
 }
 
-/// A result of slave1 to Google over two hops.
-fn result() -> NewResult {
-    let at = chrono::Utc::now().timestamp_millis();
-    let hop = |ttl: i64, address: &str| NewHop {
-        ttl,
-        address: address.into(),
-        host: String::new(),
-        rtt_ns: 1000 * ttl,
-        size: 56,
-        kind: None,
-        replies: None,
-        reply_ttl: None,
-    };
-    NewResult {
-        result_id: "00000000-0000-4000-8000-000000000001".into(),
-        slave: "slave1".into(),
-        target_uuid: "76d96640-d357-47b3-ba50-5248a7604bc9".into(),
-        target_name: "Google".into(),
-        target_address: "www.google.at".into(),
-        target_known: true,
-        measured_at: at,
-        date_time: chrono::DateTime::from_timestamp_millis(at)
-            .unwrap()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
-        success: true,
-        hop_count: 2,
-        path: NetPath::from_hops(
-            [
-                (1, "10.0.0.1".parse().unwrap()),
-                (2, "10.0.0.2".parse().unwrap()),
-            ],
-            Terminal::Reached,
-        ),
-        protocol: Some("udp".into()),
-        flow: Some(0),
-        destination: None,
-        unreachable: None,
-        error: None,
-        agent: None,
-        duration_ns: Some(2_000_000),
-        rtt_alert_ns: None,
-        hops: vec![hop(1, "10.0.0.1"), hop(2, "10.0.0.2")],
-    }
-}
-
 /// Opens the store at `url` in `db`, stores a result and reads it back (so its writer and a
 /// reader are certainly connected), and returns, while the store is open, whether each of its
 /// connections the server sees is TLS.
 fn tls_of_connections(db: &str, url: &str) -> Vec<bool> {
     let store = Postgres::open(url, None, 2).unwrap_or_else(|e| panic!("{url}: {e:#}"));
-    store.insert(&result()).unwrap();
+    store.insert(&util::stored::result(1, 0)).unwrap();
     let (stored, _) = store
         .results(&ResultQuery {
             limit: 10,
