@@ -217,6 +217,13 @@ fn concurrent_submissions_each_get_their_own_answer(engine: Engine) {
         .0;
     assert_eq!(page.len(), 8);
     assert!(page.iter().all(|r| r.measured_at == T0 + 1_039));
+    // No millisecond was full, so none was moved to a later one.
+    let moved: Vec<_> = all(&*store)
+        .into_iter()
+        .filter(|r| r.ordered_at.is_some())
+        .map(|r| (r.measured_at - T0, r.ordered_at))
+        .collect();
+    assert!(moved.is_empty(), "results moved on: {moved:?}");
 }
 
 fn a_full_millisecond_spills_into_the_next_and_dedup_still_works(engine: Engine) {

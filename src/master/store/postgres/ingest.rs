@@ -946,8 +946,10 @@ fn feed(
     Ok(records)
 }
 
-/// Inserts a result row at the first free key of its millisecond (or a later one when that
-/// is full), one statement at a time; returns the key and leaves the millisecond used in `m`.
+/// Inserts a result row at the first free place of its millisecond (or of a later one when
+/// that is full), one statement at a time; returns the key and leaves the millisecond used in
+/// `m`. The first free place, not the one after the highest taken: places come from a shared
+/// sequence, so a millisecond holding a few results may hold one at its last place.
 fn claim_key(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut HashMap<&'static str, Statement>,
@@ -961,19 +963,20 @@ fn claim_key(
         let st = prepare(
             tx,
             statements,
-            "SELECT max(id) FROM results WHERE id BETWEEN $1 AND $2",
+            "SELECT id FROM results WHERE id BETWEEN $1 AND $2",
         )?;
-        let top: Option<i64> = tx
-            .query_one(
+        let taken: std::collections::HashSet<i64> = tx
+            .query(
                 &st,
                 &[&codec::key(at, 0), &codec::key(at, codec::PER_MS - 1)],
             )?
-            .get(0);
-        let n = top.map_or(0, |k| k - codec::key(at, 0) + 1);
-        if n >= codec::PER_MS {
+            .iter()
+            .map(|r| r.get::<_, i64>(0) - codec::key(at, 0))
+            .collect();
+        let Some(n) = (0..codec::PER_MS).find(|n| !taken.contains(n)) else {
             at += 1;
             continue;
-        }
+        };
         m.ordered_ms = at;
         let key = codec::key(at, n);
         let st = prepare(
