@@ -103,9 +103,20 @@ fn kill_9_at_random_instants_loses_and_doubles_nothing() {
     spool_results(&spool);
     assert_eq!(files_in(&spool, "rejected"), 0, "no corrupt spool entry");
 
+    let starts = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("' of master ")
+            .count()
+    };
+    let started_before = starts(&log);
     let mut last = slave(&dir.0, master.addr(), &fast);
     wait_for(LONG, || all_in(&taken, &stored_ids(&db)).then_some(()))
         .expect("every result spooled before a kill reaches the master");
+    // The earlier slaves may have delivered everything already: SIGTERM only once this one is
+    // running (before its start line it has no signal handler, and the signal kills it).
+    wait_for(LONG, || (starts(&log) > started_before).then_some(()))
+        .expect("the last slave starts");
     assert_eq!(terminate(&mut last, LONG), Some(0));
     let stored = stored_ids(&db);
     assert_unique(&stored);
