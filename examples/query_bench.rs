@@ -5,7 +5,7 @@
 
 use dist_traceroute::master::config::{Config, Live, parse_slaves, parse_targets};
 use dist_traceroute::master::path::{Path, Terminal};
-use dist_traceroute::master::routes::{App, Counters, Request, handle};
+use dist_traceroute::master::routes::{App, Request, handle};
 use dist_traceroute::master::store::{self, NewHop, NewResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,21 +126,16 @@ fn main() -> anyhow::Result<()> {
         br#"{"Targets":{},"Retries":1,"MaxHops":30,"TimeoutMs":500}"#,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = App {
-        name: "bench:8990".into(),
-        config: Live::new(Config {
+    let app = App::new(
+        "bench:8990".into(),
+        Live::new(Config {
             slaves,
             targets,
             targets_raw: Arc::from(&b"{}"[..]),
             verified: Arc::default(),
         }),
         store,
-        counters: Counters::default(),
-        throttle: Default::default(),
-        alerts: Default::default(),
-        metrics: Default::default(),
-        read: Default::default(),
-    };
+    );
     let mut rng = fastrand::Rng::with_seed(7);
     for (name, query) in [
         (
@@ -165,10 +160,8 @@ fn main() -> anyhow::Result<()> {
                 method: "GET".into(),
                 path: path.into(),
                 query: q,
-                user_agent: None,
-                authorization: None,
                 remote: "127.0.0.1:1".parse()?,
-                body: Vec::new(),
+                ..Request::default()
             };
             let t = Instant::now();
             let r = handle(&app, &req);

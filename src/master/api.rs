@@ -117,7 +117,8 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn iso(ms: i64) -> String {
+/// Unix ms as RFC 3339 in UTC with milliseconds.
+pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
@@ -173,6 +174,7 @@ pub fn handle(app: &App, req: &Request) -> Option<Response> {
         "/api/v1/paths/current" => current_paths(app, req),
         "/api/v1/paths/history" => path_history(app, req),
         "/api/v1/events" => events(app, req),
+        "/api/v1/stream" => stream(app, req),
         _ => return None,
     };
     Some(r)
@@ -563,6 +565,60 @@ fn events(app: &App, req: &Request) -> Response {
             .collect();
         Ok(serde_json::json!({ "events": events, "next_cursor": next }))
     })
+}
+
+/// `GET /api/v1/stream?slave=&target=&kind=`: Server-Sent Events, a `result` event for each
+/// stored result (the objects of `/api/v1/results`) and an `event` event for each change
+/// event, from now on; `kind` takes `result` and event kinds, comma-separated. A client
+/// that reconnects with `Last-Event-ID` (or `last_event_id=`) first gets what it missed, or a
+/// `reset` event when that is no longer kept.
+fn stream(app: &App, req: &Request) -> Response {
+    let p = match Params::parse(&req.query, &["slave", "target", "kind", "last_event_id"]) {
+        Ok(p) => p,
+        Err(e) => return Response::error(400, e),
+    };
+    let mut kinds = Vec::new();
+    for k in p
+        .text("kind")
+        .unwrap_or("")
+        .split(',')
+        .filter(|k| !k.is_empty())
+    {
+        if k != "result" && !EVENT_KINDS.contains(&k) {
+            return Response::error(
+                400,
+                format!(
+                    "kind '{}' is not one of result, {}",
+                    k.chars().take(32).collect::<String>(),
+                    EVENT_KINDS.join(", ")
+                ),
+            );
+        }
+        kinds.push(k.to_owned());
+    }
+    let filter = super::stream::Filter {
+        slave: p.text("slave").map(str::to_owned),
+        target: p.text("target").map(str::to_owned),
+        kinds,
+    };
+    let last = req.last_event_id.as_deref().or(p.text("last_event_id"));
+    match app.stream.subscribe(filter, last) {
+        Ok(sub) => Response {
+            body: super::routes::Body::Events(sub),
+            ..Response::new(200, "text/event-stream; charset=utf-8", Vec::new())
+        },
+        Err(super::stream::Refused::Full) => {
+            let mut r = Response::error(
+                503,
+                format!(
+                    "{} streams are open, the most this master serves",
+                    super::stream::MAX_SUBSCRIBERS
+                ),
+            );
+            r.headers.push(("Retry-After", "10".into()));
+            r
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod path;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod throttle;
 pub mod tls;
 
@@ -134,14 +135,9 @@ impl Master {
         publish_config(store.clone(), live.clone(), name.clone(), s.reload_interval)?;
         Ok(Master {
             app: Arc::new(routes::App {
-                name,
-                config: live,
-                store,
-                counters: routes::Counters::default(),
-                throttle: throttle::Throttle::new(),
                 alerts,
-                metrics: metrics::Metrics::default(),
                 read: access::ReadAccess::new(users, s.public_read),
+                ..routes::App::new(name, live, store)
             }),
             listener,
             limits: s.limits.clone(),

@@ -36,6 +36,36 @@ pub struct Request {
     pub remote: SocketAddr,
     /// The body.
     pub body: Vec<u8>,
+    /// The `Cookie` header, if any (the dashboard's session).
+    pub cookie: Option<String>,
+    /// The `Origin` header, if any (a form's cross-site check).
+    pub origin: Option<String>,
+    /// The `Host` header, if any.
+    pub host: Option<String>,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
+    /// The `Last-Event-ID` header, if any (a stream's resume).
+    pub last_event_id: Option<String>,
+}
+
+impl Default for Request {
+    /// An empty `GET /` from loopback.
+    fn default() -> Self {
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            user_agent: None,
+            authorization: None,
+            remote: SocketAddr::from(([127, 0, 0, 1], 0)),
+            body: Vec::new(),
+            cookie: None,
+            origin: None,
+            host: None,
+            accept: None,
+            last_event_id: None,
+        }
+    }
 }
 
 /// The chunks of a streamed body, made one at a time (synchronously, as handlers are) while
@@ -49,6 +79,8 @@ pub enum Body {
     /// Chunks made on demand, sent with chunked transfer encoding; an error cuts the body
     /// short where the client can tell (no last chunk).
     Stream(Chunks),
+    /// Server-sent events from the live stream, for as long as the client stays.
+    Events(super::stream::Subscription),
 }
 
 impl Body {
@@ -56,7 +88,7 @@ impl Body {
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Body::Bytes(b) => Some(b),
-            Body::Stream(_) => None,
+            Body::Stream(_) | Body::Events(_) => None,
         }
     }
 
@@ -71,6 +103,7 @@ impl Body {
                 }
                 Ok(out)
             }
+            Body::Events(_) => anyhow::bail!("an event stream has no end"),
         }
     }
 }
@@ -80,6 +113,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Bytes(b) => write!(f, "Bytes({:?})", String::from_utf8_lossy(b)),
             Body::Stream(_) => f.write_str("Stream"),
+            Body::Events(s) => write!(f, "{s:?}"),
         }
     }
 }
@@ -187,6 +221,26 @@ pub struct App {
     pub metrics: super::metrics::Metrics,
     /// Who may read the API, the exports and the metrics.
     pub read: access::ReadAccess,
+    /// The live stream of stored results and events.
+    pub stream: Arc<super::stream::Hub>,
+}
+
+impl App {
+    /// An app serving `config` from `store` as master `name`: alerts to the log only, reads
+    /// from loopback only; set the other fields as needed.
+    pub fn new(name: String, config: Live, store: Arc<dyn Store>) -> App {
+        App {
+            name,
+            config,
+            store,
+            counters: Counters::default(),
+            throttle: super::throttle::Throttle::new(),
+            alerts: super::alert::Alerts::log_only(),
+            metrics: super::metrics::Metrics::default(),
+            read: access::ReadAccess::default(),
+            stream: Arc::default(),
+        }
+    }
 }
 
 /// What a handler gives back: an answer now, or one that waits for the store's commit.
@@ -580,17 +634,24 @@ fn store_one(
     answer: impl FnOnce(Result<Stored, Reject>) -> Response + Send + 'static,
 ) -> Reply {
     let (id, slave) = (new.result_id.clone(), new.slave.clone());
+    let shown = app.stream.wanted().then(|| new.clone());
     let ticket = app.store.submit(vec![new]);
     Pending::reply(ticket, move |app, outcome| {
-        answer(stored_one(app, &id, &slave, outcome))
+        answer(stored_one(app, &id, &slave, shown.as_ref(), outcome))
     })
 }
 
-/// Counts, logs and alerts on the fate of one stored result.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Counts, logs, streams (`shown`: the result, when the stream wants it) and alerts on the
+/// fate of one stored result.
 fn stored_one(
     app: &App,
     id: &str,
     slave: &str,
+    shown: Option<&NewResult>,
     outcome: anyhow::Result<Vec<Outcome>>,
 ) -> Result<Stored, Reject> {
     let outcome = outcome.and_then(|mut v| {
@@ -599,8 +660,13 @@ fn stored_one(
     });
     match outcome {
         Ok((Stored::New(row), events)) => {
+            match shown {
+                Some(r) => app.stream.result(r, row, now_ms()),
+                None => app.stream.skip(),
+            }
             for e in &events {
                 app.alerts.send(e);
+                app.stream.event(e);
             }
             bump(&app.counters.results_stored);
             log::debug!("result {id} from {slave} stored as {row}");
@@ -938,13 +1004,22 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
         );
     }
     let count = valid.len();
+    let shown = app.stream.wanted().then(|| valid.clone());
     let ticket = app.store.submit(valid);
     Pending::reply(ticket, move |app, outcome| {
         match outcome {
             Ok(stored) => {
-                for (slot, (s, events)) in slot_of_valid.into_iter().zip(stored) {
+                let now = now_ms();
+                for (n, (slot, (s, events))) in slot_of_valid.into_iter().zip(stored).enumerate() {
+                    if let Stored::New(key) = s {
+                        match shown.as_ref().and_then(|v| v.get(n)) {
+                            Some(r) => app.stream.result(r, key, now),
+                            None => app.stream.skip(),
+                        }
+                    }
                     for e in &events {
                         app.alerts.send(e);
+                        app.stream.event(e);
                     }
                     items[slot].status = match s {
                         Stored::New(_) => {
@@ -1010,21 +1085,16 @@ mod tests {
         .unwrap();
         let raw = br#"{"ReportURL":"","Targets":{"76d96640-d357-47b3-ba50-5248a7604bc9":{"Name":"Google","Address":"www.google.at"}},"Retries":1,"MaxHops":30,"TimeoutMs":500}"#;
         let targets = parse_targets(Path::new("t"), raw).unwrap();
-        App {
-            name: "test:8990".into(),
-            config: Live::new(Config {
+        App::new(
+            "test:8990".into(),
+            Live::new(Config {
                 slaves,
                 targets,
                 targets_raw: Arc::from(&raw[..]),
                 verified: Arc::default(),
             }),
-            store: Arc::new(crate::master::store::sqlite::Sqlite::open_temp(2).unwrap()),
-            counters: Counters::default(),
-            throttle: crate::master::throttle::Throttle::new(),
-            alerts: crate::master::alert::Alerts::log_only(),
-            metrics: crate::master::metrics::Metrics::default(),
-            read: access::ReadAccess::default(),
-        }
+            Arc::new(crate::master::store::sqlite::Sqlite::open_temp(2).unwrap()),
+        )
     }
 
     fn post(path: &str, body: &[u8]) -> Request {
@@ -1032,10 +1102,9 @@ mod tests {
             method: "POST".into(),
             path: path.into(),
             query: String::new(),
-            user_agent: None,
-            authorization: None,
             remote: "127.0.0.1:5000".parse().unwrap(),
             body: body.to_vec(),
+            ..Request::default()
         }
     }
 
@@ -1302,10 +1371,9 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             query: query.into(),
-            user_agent: None,
             authorization: auth.map(AuthHeader),
             remote: from.parse().unwrap(),
-            body: Vec::new(),
+            ..Request::default()
         }
     }
 

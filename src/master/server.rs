@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT,
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST,
+    HeaderValue, ORIGIN, USER_AGENT,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -476,6 +477,46 @@ fn feed(mut chunks: Chunks, link: &Link) -> mpsc::Receiver<Piece> {
     rx
 }
 
+/// Sends a live stream's frames as they come, and a comment after every quiet
+/// [`HEARTBEAT`](super::stream::HEARTBEAT), until the client goes, stops reading for
+/// `link.stall`, or falls so far behind that the hub ends its subscription (then the body
+/// ends cleanly and the client reconnects with its `Last-Event-ID`).
+fn feed_events(sub: super::stream::Subscription, link: &Link) -> mpsc::Receiver<Piece> {
+    use super::stream::Next;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let (conn, remote, stall) = (link.conn.clone(), link.remote, link.stall);
+    let ready = Arc::new(Notify::new());
+    let wake = ready.clone();
+    sub.on_ready(Arc::new(move || wake.notify_one()));
+    tokio::spawn(async move {
+        loop {
+            let piece = match sub.next() {
+                Next::Frames(f) => Piece::Data(Bytes::from(f)),
+                Next::Ended => {
+                    log::info!("stream to {remote} fell behind: ended, the client may resume");
+                    if queue(&tx, Piece::End, stall, &conn, remote).await {
+                        drain(&tx, stall, &conn, remote).await;
+                    }
+                    return;
+                }
+                Next::Empty => {
+                    tokio::select! {
+                        () = ready.notified() => continue,
+                        () = tokio::time::sleep(super::stream::HEARTBEAT) => {
+                            Piece::Data(Bytes::from_static(b": keep-alive\n\n"))
+                        }
+                        () = tx.closed() => return,
+                    }
+                }
+            };
+            if !queue(&tx, piece, stall, &conn, remote).await {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Queues one piece; false when the client has gone, or took nothing for `stall` (its
 /// connection is then closed: hyper would wait on a client that stopped reading for ever).
 async fn queue(
@@ -527,6 +568,10 @@ fn reply(r: Response, close: bool, link: Link) -> hyper::Response<Out> {
             queue: feed(chunks, &link),
             done: Some(link),
         },
+        Body::Events(sub) => Out::Stream {
+            queue: feed_events(sub, &link),
+            done: Some(link),
+        },
     };
     let mut out = hyper::Response::new(body);
     *out.status_mut() =
@@ -540,6 +585,9 @@ fn reply(r: Response, close: bool, link: Link) -> hyper::Response<Out> {
     }
     if close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if r.content_type.starts_with("text/event-stream") {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     out
 }
@@ -571,6 +619,15 @@ fn client_of(peer: SocketAddr, headers: &hyper::HeaderMap, trusted: &[ipnet::IpN
         }
     }
     peer
+}
+
+/// A header's value as text (the first, when given twice), at most 8 KiB.
+fn header(headers: &hyper::HeaderMap, name: impl hyper::header::AsHeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 8192)
+        .map(str::to_owned)
 }
 
 async fn respond(
@@ -627,6 +684,11 @@ async fn respond(
             .map(|s| super::access::AuthHeader(s.to_owned())),
         remote: client_of(remote, &parts.headers, &limits.trusted_proxies),
         body,
+        cookie: header(&parts.headers, COOKIE),
+        origin: header(&parts.headers, ORIGIN),
+        host: header(&parts.headers, HOST),
+        accept: header(&parts.headers, ACCEPT),
+        last_event_id: header(&parts.headers, "last-event-id"),
     };
     let start = Instant::now();
     let class = super::metrics::route_class(&request.path);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod pg;
+pub mod sse;
 pub mod stored;
 
 /// The binary under test.

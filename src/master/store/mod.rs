@@ -271,6 +271,38 @@ pub struct StoredResult {
     pub hops: Vec<NewHop>,
 }
 
+impl StoredResult {
+    /// A result just stored at ordering key `key`, received at `received_at` (Unix ms), as a
+    /// read would return it.
+    pub fn of_new(r: &NewResult, key: i64, received_at: i64) -> StoredResult {
+        let ordered = codec::key_ms(key);
+        let path = r.path.canonical();
+        StoredResult {
+            id: r.result_id.clone(),
+            slave: r.slave.clone(),
+            target_id: r.target_uuid.clone(),
+            target_name: r.target_name.clone(),
+            target_address: r.target_address.clone(),
+            target_known: r.target_known,
+            date_time: r.date_time.clone(),
+            measured_at: r.measured_at,
+            ordered_at: (ordered != r.measured_at).then_some(ordered),
+            duration_ns: r.duration_ns,
+            received_at,
+            success: r.success,
+            hop_count: r.hop_count,
+            path_id: NetPath::hash_of(&path),
+            path,
+            protocol: r.protocol.clone(),
+            flow: r.flow,
+            destination: r.destination.clone(),
+            unreachable: r.unreachable.clone(),
+            error: r.error.clone(),
+            hops: r.hops.clone(),
+        }
+    }
+}
+
 /// What the store knows of a slave.
 #[derive(Debug, Clone)]
 pub struct SlaveRecord {
