@@ -67,7 +67,31 @@ suite!(
     slaves_merge_what_every_request_reported,
     retention_keeps_the_newest_of_a_series,
     reopening_keeps_everything_and_migrates_nothing_twice,
+    a_secret_is_kept_once_and_the_first_one_wins,
 );
+
+fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
+    let store = open(engine, 2);
+    let first = store.secret("session-key", b"first-value").unwrap();
+    assert_eq!(first, b"first-value");
+    // Another master (or a restart) with its own fresh value gets the kept one.
+    assert_eq!(
+        store.secret("session-key", b"second").unwrap(),
+        b"first-value"
+    );
+    assert_eq!(store.secret("other", b"x").unwrap(), b"x");
+    // Many at once: one value for all of them.
+    let got: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || store.secret("raced", &[i; 8]).unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(got.iter().all(|v| *v == got[0] && v.len() == 8), "{got:?}");
+}
 
 fn a_result_id_is_stored_once_and_reads_back_exactly(engine: Engine) {
     let store = open(engine, 2);

@@ -928,6 +928,23 @@ impl Users {
         found
     }
 
+    /// The role of user `name` and a digest of their password as the file has it now: a
+    /// session is bound to it, so a new password (or none) ends the user's sessions.
+    pub fn session_binding(&self, name: &str) -> Option<(Role, [u8; 32])> {
+        use sha2::Digest;
+        let u = self.file.users.iter().find(|u| u.name.0 == name)?;
+        let (kind, text) = match &u.secret {
+            Secret::Plain(p) => ("plain", p),
+            Secret::Hash(h) => ("hash", h),
+        };
+        let mut d = sha2::Sha256::new();
+        for part in ["dt-session", name, kind, text.as_str(), u.role.name()] {
+            d.update((part.len() as u64).to_le_bytes());
+            d.update(part.as_bytes());
+        }
+        Some((u.role, d.finalize().into()))
+    }
+
     /// The user whose `Tokens` hold the digest of `token`. Every digest is compared, in
     /// constant time, whichever matches.
     pub fn check_token(&self, token: &str) -> Option<(&str, Role)> {

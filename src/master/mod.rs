@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod path;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod stream;
 pub mod throttle;

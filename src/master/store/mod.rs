@@ -513,6 +513,10 @@ pub trait Store: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The secret kept under `name`; when there is none yet, `fresh` is kept and returned
+    /// (of several masters storing one at once, the first wins and all get its value).
+    fn secret(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>>;
+
     /// Stores one result and waits until it is durable.
     fn insert(&self, r: &NewResult) -> anyhow::Result<Outcome> {
         self.submit(vec![r.clone()])

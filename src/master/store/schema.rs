@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -141,6 +141,12 @@ const V4_TABLES: &str = "
     ALTER TABLE series ADD COLUMN last_success INTEGER;
     ALTER TABLE series ADD COLUMN last_rtt_ns INTEGER;";
 
+/// The SQL migrations after version 4, in order (the first is version 5).
+const LATER_MIGRATIONS: &[&str] = &[
+    // 5: secrets the masters keep, such as the key that signs the dashboard's sessions.
+    "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+];
+
 /// Brings the database to [`VERSION`]; each step is one transaction.
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -166,6 +172,17 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
                 "database upgraded to schema 4: {n} results repacked; the space of the old tables is reused for new results"
             );
         }
+    }
+    for (i, sql) in LATER_MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip((version - 4).max(0) as usize)
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {} failed", i + 5))?;
+        tx.pragma_update(None, "user_version", (i + 5) as i64)?;
+        tx.commit()?;
     }
     Ok(())
 }

@@ -208,6 +208,19 @@ impl Store for Sqlite {
         Ok(self.on_writer(move |conn, _| retention::delete_results(conn, cutoff))??)
     }
 
+    fn secret(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let (name, fresh) = (name.to_owned(), fresh.to_vec());
+        Ok(self.on_writer(move |conn, _| -> rusqlite::Result<Vec<u8>> {
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                rusqlite::params![name, fresh],
+            )?;
+            conn.query_row("SELECT value FROM secrets WHERE name = ?1", [&name], |r| {
+                r.get(0)
+            })
+        })??)
+    }
+
     fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)> {
         self.on_writer(|_, caches| {
             caches.routes_used = Some(Default::default());

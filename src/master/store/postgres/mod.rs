@@ -183,6 +183,18 @@ impl Store for Postgres {
         Ok(())
     }
 
+    fn secret(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut c = self.reader()?;
+        c.execute(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &fresh],
+        )?;
+        Ok(
+            c.query_one("SELECT value FROM secrets WHERE name = $1", &[&name])?
+                .get(0),
+        )
+    }
+
     fn master_configs(&self) -> anyhow::Result<Vec<MasterConfig>> {
         let rows = self.reader()?.query(
             "SELECT name, config::TEXT, seen_at FROM masters ORDER BY name",

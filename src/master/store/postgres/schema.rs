@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -123,6 +123,9 @@ const MIGRATIONS: &[&str] = &[
     // 64), so masters writing the same milliseconds rarely pick the same key (a sequence
     // never waits for another transaction; a taken key would).
     "CREATE SEQUENCE result_keys CYCLE;",
+    // 3: secrets the masters share, such as the key that signs the dashboard's sessions (so
+    // a session one master opened holds on every other).
+    "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
