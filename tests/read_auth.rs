@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use util::sse::Stream;
 use util::*;
 
 /// Every read: the query API, each export, the metrics.
@@ -28,6 +29,17 @@ const READS: [&str; 11] = [
     "/api/v1/export/atlas.json",
     "/api/v1/export/graph.dot?target=Google",
     "/metrics",
+];
+
+/// The dashboard's pages: reads too, answered in HTML (a 303 to the login form instead of a
+/// 401, a page saying how to add a user instead of the JSON 403).
+const PAGES: [&str; 6] = [
+    "/",
+    "/ui/targets",
+    "/ui/slaves",
+    "/ui/config",
+    "/ui/target?id=Google",
+    "/ui/series?slave=slave1&target=Google",
 ];
 
 /// A master in its own namespace, reached from the root namespace over a veth pair.
@@ -200,7 +212,18 @@ fn without_a_users_file_only_loopback_reads() {
         let a = get_as(addr, path, &basic("alice", "x"));
         assert_eq!(a.status, 403, "{path}");
     }
-    for path in READS {
+    for path in PAGES {
+        let a = get(addr, path);
+        assert_eq!(a.status, 403, "{path}: {}", a.text());
+        assert!(header(&a, "Content-Type").unwrap().starts_with("text/html"));
+        assert!(a.text().contains("dist-traceroute hash-password"), "{path}");
+    }
+    let a = Stream::open(addr, "/api/v1/stream", &[]);
+    assert_eq!(a.status, 403, "the stream: {}", a.head);
+    // Neither the health check nor the login form shows anything to protect.
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(get(addr, "/login").status, 200);
+    for path in READS.iter().chain(&PAGES) {
         let a = site.get_on_loopback(addr.port(), path);
         assert_eq!(a.status, 200, "{path} on loopback: {}", a.text());
     }
@@ -267,6 +290,22 @@ fn with_a_users_file_reads_need_a_login() {
             assert_eq!(a.status, 200, "{path}: {}", a.text());
         }
     }
+    for path in PAGES {
+        let a = get(addr, path);
+        assert_eq!(a.status, 303, "{path}: {}", a.text());
+        let to = header(&a, "Location").unwrap();
+        assert!(to.starts_with("/login?next=%2F"), "{path}: {to}");
+        for auth in [&alice, &bob, &bearer] {
+            let a = get_as(addr, path, auth);
+            assert_eq!(a.status, 200, "{path}: {}", a.text());
+        }
+    }
+    let a = Stream::open(addr, "/api/v1/stream", &[]);
+    assert_eq!(a.status, 401, "the stream without a login: {}", a.head);
+    let auth = format!("Authorization: {bearer}");
+    let a = Stream::open(addr, "/api/v1/stream", &[&auth]);
+    assert_eq!(a.status, 200, "the stream with a token: {}", a.head);
+    drop(a);
     // Loopback needs the login too once there are users.
     assert_eq!(site.get_on_loopback(addr.port(), "/metrics").status, 401);
 
@@ -426,4 +465,143 @@ fn loadgen_reads_with_read_user() {
         !err.contains("loadgen: probe"),
         "the probe was refused: {err}"
     );
+}
+
+/// A request with extra header lines, as a browser would send it.
+fn send(addr: SocketAddr, method: &str, path: &str, headers: &[String], body: &str) -> Answer {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    raw(addr, r.as_bytes()).expect("no answer")
+}
+
+/// The dashboard's login from another address: a form post from this master's own origin
+/// sets a session cookie (HttpOnly, SameSite=Strict) that opens the pages, the API and the
+/// stream; a wrong password gets the form again after the delay; a post from another origin
+/// and a forged or stale cookie are refused; logging out drops the cookie.
+#[test]
+fn the_dashboard_login_opens_pages_api_and_stream() {
+    let Some(site) = Site::new("rl") else { return };
+    site.dir.write(
+        "dt-users.json",
+        r#"{"Users": [{"Name": "erin", "Password": "Erin-pw-31", "Role": "viewer"}]}"#,
+    );
+    let (_master, addr) = site.master(&[]);
+    slave_endpoints_work(addr);
+    let origin = format!("Origin: http://{addr}");
+    let form = "application/x-www-form-urlencoded";
+    let login = |body: &str, origin: &str| {
+        send(
+            addr,
+            "POST",
+            "/login",
+            &[origin.to_owned(), format!("Content-Type: {form}")],
+            body,
+        )
+    };
+
+    let a = get(addr, "/ui/slaves");
+    assert_eq!(a.status, 303);
+    let form_page = get(addr, header(&a, "Location").unwrap());
+    assert_eq!(form_page.status, 200);
+    assert!(form_page.text().contains("name=\"password\""));
+    assert!(
+        form_page.text().contains("value=\"/ui/slaves\""),
+        "the form goes back: {}",
+        form_page.text()
+    );
+
+    let started = std::time::Instant::now();
+    let a = login("name=erin&password=wrong&next=%2Fui%2Fslaves", &origin);
+    assert_eq!(a.status, 401, "{}", a.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "the failed-login delay"
+    );
+    assert!(a.text().contains("wrong name or password"));
+    assert!(header(&a, "Set-Cookie").is_none());
+
+    let a = login(
+        "name=erin&password=Erin-pw-31&next=%2Fui%2Fslaves",
+        "Origin: http://evil.example",
+    );
+    assert_eq!(a.status, 403, "a post from another site: {}", a.text());
+    assert!(header(&a, "Set-Cookie").is_none());
+    let a = login(
+        "name=erin&password=Erin-pw-31&next=%2Fui%2Fslaves",
+        "X-None: 1",
+    );
+    assert_eq!(a.status, 403, "a post without Origin");
+
+    // A next that leaves the master goes to / instead.
+    let a = login(
+        "name=erin&password=Erin-pw-31&next=%2F%2Fevil.example%2F",
+        &origin,
+    );
+    assert_eq!(a.status, 303, "{}", a.text());
+    assert_eq!(header(&a, "Location"), Some("/"));
+    let a = login("name=erin&password=Erin-pw-31&next=%2Fui%2Fslaves", &origin);
+    assert_eq!(a.status, 303, "{}", a.text());
+    assert_eq!(header(&a, "Location"), Some("/ui/slaves"));
+    let set = header(&a, "Set-Cookie").unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+    let cookie = format!("Cookie: {}", set.split(';').next().unwrap());
+    for path in PAGES.iter().chain(&READS) {
+        let a = send(addr, "GET", path, std::slice::from_ref(&cookie), "");
+        assert_eq!(a.status, 200, "{path} with the cookie: {}", a.text());
+    }
+    let a = send(addr, "GET", "/", std::slice::from_ref(&cookie), "");
+    assert!(
+        a.text().contains("erin (viewer)"),
+        "the page names the user"
+    );
+    let a = Stream::open(addr, "/api/v1/stream", &[&cookie]);
+    assert_eq!(a.status, 200, "the stream with the cookie: {}", a.head);
+    drop(a);
+
+    // A cookie with one character changed, or another user's name, opens nothing.
+    let value = set
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("dt_session=");
+    let (payload, mac) = value.split_once('.').unwrap();
+    let flipped = if mac.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("Cookie: dt_session={payload}.{flipped}{}", &mac[1..]);
+    let a = send(addr, "GET", "/ui/slaves", &[forged], "");
+    assert_eq!(a.status, 303, "a forged cookie");
+
+    // A new password ends the sessions made with the old one.
+    site.dir.write(
+        "dt-users.json",
+        r#"{"Users": [{"Name": "erin", "Password": "Erin-pw-32", "Role": "viewer"}]}"#,
+    );
+    wait_for(Duration::from_secs(10), || {
+        (send(
+            addr,
+            "GET",
+            "/api/v1/slaves",
+            std::slice::from_ref(&cookie),
+            "",
+        )
+        .status
+            == 401)
+            .then_some(())
+    })
+    .expect("a password change ends the session");
+
+    let a = send(addr, "POST", "/logout", std::slice::from_ref(&origin), "");
+    assert_eq!(a.status, 303);
+    assert!(header(&a, "Set-Cookie").unwrap().contains("Max-Age=0"));
+    let log = site.log();
+    assert!(!log.contains("Erin-pw"), "the log shows a password:\n{log}");
 }

@@ -19,10 +19,12 @@ pub const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Most addresses whose last logged refusal is remembered.
 const MAX_REMEMBERED: usize = 10_000;
 
-/// True for a request that reads results, slaves or metrics: `GET` and `HEAD` of `/api/v1/…`
-/// and `/metrics`. The slave endpoints are `POST`s and keep their own credentials.
+/// True for a request that reads results, slaves or metrics: `GET` and `HEAD` of `/api/v1/…`,
+/// `/metrics` and the dashboard's pages (`/`, `/ui/…`). The slave endpoints are `POST`s and
+/// keep their own credentials; the login form, the assets and `/healthz` show nothing.
 pub fn is_read(method: &str, path: &str) -> bool {
-    matches!(method, "GET" | "HEAD") && (path.starts_with("/api/v1/") || path == "/metrics")
+    matches!(method, "GET" | "HEAD")
+        && (path.starts_with("/api/v1/") || path == "/metrics" || super::ui::is_page(path))
 }
 
 /// True for 127.0.0.0/8, `::1` and IPv4-mapped loopback (`::ffff:127.0.0.1`).

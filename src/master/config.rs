@@ -563,16 +563,88 @@ fn on_change(
     Ok(())
 }
 
+/// What the watchers did with one group of files (the config pair, or the users file), for
+/// the dashboard's config page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileGroup {
+    /// The files.
+    pub files: Vec<PathBuf>,
+    /// When what is in force was read, Unix ms.
+    pub loaded_at: i64,
+    /// When an edit last changed what is in force, Unix ms (`None`: never since the start).
+    pub reloaded_at: Option<i64>,
+    /// The last rejected edit: when, and why.
+    pub rejected: Option<(i64, String)>,
+    /// The files on disk are still that rejected edit (the last good read is in force).
+    pub rejected_now: bool,
+}
+
+/// What the config and users watchers did, shared with the dashboard.
+#[derive(Debug, Clone, Default)]
+pub struct Reloads(Arc<RwLock<(FileGroup, FileGroup)>>);
+
+impl Reloads {
+    /// A record that starts with `config` and `users` read now.
+    pub fn new(config: Vec<PathBuf>, users: PathBuf) -> Reloads {
+        let now = chrono::Utc::now().timestamp_millis();
+        let group = |files| FileGroup {
+            files,
+            loaded_at: now,
+            ..FileGroup::default()
+        };
+        Reloads(Arc::new(RwLock::new((group(config), group(vec![users])))))
+    }
+
+    /// The config pair's record and the users file's.
+    pub fn get(&self) -> (FileGroup, FileGroup) {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, users: bool, f: impl FnOnce(&mut FileGroup)) {
+        let mut both = self.0.write().unwrap_or_else(|p| p.into_inner());
+        f(if users { &mut both.1 } else { &mut both.0 });
+    }
+
+    fn loaded(&self, users: bool, changed: bool) {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.update(users, |g| {
+            if changed {
+                g.loaded_at = now;
+                g.reloaded_at = Some(now);
+            }
+            g.rejected_now = false;
+        });
+    }
+
+    fn rejected(&self, users: bool, why: &str) {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.update(users, |g| {
+            if !(g.rejected_now && g.rejected.as_ref().is_some_and(|(_, w)| w == why)) {
+                g.rejected = Some((now, why.to_owned()));
+            }
+            g.rejected_now = true;
+        });
+    }
+}
+
 /// Watches both files and swaps in each edit that parses; a broken edit is logged once and
-/// the last good config stays. Runs until the process ends.
-pub fn watch(live: Live, slaves: PathBuf, targets: PathBuf, every: Duration) -> anyhow::Result<()> {
+/// the last good config stays. Both go on record in `reloads`. Runs until the process ends.
+pub fn watch(
+    live: Live,
+    slaves: PathBuf,
+    targets: PathBuf,
+    every: Duration,
+    reloads: Reloads,
+) -> anyhow::Result<()> {
     let mut last_error: Option<String> = None;
     let files = vec![slaves.clone(), targets.clone()];
     on_change("config-watch", files, every, move || {
         match load(&slaves, &targets) {
             Ok(config) => {
                 let old = live.get();
-                if old.slaves != config.slaves || *old.targets_raw != *config.targets_raw {
+                let changed =
+                    old.slaves != config.slaves || *old.targets_raw != *config.targets_raw;
+                if changed {
                     log::info!(
                         "config reloaded: {} slaves, {} targets",
                         config.slaves.slaves.len(),
@@ -580,10 +652,12 @@ pub fn watch(live: Live, slaves: PathBuf, targets: PathBuf, every: Duration) -> 
                     );
                     live.set(config);
                 }
+                reloads.loaded(false, changed);
                 last_error = None;
             }
             Err(e) => {
-                let text = e.to_string();
+                let text = format!("{e:#}");
+                reloads.rejected(false, &text);
                 if last_error.as_ref() != Some(&text) {
                     log::warn!("config edit rejected, keeping the last good config: {text}");
                     last_error = Some(text);
@@ -1020,7 +1094,7 @@ impl LiveUsers {
 /// Watches the users file: an edit that parses is in force from the next request, a broken
 /// one is logged once and the last good users stay; a file that goes away means no users
 /// file again (loopback reads only), one that appears is read. Runs until the process ends.
-pub fn watch_users(live: LiveUsers, every: Duration) -> anyhow::Result<()> {
+pub fn watch_users(live: LiveUsers, every: Duration, reloads: Reloads) -> anyhow::Result<()> {
     let file = live.file().to_owned();
     let mut last_error: Option<String> = None;
     on_change(
@@ -1029,7 +1103,8 @@ pub fn watch_users(live: LiveUsers, every: Duration) -> anyhow::Result<()> {
         every,
         move || match load_users(&file) {
             Ok(Some(users)) => {
-                if live.get().is_none_or(|old| old.file != users.file) {
+                let changed = live.get().is_none_or(|old| old.file != users.file);
+                if changed {
                     log::info!(
                         "users reloaded: {} users from {}",
                         users.file.users.len(),
@@ -1037,20 +1112,24 @@ pub fn watch_users(live: LiveUsers, every: Duration) -> anyhow::Result<()> {
                     );
                     live.set(Some(users));
                 }
+                reloads.loaded(true, changed);
                 last_error = None;
             }
             Ok(None) => {
-                if live.get().is_some() {
+                let changed = live.get().is_some();
+                if changed {
                     log::warn!(
                         "users file {} is gone: reads now answer clients on loopback only",
                         file.display()
                     );
                     live.set(None);
                 }
+                reloads.loaded(true, changed);
                 last_error = None;
             }
             Err(e) => {
                 let text = e.to_string();
+                reloads.rejected(true, &text);
                 if last_error.as_ref() != Some(&text) {
                     log::warn!("users file edit rejected, keeping the last good users: {text}");
                     last_error = Some(text);

@@ -16,6 +16,7 @@ pub mod store;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+pub mod ui;
 
 use crate::cli::MasterArgs;
 use anyhow::Context;
@@ -115,14 +116,23 @@ impl Master {
             None => alert::Alerts::log_only(),
         };
         let live = config::Live::new(config);
+        let reloads = config::Reloads::new(
+            vec![s.slaves_file.clone(), s.targets_file.clone()],
+            s.users_file.clone(),
+        );
         config::watch(
             live.clone(),
             s.slaves_file.clone(),
             s.targets_file.clone(),
             s.reload_interval,
+            reloads.clone(),
         )?;
         let users = config::LiveUsers::new(s.users_file.clone(), users);
-        config::watch_users(users.clone(), s.reload_interval)?;
+        config::watch_users(users.clone(), s.reload_interval, reloads.clone())?;
+        // One key for every master on this database, so any of them takes a session cookie.
+        let session_key = store
+            .secret("session-key", &session::fresh_key())
+            .context("cannot read or create the session key in the database")?;
         let tls = match &s.tls {
             Some((cert, key)) => Some(tls::server_config(
                 cert.clone(),
@@ -138,6 +148,9 @@ impl Master {
             app: Arc::new(routes::App {
                 alerts,
                 read: access::ReadAccess::new(users, s.public_read),
+                sessions: session::Sessions::new(session_key),
+                https: tls.is_some(),
+                reloads,
                 ..routes::App::new(name, live, store)
             }),
             listener,

@@ -223,6 +223,12 @@ pub struct App {
     pub read: access::ReadAccess,
     /// The live stream of stored results and events.
     pub stream: Arc<super::stream::Hub>,
+    /// The dashboard's login sessions.
+    pub sessions: super::session::Sessions,
+    /// Served over HTTPS (session cookies are then `Secure`).
+    pub https: bool,
+    /// What the config watchers did (the dashboard's config page).
+    pub reloads: super::config::Reloads,
 }
 
 impl App {
@@ -239,6 +245,9 @@ impl App {
             metrics: super::metrics::Metrics::default(),
             read: access::ReadAccess::default(),
             stream: Arc::default(),
+            sessions: super::session::Sessions::default(),
+            https: false,
+            reloads: super::config::Reloads::default(),
         }
     }
 }
@@ -328,19 +337,36 @@ fn route_now(app: &App, req: &Request) -> Response {
                 Response::error(500, "metrics failed")
             }
         },
-        ("GET", "/") => Response::text(
-            200,
-            format!(
-                "dist-traceroute master {}\nSlaves: POST /config/ and /results/\nAPI: /api/v1/slaves, /api/v1/targets, /api/v1/results, /api/v1/paths/current, /api/v1/paths/history, /api/v1/events, /api/v1/export/..., /metrics\n",
-                env!("CARGO_PKG_VERSION")
-            ),
-        ),
+        ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+        ("GET", "/login") => {
+            let next = form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| k == "next")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| "/".into());
+            let no_users = app
+                .read
+                .users
+                .get()
+                .is_none()
+                .then(|| access::no_users_file(app.read.users.file()));
+            super::ui::html_response(
+                200,
+                super::ui::login_page(super::session::safe_next(&next), None, no_users.as_deref()),
+            )
+        }
+        ("POST", "/login") => login(app, req),
+        ("POST", "/logout") => logout(app, req),
+        ("GET" | "HEAD", p) if p.starts_with("/assets/") || p == "/favicon.ico" => {
+            super::ui::asset(p).unwrap_or_else(|| {
+                Response::error(404, format!("no such asset: {}", truncate(p, 200)))
+            })
+        }
         (_, p)
             if p.starts_with("/config/")
                 || p.starts_with("/results/")
                 || p == "/api/v1/results"
                 || p == "/api/v1/results:batch"
-                || p == "/" =>
+                || (p == "/" && req.method != "GET" && req.method != "HEAD") =>
         {
             let mut r = Response::error(405, format!("{} is not allowed here", req.method));
             let allow = if p.starts_with("/api/v1/results") {
@@ -353,7 +379,8 @@ fn route_now(app: &App, req: &Request) -> Response {
             r.headers.push(("Allow", allow.into()));
             r
         }
-        _ => super::api::handle(app, req)
+        _ => super::ui::handle(app, req, current_session(app, req).as_ref())
+            .or_else(|| super::api::handle(app, req))
             .or_else(|| super::export::handle(app, req))
             .unwrap_or_else(|| {
                 Response::error(404, format!("no such path: {}", truncate(path, 200)))
@@ -450,21 +477,28 @@ fn read_gate(app: &App, req: &Request) -> Option<Response> {
     if access.public || !access::is_read(&req.method, &req.path) {
         return None;
     }
+    let page = super::ui::is_page(&req.path);
     let Some(users) = access.users.get() else {
         if access::is_loopback(req.remote.ip()) {
             return None;
         }
         read_refused(app, req, 403, "no users file, and not on loopback");
-        return Some(Response::error(
-            403,
-            access::no_users_file(access.users.file()),
-        ));
+        let why = access::no_users_file(access.users.file());
+        return Some(if page {
+            super::ui::html_response(403, super::ui::login_page("/", None, Some(&why)))
+        } else {
+            Response::error(403, why)
+        });
     };
+    if req.authorization.is_none() && session_of(app, req, &users).is_some() {
+        return None;
+    }
     let credentials = req
         .authorization
         .as_ref()
         .and_then(|h| access::credentials(&h.0));
     let login = match &credentials {
+        None if page => return Some(super::ui::to_login(req)),
         None => {
             read_refused(app, req, 401, "no login");
             return Some(challenge(Response::error(
@@ -509,6 +543,125 @@ fn read_gate(app: &App, req: &Request) -> Option<Response> {
             ))
         }
     }
+}
+
+/// The logged-in user of a dashboard page, to show in its header.
+fn current_session(app: &App, req: &Request) -> Option<super::session::Session> {
+    if !super::ui::is_page(&req.path) {
+        return None;
+    }
+    let users = app.read.users.get()?;
+    session_of(app, req, &users)
+}
+
+/// The dashboard session a request's cookie holds, if it is valid for `users` now.
+fn session_of(
+    app: &App,
+    req: &Request,
+    users: &super::config::Users,
+) -> Option<super::session::Session> {
+    let value = super::session::cookie_value(req.cookie.as_deref()?)?;
+    app.sessions
+        .check(users, value, chrono::Utc::now().timestamp_millis())
+}
+
+/// `POST /login`: a form's user name and password; a session cookie and a 303 to where the
+/// browser was going when they are right, the form again (after the failed-login delay)
+/// when not. Throttled like every login, and refused when the form comes from another site.
+fn login(app: &App, req: &Request) -> Response {
+    use super::ui::{html_response, login_page};
+    if !super::session::same_origin(req.origin.as_deref(), req.host.as_deref()) {
+        read_refused(app, req, 403, "login form from another origin");
+        return html_response(
+            403,
+            login_page(
+                "/",
+                Some("this form came from another site, so it was refused"),
+                None,
+            ),
+        );
+    }
+    let mut name = String::new();
+    let mut password = String::new();
+    let mut next = String::from("/");
+    for (k, v) in form_urlencoded::parse(&req.body) {
+        match &*k {
+            "name" => name = v.into_owned(),
+            "password" => password = v.into_owned(),
+            "next" => next = v.into_owned(),
+            _ => {}
+        }
+    }
+    let next = super::session::safe_next(&next).to_owned();
+    let Some(users) = app.read.users.get() else {
+        let why = access::no_users_file(app.read.users.file());
+        return html_response(403, login_page(&next, None, Some(&why)));
+    };
+    let name = truncate(&name, super::config::MAX_USER_NAME).to_owned();
+    let outcome = throttled(
+        app,
+        req,
+        Who::User(&name),
+        || users.check_password(&name, &password),
+        || {
+            log::info!(
+                "dashboard login: wrong name or password for '{}' from {}",
+                name.escape_debug(),
+                req.remote
+            )
+        },
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    match outcome {
+        Ok(_role) => match app.sessions.issue(&users, &name, now) {
+            Some(value) => {
+                log::info!(
+                    "dashboard login: {} from {}",
+                    name.escape_debug(),
+                    req.remote
+                );
+                let mut r = super::ui::see_other(&next);
+                r.headers
+                    .push(("Set-Cookie", super::session::set_cookie(&value, app.https)));
+                r
+            }
+            None => html_response(
+                500,
+                login_page(&next, Some("the session could not be made"), None),
+            ),
+        },
+        Err(fail) => auth_failed(
+            fail,
+            html_response(401, login_page(&next, Some("wrong name or password"), None)),
+            html_response(
+                429,
+                login_page(
+                    &next,
+                    Some("too many failed logins: wait a little and try again"),
+                    None,
+                ),
+            ),
+        ),
+    }
+}
+
+/// `POST /logout`: ends the browser's session (the cookie goes; its signature stays valid
+/// until it expires, as nothing is kept per session) and shows the login form.
+fn logout(app: &App, req: &Request) -> Response {
+    if !super::session::same_origin(req.origin.as_deref(), req.host.as_deref()) {
+        return super::ui::html_response(
+            403,
+            super::ui::login_page(
+                "/",
+                Some("this form came from another site, so it was refused"),
+                None,
+            ),
+        );
+    }
+    let mut r = super::ui::see_other("/login");
+    r.headers
+        .push(("Set-Cookie", super::session::clear_cookie(app.https)));
+    r
 }
 
 /// Adds the Basic challenge a 401 on a read carries.
@@ -1445,7 +1598,12 @@ mod tests {
         let mut head = read("/metrics", AWAY, None);
         head.method = "HEAD".into();
         assert_eq!(handle(&app, &head).status, 403);
-        assert_eq!(handle(&app, &read("/", AWAY, None)).status, 200);
+        // The dashboard is a read too; the health check and the login form are not.
+        let page = handle(&app, &read("/", AWAY, None));
+        assert_eq!(page.status, 403);
+        assert!(String::from_utf8_lossy(body(&page)).contains("dist-traceroute hash-password"));
+        assert_eq!(handle(&app, &read("/healthz", AWAY, None)).status, 200);
+        assert_eq!(handle(&app, &read("/login", AWAY, None)).status, 200);
     }
 
     #[test]
