@@ -349,7 +349,7 @@ pub enum LoadMode {
     Api,
     /// --batch-size results per POST /api/v1/results:batch, as our slave sends a backlog.
     Batch,
-    /// GET / only: the HTTP layer's ceiling, nothing stored.
+    /// GET /healthz only: the HTTP layer's ceiling, nothing stored.
     Ceiling,
 }
 
@@ -360,7 +360,7 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "url", required_unless_present = "write_config")]
     pub master: Option<String>,
     /// What to send: legacy (POST /results/), api (POST /api/v1/results), batch (POST
-    /// /api/v1/results:batch) or ceiling (GET /, stores nothing)
+    /// /api/v1/results:batch) or ceiling (GET /healthz, stores nothing)
     #[arg(
         long,
         value_name = "legacy|api|batch|ceiling",

@@ -764,7 +764,7 @@ fn get_request(
     }
 }
 
-/// Every GET of loadgen: `GET /` in ceiling mode and the read API for --verify, with the
+/// Every GET of loadgen: `GET /healthz` in ceiling mode and the read API for --verify, with the
 /// `--read-user` login when one was given.
 fn get(agent: &ureq::Agent, url: &str, auth: Option<&str>) -> Result<(u16, Vec<u8>), String> {
     answer(url, get_request(agent, url, auth).call())
@@ -907,7 +907,7 @@ fn endpoint(mode: LoadMode) -> (&'static str, Judge) {
         LoadMode::Legacy => ("/results/", |s, b, _| judge_legacy(s, b)),
         LoadMode::Api => ("/api/v1/results", |s, b, _| judge_api(s, b)),
         LoadMode::Batch => ("/api/v1/results:batch", judge_batch),
-        LoadMode::Ceiling => ("/", |s, b, _| judge_ceiling(s, b)),
+        LoadMode::Ceiling => ("/healthz", |s, b, _| judge_ceiling(s, b)),
     }
 }
 
@@ -1092,7 +1092,7 @@ fn report(plan: &Plan, a: &LoadgenArgs, run: &RunResult) -> String {
             plan.batch_size,
             plan.batch_bytes >> 10
         ),
-        LoadMode::Ceiling => "ceiling: GET /, nothing stored".to_owned(),
+        LoadMode::Ceiling => "ceiling: GET /healthz, nothing stored".to_owned(),
     };
     line(&mut out, "mode", what);
     let paths = if plan.distinct_paths {

@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_are_gets_and_heads_of_the_api_and_metrics() {
+    fn reads_are_gets_and_heads_of_the_api_the_metrics_and_the_pages() {
         for (method, path) in [
             ("GET", "/api/v1/slaves"),
             ("GET", "/api/v1/results"),
@@ -184,6 +184,9 @@ mod tests {
             ("GET", "/metrics"),
             ("HEAD", "/metrics"),
             ("GET", "/api/v1/no-such-thing"),
+            ("GET", "/"),
+            ("GET", "/ui/series"),
+            ("HEAD", "/ui/target"),
         ] {
             assert!(is_read(method, path), "{method} {path}");
         }
@@ -192,9 +195,13 @@ mod tests {
             ("POST", "/api/v1/results:batch"),
             ("POST", "/config/"),
             ("POST", "/results/"),
-            ("GET", "/"),
+            ("POST", "/"),
             ("GET", "/config/"),
             ("GET", "/metricsx"),
+            ("GET", "/healthz"),
+            ("GET", "/login"),
+            ("GET", "/assets/app.js"),
+            ("GET", "/uix"),
         ] {
             assert!(!is_read(method, path), "{method} {path}");
         }
