@@ -442,4 +442,27 @@ fn the_dashboard_shows_paths_live_behind_a_login() {
         shots.take(&tab, page.trim_start_matches("/ui/"));
         no_problems(&problems, page);
     }
+
+    // Dark, as the system asks: the same pages on a dark background.
+    let light = eval(&tab, "getComputedStyle(document.body).backgroundColor");
+    let media = |scheme: &str| Emulation::SetEmulatedMedia {
+        media: None,
+        features: Some(vec![Emulation::MediaFeature {
+            name: "prefers-color-scheme".into(),
+            value: scheme.into(),
+        }]),
+    };
+    tab.call_method(media("dark")).unwrap();
+    for (page, name) in [
+        ("/", "overview-dark"),
+        (&*format!("/ui/target?id={GOOGLE}"), "target-dark"),
+    ] {
+        go(&tab, &format!("{base}{page}"));
+        tab.wait_for_element("main").unwrap();
+        let dark = eval(&tab, "getComputedStyle(document.body).backgroundColor");
+        assert_ne!(dark, light, "{page}: the dark scheme applies");
+        shots.take(&tab, name);
+        no_problems(&problems, page);
+    }
+    tab.call_method(media("light")).unwrap();
 }

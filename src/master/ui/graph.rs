@@ -414,3 +414,47 @@ fn node(key: &str, n: &Node, x: f64) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> Path {
+        Path::parse_canonical(text).unwrap()
+    }
+
+    fn names(slave: &str, text: &str) -> Vec<String> {
+        keys(slave, &path(text)).into_iter().map(|k| k.0).collect()
+    }
+
+    #[test]
+    fn equal_gaps_between_the_same_hops_are_one_node_and_others_are_not() {
+        let a = names("a", "10.0.0.1 * * 10.0.0.4 | reached");
+        let b = names("b", "10.0.0.1 * * 10.0.0.4 | reached");
+        let c = names("c", "10.0.0.1 * 10.0.0.5 | reached");
+        assert_eq!(
+            a,
+            [
+                "s:a",
+                "10.0.0.1",
+                "*:10.0.0.1>10.0.0.4#0",
+                "*:10.0.0.1>10.0.0.4#1",
+                "10.0.0.4"
+            ]
+        );
+        assert_eq!(a[1..], b[1..], "only the source differs");
+        assert_eq!(
+            c[2], "*:10.0.0.1>10.0.0.5#0",
+            "a gap before another hop is its own"
+        );
+    }
+
+    #[test]
+    fn a_path_that_did_not_reach_ends_in_a_node_saying_how() {
+        let k = keys("a", &path("10.0.0.1 | gave-up"));
+        assert_eq!(k.last().unwrap().0, "end:10.0.0.1:gave-up");
+        assert!(k.last().unwrap().1 == Kind::End);
+        let reached = keys("a", &path("10.0.0.1 | reached"));
+        assert!(reached.iter().all(|k| k.1 != Kind::End));
+    }
+}
