@@ -40,6 +40,10 @@ pub fn handle(app: &App, req: &Request, who: Option<&Session>) -> Option<Respons
         "/ui/config" => lists::config(app),
         "/ui/target" => graph::page(app, req),
         "/ui/series" => series::page(app, req),
+        p if p.starts_with("/ui/") => Err(PageError::NotFound(format!(
+            "no such page: {}",
+            p.chars().take(200).collect::<String>()
+        ))),
         _ => return None,
     };
     Some(match page {
