@@ -698,3 +698,142 @@ fn read_answers(s: &mut TcpStream, n: usize) -> Vec<Outcome> {
     }
     out
 }
+
+/// Wrong passwords for the good slave's name from many addresses, each paced like a careful
+/// attacker, meant to lock the name out: the name is blocked for strangers, but the slave that
+/// logged in from its address before is never refused.
+#[test]
+fn name_spraying_from_64_addresses() {
+    raise_nofile();
+    let mut t = Target::start("spray-name", &[], None);
+    good_login(t.addr());
+    let (outcomes, latency_ok) =
+        under_attack_strict("9 slave1 sprayed from 64 addresses", &mut t, |addr| {
+            let threads: Vec<_> = (0..64u8)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let from = std::net::Ipv4Addr::new(127, 0, 1, 10 + i);
+                        let login = util::request("POST", "/config/", WRONG_LOGIN.as_bytes());
+                        let mut out = Vec::new();
+                        let end = Instant::now() + Duration::from_secs(20);
+                        while Instant::now() < end {
+                            out.push(exchange_from(from, addr, &login, Duration::from_secs(10)));
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+    let n429 = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Status(429))
+        .count();
+    println!(
+        "name spraying: {} wrong logins, {} x 401, {n429} x 429",
+        outcomes.len(),
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Status(401))
+            .count()
+    );
+    assert!(n429 > 0, "the sprayed name is blocked for strangers");
+    assert!(
+        latency_ok.failures == 0,
+        "the good slave was refused {} times",
+        latency_ok.failures
+    );
+}
+
+/// Names sprayed from the good slave's own address (a NAT it shares with an attacker, or a
+/// misconfigured neighbour): the address is blocked for names it never logged in as, never
+/// for the slave that did.
+#[test]
+fn spraying_from_the_slaves_own_address() {
+    raise_nofile();
+    let mut t = Target::start("spray-own", &[], None);
+    good_login(t.addr());
+    let (outcomes, latency) = under_attack_strict(
+        "10 names sprayed from the slave's address",
+        &mut t,
+        |addr| {
+            let threads: Vec<_> = (0..8)
+                .map(|k| {
+                    std::thread::spawn(move || {
+                        let mut out = Vec::new();
+                        let end = Instant::now() + Duration::from_secs(15);
+                        let mut i = 0;
+                        while Instant::now() < end {
+                            let body = format!(r#"{{"Name":"guess{k}-{i}","Password":"x"}}"#);
+                            let req = util::request("POST", "/config/", body.as_bytes());
+                            out.push(exchange_from(
+                                std::net::Ipv4Addr::LOCALHOST,
+                                addr,
+                                &req,
+                                Duration::from_secs(10),
+                            ));
+                            i += 1;
+                        }
+                        out
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        },
+    );
+    let n429 = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Status(429))
+        .count();
+    println!(
+        "own-address spraying: {} wrong logins, {n429} x 429",
+        outcomes.len()
+    );
+    assert!(n429 > 0, "the spraying address is blocked for new names");
+    assert_eq!(latency.failures, 0, "the good slave was refused");
+}
+
+/// The original Go slave resends at once on any answer but 200. With a password the master
+/// no longer takes, every refusal (401, then 429 once it is blocked) comes after the
+/// original's 2 s, so its loop sends about one request per 2 s.
+#[test]
+fn a_go_like_resend_loop_is_paced() {
+    raise_nofile();
+    let mut t = Target::start("resend-loop", &[], None);
+    let bad = GO_RESULT.replace("\"1234\"", "\"old-password\"");
+    let answers = under_attack("11 Go resend loop, wrong password", &mut t, |addr| {
+        let req = util::request("POST", "/results/", bad.as_bytes());
+        let mut answers = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            answers.push(exchange(addr, &req, Duration::from_secs(10)));
+        }
+        answers
+    });
+    println!(
+        "resend loop: {} answers in 10 s ({} x 401, {} x 429)",
+        answers.len(),
+        answers
+            .iter()
+            .filter(|o| **o == Outcome::Status(401))
+            .count(),
+        answers
+            .iter()
+            .filter(|o| **o == Outcome::Status(429))
+            .count()
+    );
+    assert!(answers.len() <= 10, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|o| matches!(o, Outcome::Status(401 | 429))),
+        "{answers:?}"
+    );
+}

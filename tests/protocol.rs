@@ -137,8 +137,9 @@ fn wrong_password_is_401_and_does_not_hold_a_worker() {
     for t in threads {
         assert_eq!(t.join().unwrap(), 401);
     }
-    // The good login cleared the address; five failures in a row block it, the sixth
-    // request gets 429 with Retry-After, at once.
+    // The good login cleared its failures; five failures in a row block the slave's name
+    // from this address, and the sixth request gets 429 with Retry-After, after the
+    // original's 2 s like every refusal, so a Go slave's resend loop keeps that pace.
     let bad_config = br#"{"Name":"slave1","Password":"nope"}"#;
     let threads: Vec<_> = (0..5)
         .map(|_| std::thread::spawn(move || post(addr, "/config/", bad_config)))
@@ -148,8 +149,13 @@ fn wrong_password_is_401_and_does_not_hold_a_worker() {
         assert_eq!((a.status, a.text().as_str()), (401, "Unauthorized\n"));
     }
     assert!(results(addr, "").is_empty());
+    let asked = std::time::Instant::now();
     let a = post(addr, "/config/", bad_config);
     assert_eq!(a.status, 429);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1900),
+        "a 429 waits too"
+    );
     assert!(
         a.head.to_ascii_lowercase().contains("retry-after:"),
         "{}",
@@ -157,7 +163,7 @@ fn wrong_password_is_401_and_does_not_hold_a_worker() {
     );
     let log = std::fs::read_to_string(dir.path("dt-master.log")).unwrap();
     assert_eq!(
-        log.matches("too many failed logins: address 127.0.0.1 blocked")
+        log.matches("too many failed logins: slave 'slave1' from address 127.0.0.1 blocked")
             .count(),
         1,
         "{log}"

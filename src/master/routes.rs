@@ -420,7 +420,7 @@ fn throttled<T>(
         return Err(AuthFail::Throttled(wait));
     }
     if let Some(ok) = check() {
-        app.throttle.success(req.remote.ip());
+        app.throttle.success(req.remote.ip(), who, now);
         return Ok(ok);
     }
     bump(&app.counters.auth_failures);
@@ -702,12 +702,24 @@ fn auth_failed(fail: AuthFail, wrong: Response, throttled: Response) -> Response
     }
 }
 
+/// The answer for a failed login on the original's endpoints (`/config/`, `/results/`):
+/// like [`auth_failed`], and a 429 also waits [`FAILED_LOGIN_DELAY`]. The original Go slave
+/// resends at once on any answer but 200; the original master's 2 s before each refusal is
+/// what paced it, so every refusal here keeps that pace (the wait holds no worker).
+fn legacy_auth_failed(fail: AuthFail, wrong: Response, throttled: Response) -> Response {
+    let r = auth_failed(fail, wrong, throttled);
+    Response {
+        delay: FAILED_LOGIN_DELAY,
+        ..r
+    }
+}
+
 fn config(app: &App, req: &Request) -> Response {
     let Ok(creds) = serde_json::from_slice::<ConfigRequest>(&req.body) else {
         return Response::text(400, "Can't unmarshal request body");
     };
     if let Err(fail) = authenticate(app, req, &creds.name, &creds.password, "config request") {
-        return auth_failed(
+        return legacy_auth_failed(
             fail,
             Response::text(401, "Unauthorized\n"),
             Response::text(429, "Too Many Requests\n"),
@@ -1025,7 +1037,7 @@ fn legacy_rejected(e: Reject) -> Response {
                 error: error.into(),
                 retry_possible: true,
             };
-            auth_failed(
+            legacy_auth_failed(
                 fail,
                 Response::json(401, &answer("Unauthorized")),
                 Response::json(429, &answer("Too many failed logins")),
@@ -1295,20 +1307,26 @@ mod tests {
     fn repeated_failures_get_429_without_a_password_check() {
         let app = app();
         let bad = post("/config/", br#"{"Name":"slave1","Password":"nope"}"#);
-        for _ in 0..super::super::throttle::BY_ADDRESS.max_failures {
+        for _ in 0..super::super::throttle::BY_PAIR.max_failures {
             assert_eq!(handle(&app, &bad).status, 401);
         }
         let r = handle(&app, &bad);
         assert_eq!(r.status, 429);
-        assert_eq!(r.delay, Duration::ZERO);
+        assert_eq!(
+            r.delay, FAILED_LOGIN_DELAY,
+            "the original's endpoints keep its pace"
+        );
         assert!(
             r.headers
                 .iter()
                 .any(|(k, v)| *k == "Retry-After" && v.parse::<u64>().unwrap() > 0)
         );
-        // Even the right password waits out the block from that address.
+        // Even the right password waits out the block of that name from that address; another
+        // name from it is checked, not blocked (a 401 here: this config has no slave2).
         let good = post("/config/", br#"{"Name":"slave1","Password":"1234"}"#);
         assert_eq!(handle(&app, &good).status, 429);
+        let other = post("/config/", br#"{"Name":"slave2","Password":"123"}"#);
+        assert_eq!(handle(&app, &other).status, 401);
         let mut elsewhere = good.clone();
         elsewhere.remote = "127.0.0.2:1".parse().unwrap();
         assert_eq!(handle(&app, &elsewhere).status, 200);
@@ -1666,8 +1684,10 @@ mod tests {
             assert!(header(&r, "WWW-Authenticate").is_some());
         }
         assert_eq!(app.counters.auth_failures.load(Ordering::Relaxed), 3);
+        // Three names among five failures: the address is a sprayer, blocked for every name
+        // it never logged in as; a 429 on a read comes at once.
         let wrong = read("/metrics", AWAY, basic("alice", "nope"));
-        for _ in 3..super::super::throttle::BY_ADDRESS.max_failures {
+        for _ in 3..super::super::throttle::SPRAY_FAILURES {
             assert_eq!(handle(&app, &wrong).status, 401);
         }
         let r = handle(&app, &wrong);

@@ -80,6 +80,11 @@ impl Target {
 
 /// A TCP connection from [`ATTACKER`].
 pub fn attacker(to: SocketAddr) -> std::io::Result<TcpStream> {
+    attacker_from(ATTACKER, to)
+}
+
+/// A TCP connection from `from` (any 127.0.0.0/8 address is local on Linux).
+pub fn attacker_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     let SocketAddr::V4(to) = to else {
         panic!("IPv4 only")
     };
@@ -91,7 +96,7 @@ pub fn attacker(to: SocketAddr) -> std::io::Result<TcpStream> {
     )?;
     bind(
         fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(ATTACKER, 0)),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
     )?;
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
     Ok(TcpStream::from(fd))
@@ -118,6 +123,30 @@ pub fn exchange(to: SocketAddr, bytes: &[u8], wait: Duration) -> Outcome {
     s.set_write_timeout(Some(wait)).unwrap();
     let _ = s.write_all(bytes);
     read_outcome(&mut s)
+}
+
+/// [`exchange`] from another address.
+pub fn exchange_from(from: Ipv4Addr, to: SocketAddr, bytes: &[u8], wait: Duration) -> Outcome {
+    let Ok(mut s) = attacker_from(from, to) else {
+        return Outcome::Closed;
+    };
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.set_write_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(bytes);
+    read_outcome(&mut s)
+}
+
+/// One login of the good slave, so that the master knows its address for its name.
+pub fn good_login(master: SocketAddr) {
+    assert!(
+        good_exchange(
+            master,
+            "/config/",
+            br#"{"Name":"slave1","Password":"1234"}"#,
+            "ReportURL"
+        ),
+        "the good slave's first login"
+    );
 }
 
 /// Reads until a complete head arrives, the peer closes, or the read timeout passes.
@@ -325,6 +354,15 @@ pub const RSS_CEILING_KIB: u64 = 256 * 1024;
 /// Runs `attack` against `target` while a good slave works and the sampler watches, then
 /// prints the figures and asserts the pass criteria (alive, no panic, memory bound, p99 < 1 s).
 pub fn under_attack<T>(name: &str, target: &mut Target, attack: impl FnOnce(SocketAddr) -> T) -> T {
+    under_attack_strict(name, target, attack).0
+}
+
+/// [`under_attack`], also handing back what the good slave saw (to count its refusals).
+pub fn under_attack_strict<T>(
+    name: &str,
+    target: &mut Target,
+    attack: impl FnOnce(SocketAddr) -> T,
+) -> (T, Latency) {
     let addr = target.addr();
     let before = usage(target.pid());
     let sampler = Sampler::start(target.pid());
@@ -366,7 +404,7 @@ pub fn under_attack<T>(name: &str, target: &mut Target, attack: impl FnOnce(Sock
         latency.failures,
         latency.requests
     );
-    out
+    (out, latency)
 }
 
 fn ms(d: Duration) -> f64 {
