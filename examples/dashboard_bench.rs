@@ -274,7 +274,13 @@ fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let served = app.clone();
     std::thread::spawn(move || {
-        dist_traceroute::master::server::serve(listener, served, Default::default(), None)
+        dist_traceroute::master::server::serve(
+            listener,
+            served,
+            Default::default(),
+            None,
+            dist_traceroute::master::server::Until::Forever,
+        )
     });
     std::thread::sleep(Duration::from_millis(300));
     let mut client = sse::Stream::open(addr, "/api/v1/stream", &[]);

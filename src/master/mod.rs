@@ -173,7 +173,31 @@ impl Master {
 
     /// Serves until the process ends.
     pub fn serve(self) -> anyhow::Result<()> {
-        server::serve(self.listener, self.app, self.limits, self.tls)
+        server::serve(
+            self.listener,
+            self.app,
+            self.limits,
+            self.tls,
+            server::Until::Forever,
+        )
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops accepting, lets the requests in flight
+    /// finish within `grace`, and waits until the store has written everything it was given.
+    pub fn serve_until_signal(self, grace: Duration) -> anyhow::Result<()> {
+        let store = self.app.store.clone();
+        server::serve(
+            self.listener,
+            self.app,
+            self.limits,
+            self.tls,
+            server::Until::Signal(grace),
+        )?;
+        store
+            .flush()
+            .context("the database did not take the last results")?;
+        log::info!("stopped: every result taken in is stored");
+        Ok(())
     }
 }
 
@@ -256,5 +280,8 @@ pub fn run(args: &MasterArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     println!("listening on http://{addr}");
-    master.serve()
+    master.serve_until_signal(SHUTDOWN_GRACE)
 }
+
+/// How long the requests in flight at SIGTERM may take to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -109,12 +109,23 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Serves `listener` until the process ends; over TLS when `tls` is given.
+/// When to stop serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Never: the process ends some other way.
+    Forever,
+    /// At SIGTERM or SIGINT: stop accepting, let the requests in flight finish (at most
+    /// this long), then return.
+    Signal(Duration),
+}
+
+/// Serves `listener` until `until` says; over TLS when `tls` is given.
 pub fn serve(
     listener: TcpListener,
     app: Arc<App>,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    until: Until,
 ) -> anyhow::Result<()> {
     let limits = fit_descriptor_limit(limits);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,7 +139,22 @@ pub fn serve(
         .set_nonblocking(true)
         .context("cannot make the listening socket non-blocking")?;
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    runtime.block_on(accept_loop(listener, app, Arc::new(limits), tls))
+    runtime.block_on(accept_loop(listener, app, Arc::new(limits), tls, until))
+}
+
+/// Resolves with the signal's name at the first SIGTERM or SIGINT; never for
+/// [`Until::Forever`].
+async fn stop_signal(until: Until) -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    if until == Until::Forever {
+        return std::future::pending().await;
+    }
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }
 
 /// Raises the soft descriptor limit to the hard one, and lowers the connection cap to fit under
@@ -159,8 +185,13 @@ struct Conn {
     id: u64,
     /// Since when it waits for a request head; `None` while a request is served.
     since: Mutex<Option<Instant>>,
-    /// Told to close to make room.
+    /// Told to close to make room, or because the server stops.
     evict: Notify,
+    /// The server stops: finish the response in flight (however long it takes, within the
+    /// shutdown's grace), then close.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Wakes a live stream's feed when the server stops.
+    stop: Notify,
 }
 
 /// The connections waiting for a request head, oldest first.
@@ -180,6 +211,8 @@ impl Waiting {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             since: Mutex::new(None),
             evict: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            stop: Notify::new(),
         });
         self.idle(&conn);
         conn
@@ -222,14 +255,26 @@ async fn accept_loop(
     app: Arc<App>,
     limits: Arc<Limits>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    until: Until,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let waiting = Arc::new(Waiting::default());
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let stop = stop_signal(until);
+    tokio::pin!(stop);
     let mut refused: u64 = 0;
     let mut failed: u64 = 0;
     loop {
-        let (stream, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            signal = &mut stop => {
+                let signal = signal?;
+                let Until::Signal(grace) = until else { unreachable!("Forever never stops") };
+                return shut_down(signal, listener, &slots, &limits, &stopping, grace).await;
+            }
+        };
+        let (stream, remote) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors or memory: free a descriptor by closing the
@@ -274,8 +319,18 @@ async fn accept_loop(
         let limits = limits.clone();
         let waiting = waiting.clone();
         let tls = tls.clone();
+        let mut stop_seen = stop_seen.clone();
         tokio::spawn(async move {
             let conn = waiting.open();
+            // Shutting down: the connection finishes what it serves, then closes.
+            let told = conn.clone();
+            let watcher = tokio::spawn(async move {
+                if stop_seen.wait_for(|s| *s).await.is_ok() {
+                    told.stopping.store(true, Ordering::Relaxed);
+                    told.evict.notify_one();
+                    told.stop.notify_waiters();
+                }
+            });
             match tls {
                 None => serve_connection(stream, app, limits, remote, &waiting, &conn).await,
                 Some(acceptor) => {
@@ -295,10 +350,40 @@ async fn accept_loop(
                     }
                 }
             }
+            watcher.abort();
             waiting.busy(&conn);
             drop(permit);
         });
     }
+}
+
+/// Stops accepting, tells every connection to close once its response is out (idle ones at
+/// once, live streams with their next frame), and waits up to `grace` for them.
+async fn shut_down(
+    signal: &str,
+    listener: tokio::net::TcpListener,
+    slots: &Semaphore,
+    limits: &Limits,
+    stopping: &tokio::sync::watch::Sender<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    drop(listener);
+    let open = limits.max_connections - slots.available_permits();
+    log::info!(
+        "{signal}: stopping; no new connections, {open} open ones finish what they serve (at most {}s)",
+        grace.as_secs_f64()
+    );
+    let _ = stopping.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, slots.acquire_many(all)).await {
+        Ok(_) => log::info!("every connection closed"),
+        Err(_) => log::warn!(
+            "{} connections still open after {}s: closed",
+            limits.max_connections - slots.available_permits(),
+            grace.as_secs_f64()
+        ),
+    }
+    Ok(())
 }
 
 /// Runs HTTP/1.1 on one accepted (plain or TLS) connection until it ends or is closed to make
@@ -346,11 +431,16 @@ async fn serve_connection<S>(
         ended = connection.as_mut() => ended,
         () = conn.evict.notified() => {
             // Closes an idle connection at once, lets a response in flight finish;
-            // a half-sent head is simply dropped after the grace.
+            // a half-sent head is simply dropped after the grace. At shutdown the response
+            // in flight gets the shutdown's whole grace (the server stops waiting then).
             connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(EVICT_GRACE, connection.as_mut())
-                .await
-                .unwrap_or(Ok(()))
+            if conn.stopping.load(Ordering::Relaxed) {
+                connection.as_mut().await
+            } else {
+                tokio::time::timeout(EVICT_GRACE, connection.as_mut())
+                    .await
+                    .unwrap_or(Ok(()))
+            }
         }
     };
     if let Err(e) = ended {
@@ -499,9 +589,16 @@ fn feed_events(sub: super::stream::Subscription, link: &Link) -> mpsc::Receiver<
                     }
                     return;
                 }
+                Next::Empty if conn.stopping.load(Ordering::Relaxed) => {
+                    // The server stops: end the body cleanly; the client reconnects (to
+                    // another master, or this one when it is back) with its Last-Event-ID.
+                    let _ = queue(&tx, Piece::End, stall, &conn, remote).await;
+                    return;
+                }
                 Next::Empty => {
                     tokio::select! {
                         () = ready.notified() => continue,
+                        () = conn.stop.notified() => continue,
                         () = tokio::time::sleep(super::stream::HEARTBEAT) => {
                             Piece::Data(Bytes::from_static(b": keep-alive\n\n"))
                         }

@@ -517,6 +517,12 @@ pub trait Store: Send + Sync {
     /// (of several masters storing one at once, the first wins and all get its value).
     fn secret(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>>;
 
+    /// Waits until everything handed to the writer before this call is written (an empty
+    /// submission goes through the writer after them).
+    fn flush(&self) -> anyhow::Result<()> {
+        self.submit(Vec::new()).wait().map(|_| ())
+    }
+
     /// Stores one result and waits until it is durable.
     fn insert(&self, r: &NewResult) -> anyhow::Result<Outcome> {
         self.submit(vec![r.clone()])
