@@ -176,9 +176,21 @@ pub struct MasterArgs {
     /// Largest request head (start line and headers) in bytes; larger gets 431
     #[arg(long = "max-header-bytes", value_name = "bytes", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(8192..=1 << 20))]
     pub max_header_bytes: u64,
-    /// Most client connections open at once; at the cap the one idle longest makes room
+    /// Most client connections open at once; at the cap a connection of the address holding
+    /// the most makes room
     #[arg(long = "max-connections", value_name = "n", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// Most connections open at once from one client address (IPv6: one /64); trusted proxies
+    /// are not limited
+    #[arg(long = "max-connections-per-address", value_name = "n", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections_per_address: u64,
+    /// Memory all request bodies being received may take together, in bytes; beyond it the
+    /// largest are cut, or new ones get 503 with Retry-After
+    #[arg(long = "max-body-memory", value_name = "bytes", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    pub max_body_memory: u64,
+    /// Slowest a body may arrive, in bytes a second after its first 5 s (0: only -body-timeout)
+    #[arg(long = "min-body-rate", value_name = "bytes/s", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    pub min_body_rate: u64,
     /// Threads that run request handlers
     #[arg(long, value_name = "n", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub workers: u64,

@@ -837,3 +837,181 @@ fn a_go_like_resend_loop_is_paced() {
         "{answers:?}"
     );
 }
+
+/// The attacker addresses of the attacks over the connection cap: eight, each under the
+/// per-address limit, so that together they reach the cap and fairness decides.
+fn flood_addresses() -> Vec<std::net::Ipv4Addr> {
+    (1..=8)
+        .map(|i| std::net::Ipv4Addr::new(127, 0, 2, i))
+        .collect()
+}
+
+/// Opens `per_address` connections from each flood address and runs `hold` on each group in
+/// its own thread; gives what the groups give.
+fn flood<T: Send + 'static>(
+    addr: SocketAddr,
+    per_address: usize,
+    hold: impl Fn(Vec<TcpStream>, std::net::Ipv4Addr) -> T + Send + Sync + Copy + 'static,
+    open: impl Fn(&mut TcpStream) -> bool + Send + Sync + Copy + 'static,
+) -> Vec<T> {
+    let threads: Vec<_> = flood_addresses()
+        .into_iter()
+        .map(|from| {
+            std::thread::spawn(move || {
+                let conns: Vec<TcpStream> = (0..per_address)
+                    .filter_map(|_| {
+                        let mut s = attacker_from(from, addr).ok()?;
+                        open(&mut s).then_some(s)
+                    })
+                    .collect();
+                hold(conns, from)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// The head of a `POST /results/` declaring 5,120 bytes, and the first 100 of them.
+fn stalled_head() -> Vec<u8> {
+    let mut r = b"POST /results/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5120\r\n\r\n".to_vec();
+    r.extend_from_slice(&GO_RESULT.as_bytes()[..100]);
+    r
+}
+
+/// 1,100 connections (from eight addresses) each inside a `POST /results/` body that stalls
+/// after 100 of its 5,120 bytes, reconnecting when cut, for 20 s: more than the cap, all of
+/// them in a request. The good slave's connections still get in (a flooding address gives
+/// way at the cap) and the stalled ones are cut by the minimum body rate.
+#[test]
+fn stalled_bodies_over_the_cap() {
+    raise_nofile();
+    let mut t = Target::start("stall-cap", &[], None);
+    let cuts = under_attack("12 1100 stalled bodies over the cap", &mut t, |addr| {
+        flood(
+            addr,
+            1100 / 8 + 1,
+            move |mut conns, from| {
+                let head = stalled_head();
+                let mut cuts = 0usize;
+                let end = Instant::now() + Duration::from_secs(20);
+                for s in &conns {
+                    s.set_nonblocking(true).unwrap();
+                }
+                while Instant::now() < end {
+                    for s in conns.iter_mut() {
+                        let mut b = [0u8; 1024];
+                        let gone = match s.read(&mut b) {
+                            Err(e) => e.kind() != ErrorKind::WouldBlock,
+                            Ok(_) => true,
+                        };
+                        if gone {
+                            cuts += 1;
+                            if let Ok(mut n) = attacker_from(from, addr) {
+                                let _ = n.write_all(&head);
+                                n.set_nonblocking(true).unwrap();
+                                *s = n;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                cuts
+            },
+            |s| s.write_all(&stalled_head()).is_ok(),
+        )
+        .into_iter()
+        .sum::<usize>()
+    });
+    println!("stalled bodies over the cap: {cuts} attacker connections cut or refused in 20 s");
+    assert!(
+        cuts > 1100,
+        "the stalled connections are cut and retried: {cuts}"
+    );
+}
+
+/// Slowloris with 1,100 connections from eight addresses, one head byte a second, 20 s:
+/// over the cap; the good slave keeps its pace.
+#[test]
+fn slowloris_over_the_cap() {
+    raise_nofile();
+    let mut t = Target::start("slowloris-cap", &[], None);
+    under_attack("13 slowloris 1100 over the cap", &mut t, |addr| {
+        flood(
+            addr,
+            1100 / 8 + 1,
+            move |mut conns, from| {
+                let pattern = b"POST /results/ HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                let end = Instant::now() + Duration::from_secs(20);
+                let mut sent = 1usize;
+                for s in &conns {
+                    s.set_nonblocking(true).unwrap();
+                }
+                while Instant::now() < end {
+                    for s in conns.iter_mut() {
+                        let byte = pattern.get(sent).copied().unwrap_or(b'a');
+                        if s.write(&[byte]).map_or(true, |n| n == 0)
+                            && let Ok(n) = attacker_from(from, addr)
+                        {
+                            n.set_nonblocking(true).unwrap();
+                            *s = n;
+                        }
+                    }
+                    sent += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+            |s| s.write_all(b"P").is_ok(),
+        );
+    });
+}
+
+/// 1,000 connections (eight addresses) each sending 1,048,574 bytes of a 1 MiB body and
+/// holding: the bodies' memory stays within -max-body-memory (64 MiB), so the master's peak
+/// RSS stays bounded, and the good slave's small bodies still get in.
+#[test]
+fn a_thousand_one_megabyte_bodies_held() {
+    raise_nofile();
+    let mut t = Target::start("big-bodies", &[], None);
+    let answers = under_attack("14 1000 x 1 MiB bodies held", &mut t, |addr| {
+        flood(
+            addr,
+            125,
+            |conns, _| {
+                let body = vec![b' '; 1_048_574];
+                let mut answered = Vec::new();
+                for mut s in conns {
+                    s.set_write_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let _ = s.write_all(&body);
+                    answered.push(s);
+                }
+                std::thread::sleep(Duration::from_secs(10));
+                answered
+                    .iter_mut()
+                    .map(|s| {
+                        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        read_outcome(s)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |s| {
+                s.write_all(
+                    b"POST /results/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n",
+                )
+                .is_ok()
+            },
+        )
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+    });
+    let count = |s: u16| answers.iter().filter(|o| **o == Outcome::Status(s)).count();
+    println!(
+        "1 MiB bodies: {} held; {} x 503, {} x 408, {} closed, {} still waiting",
+        answers.len(),
+        count(503),
+        count(408),
+        answers.iter().filter(|o| **o == Outcome::Closed).count(),
+        answers.iter().filter(|o| **o == Outcome::Silent).count(),
+    );
+}

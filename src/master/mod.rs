@@ -75,6 +75,10 @@ impl From<&MasterArgs> for Settings {
                 max_body: usize::try_from(a.max_body).unwrap_or(usize::MAX),
                 max_header_bytes: usize::try_from(a.max_header_bytes).unwrap_or(16 * 1024),
                 max_connections: usize::try_from(a.max_connections).unwrap_or(usize::MAX),
+                max_connections_per_address: usize::try_from(a.max_connections_per_address)
+                    .unwrap_or(usize::MAX),
+                max_body_memory: usize::try_from(a.max_body_memory).unwrap_or(usize::MAX),
+                min_body_rate: usize::try_from(a.min_body_rate).unwrap_or(usize::MAX),
                 workers: usize::try_from(a.workers).unwrap_or(8),
                 trusted_proxies: a.trusted_proxy.clone(),
             },

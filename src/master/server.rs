@@ -5,14 +5,19 @@
 //! is made one chunk at a time on the same pool and handed to the connection through a short
 //! queue, so a slow reader holds back its producer and costs neither a thread nor memory.
 //!
-//! At the connection cap (or out of descriptors) the connection that has waited longest for
-//! its next request is closed to make room, as nginx reuses idle keep-alive connections:
-//! otherwise a client holding idle or half-sent connections locks every slave out.
+//! Connections are counted per client address (IPv6 by /64), each address under its own
+//! limit. At the global cap a newcomer from an address holding few makes room by closing a
+//! connection of the address holding the most (the one that waited longest for a request,
+//! else its oldest, in a request or not), and a newcomer from an address holding many is
+//! refused: a flood sheds itself and never locks a slave out. Out of descriptors, the
+//! connection idle longest is closed. Request bodies are read against a memory budget that
+//! all of them share (the largest are cut first when it is spent) and a minimum rate, so
+//! neither many large bodies nor many slow ones can take the memory or the slots.
 
 use super::routes::{self, App, Body, Chunks, Request, Response};
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{
     ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST,
@@ -21,8 +26,8 @@ use hyper::header::{
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +41,19 @@ const RESERVED_FDS: u64 = 64;
 const EVICT_GRACE: Duration = Duration::from_millis(250);
 /// How long a new connection at the cap waits for the slot freed for it.
 const ADMIT_WAIT: Duration = Duration::from_millis(500);
+/// Most new connections waiting for a slot at once; beyond it only an address holding fewer
+/// than [`FEW`] may still make room.
+const MAX_ADMITTING: usize = 64;
+/// Connections an address may hold and still count as holding few.
+const FEW: usize = 8;
+
+/// How a new connection gets its slot.
+enum Admit {
+    /// There was one free.
+    Now(tokio::sync::OwnedSemaphorePermit),
+    /// A connection was told to close for it: wait for its slot.
+    Wait,
+}
 /// Largest piece of a streamed body handed to the connection at once: the stall limit
 /// applies per piece, so a slow but steady reader is never taken for one that stopped.
 const STREAM_PIECE: usize = 64 * 1024;
@@ -55,8 +73,17 @@ pub struct Limits {
     pub max_body: usize,
     /// Largest request head (start line and headers); larger gets 431.
     pub max_header_bytes: usize,
-    /// Most connections open at once; more are closed as soon as accepted.
+    /// Most connections open at once; at the cap a connection of the address holding the
+    /// most is closed to make room, or the new one is.
     pub max_connections: usize,
+    /// Most connections open at once from one address (IPv6: one /64); trusted proxies are
+    /// not limited.
+    pub max_connections_per_address: usize,
+    /// Memory all bodies being received may take together.
+    pub max_body_memory: usize,
+    /// Slowest a body may arrive after its first [`BODY_RATE_GRACE`], bytes a second (0: no
+    /// limit but the body timeout).
+    pub min_body_rate: usize,
     /// Threads running handlers.
     pub workers: usize,
     /// Load balancers whose `X-Forwarded-For` names the client.
@@ -71,6 +98,9 @@ impl Default for Limits {
             max_body: 1 << 20,
             max_header_bytes: 16 * 1024,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            max_body_memory: 64 << 20,
+            min_body_rate: 1024,
             workers: 8,
             trusted_proxies: Vec::new(),
         }
@@ -183,6 +213,10 @@ fn fit_descriptor_limit(mut limits: Limits) -> Limits {
 /// One open connection as the eviction queue sees it.
 struct Conn {
     id: u64,
+    /// Its client's address as limits count it (IPv6: the /64); `None` for a trusted proxy.
+    key: Option<IpAddr>,
+    /// Told to close to make room already (not picked again).
+    evicted: std::sync::atomic::AtomicBool,
     /// Since when it waits for a request head; `None` while a request is served.
     since: Mutex<Option<Instant>>,
     /// Told to close to make room, or because the server stops.
@@ -194,11 +228,25 @@ struct Conn {
     stop: Notify,
 }
 
-/// The connections waiting for a request head, oldest first.
+/// The connections waiting for a request head, oldest first; and every open connection by
+/// its client's address.
 #[derive(Default)]
 struct Waiting {
     next_id: AtomicU64,
     queue: Mutex<BTreeMap<(Instant, u64), Arc<Conn>>>,
+    by_addr: Mutex<HashMap<IpAddr, Vec<Arc<Conn>>>>,
+}
+
+/// An address as the connection limits count it: IPv6 by /64 (one customer's network).
+fn addr_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,16 +254,74 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Waiting {
-    fn open(&self) -> Arc<Conn> {
+    fn open(&self, key: Option<IpAddr>) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            key,
+            evicted: std::sync::atomic::AtomicBool::new(false),
             since: Mutex::new(None),
             evict: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             stop: Notify::new(),
         });
+        if let Some(k) = key {
+            lock(&self.by_addr).entry(k).or_default().push(conn.clone());
+        }
         self.idle(&conn);
         conn
+    }
+
+    /// `conn` has ended.
+    fn close(&self, conn: &Conn) {
+        self.busy(conn);
+        if let Some(k) = conn.key {
+            let mut by_addr = lock(&self.by_addr);
+            if let Some(list) = by_addr.get_mut(&k) {
+                list.retain(|c| c.id != conn.id);
+                if list.is_empty() {
+                    by_addr.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Connections open from `key` now.
+    fn holding(&self, key: IpAddr) -> usize {
+        lock(&self.by_addr).get(&key).map_or(0, Vec::len)
+    }
+
+    /// At the cap, the connection to close for a newcomer from `key`: one of the address
+    /// holding the most, the one that waited longest for a request, else its oldest; it is
+    /// marked as told to close. `None` when the newcomer is the one to refuse: its address
+    /// already holds at least half of what the address holding the most does (so a flood,
+    /// however it is spread, sheds its own newcomers and never the connections of an
+    /// address holding few), or only proxies' connections are open.
+    fn victim(&self, key: Option<IpAddr>) -> Option<Arc<Conn>> {
+        let by_addr = lock(&self.by_addr);
+        let live = |list: &Vec<Arc<Conn>>| {
+            list.iter()
+                .filter(|c| !c.evicted.load(Ordering::Relaxed))
+                .count()
+        };
+        let mine = key.and_then(|k| by_addr.get(&k)).map_or(0, &live);
+        let (top, list) = by_addr
+            .iter()
+            .filter(|(k, _)| Some(**k) != key)
+            .map(|(_, list)| (live(list), list))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)?;
+        if (mine + 1) * 2 > top {
+            return None;
+        }
+        let candidates = list.iter().filter(|c| !c.evicted.load(Ordering::Relaxed));
+        let idle = candidates
+            .clone()
+            .filter_map(|c| lock(&c.since).map(|t| (t, c)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, c)| c.clone());
+        let chosen = idle.or_else(|| candidates.clone().next().cloned())?;
+        chosen.evicted.store(true, Ordering::Relaxed);
+        Some(chosen)
     }
 
     /// `conn` waits for its next request from now on.
@@ -245,6 +351,7 @@ impl Waiting {
             return false;
         };
         *lock(&conn.since) = None;
+        conn.evicted.store(true, Ordering::Relaxed);
         conn.evict.notify_one();
         true
     }
@@ -261,9 +368,12 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let waiting = Arc::new(Waiting::default());
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let budget = BodyBudget::new(limits.max_body_memory);
+    let admitting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = stop_signal(until);
     tokio::pin!(stop);
     let mut refused: u64 = 0;
+    let mut over_address: u64 = 0;
     let mut failed: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -290,23 +400,54 @@ async fn accept_loop(
                 continue;
             }
         };
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            // At the cap: make room by closing the connection that waited longest for a
-            // request, and take its slot when it is gone.
-            Err(_) if waiting.evict_oldest() => {
-                tokio::time::timeout(ADMIT_WAIT, slots.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+        let trusted = limits
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&remote.ip()));
+        let key = (!trusted).then(|| addr_key(remote.ip()));
+        if let Some(k) = key
+            && waiting.holding(k) >= limits.max_connections_per_address
+        {
+            over_address += 1;
+            if over_address.is_power_of_two() {
+                log::warn!(
+                    "{k} holds {} connections (-max-connections-per-address): {over_address} new ones from over-limit addresses refused so far",
+                    limits.max_connections_per_address
+                );
             }
-            Err(_) => None,
+            drop(stream);
+            continue;
+        }
+        // At the cap: make room by closing a connection of the address holding the most,
+        // and let the newcomer wait for its slot in its own task, so the accept loop goes on
+        // at once; a newcomer from the address holding the most is refused instead.
+        let admit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(Admit::Now(p)),
+            // Many waiting already: only addresses holding few may still make room.
+            Err(_)
+                if admitting.load(Ordering::Relaxed) >= MAX_ADMITTING
+                    && key.is_none_or(|k| waiting.holding(k) >= FEW) =>
+            {
+                None
+            }
+            Err(_) => match waiting.victim(key) {
+                Some(victim) => {
+                    victim.evict.notify_one();
+                    Some(Admit::Wait)
+                }
+                // Only proxies hold connections: the one idle longest makes room.
+                None if lock(&waiting.by_addr).is_empty() && waiting.evict_oldest() => {
+                    Some(Admit::Wait)
+                }
+                None => None,
+            },
         };
-        let Some(permit) = permit else {
+        let Some(admit) = admit else {
             refused += 1;
             if refused.is_power_of_two() {
                 log::warn!(
-                    "connection limit {} reached and every connection busy: {refused} connections refused so far",
+                    "connection limit {} reached: {refused} connections of the addresses holding the most refused so far",
                     limits.max_connections
                 );
             }
@@ -314,14 +455,27 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
         let app = app.clone();
         let limits = limits.clone();
         let waiting = waiting.clone();
         let tls = tls.clone();
         let mut stop_seen = stop_seen.clone();
+        let budget = budget.clone();
+        let (slots, admitting) = (slots.clone(), admitting.clone());
         tokio::spawn(async move {
-            let conn = waiting.open();
+            let permit = match admit {
+                Admit::Now(p) => p,
+                Admit::Wait => {
+                    admitting.fetch_add(1, Ordering::Relaxed);
+                    let got = tokio::time::timeout(ADMIT_WAIT, slots.acquire_owned()).await;
+                    admitting.fetch_sub(1, Ordering::Relaxed);
+                    match got {
+                        Ok(Ok(p)) => p,
+                        _ => return,
+                    }
+                }
+            };
+            let conn = waiting.open(key);
             // Shutting down: the connection finishes what it serves, then closes.
             let told = conn.clone();
             let watcher = tokio::spawn(async move {
@@ -332,7 +486,9 @@ async fn accept_loop(
                 }
             });
             match tls {
-                None => serve_connection(stream, app, limits, remote, &waiting, &conn).await,
+                None => {
+                    serve_connection(stream, app, limits, budget, remote, &waiting, &conn).await
+                }
                 Some(acceptor) => {
                     // The handshake gets the time of a request's headers, and may be cut to
                     // make room like a connection waiting for its request.
@@ -341,7 +497,7 @@ async fn accept_loop(
                     tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(tls_stream)) => {
-                                serve_connection(tls_stream, app, limits, remote, &waiting, &conn).await
+                                serve_connection(tls_stream, app, limits, budget, remote, &waiting, &conn).await
                             }
                             Ok(Err(e)) => log::debug!("TLS handshake with {remote} failed: {e}"),
                             Err(_) => log::debug!("TLS handshake with {remote} timed out"),
@@ -351,7 +507,7 @@ async fn accept_loop(
                 }
             }
             watcher.abort();
-            waiting.busy(&conn);
+            waiting.close(&conn);
             drop(permit);
         });
     }
@@ -386,12 +542,221 @@ async fn shut_down(
     Ok(())
 }
 
+/// How long a body may arrive at any pace before [`Limits::min_body_rate`] applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+/// How long a body waits for room in the body memory budget before 503.
+const BUDGET_WAIT: Duration = Duration::from_millis(500);
+
+/// The memory all bodies being received may take together. A body reserves its declared
+/// length (or what has arrived, for a chunked one) before it is read; when the budget is
+/// spent, the largest body in flight that is larger than the newcomer's is cut to make room
+/// (a flood of large bodies sheds itself, never a slave's small one), else the newcomer waits
+/// briefly, then gets 503.
+struct BodyBudget {
+    limit: usize,
+    state: Mutex<BudgetState>,
+    /// Told when room is freed.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: usize,
+    next_id: u64,
+    /// Bodies in flight.
+    bodies: HashMap<u64, Held>,
+}
+
+/// A body in flight, as the budget sees it.
+struct Held {
+    bytes: usize,
+    since: Instant,
+    /// How to cut it.
+    shed: Arc<Notify>,
+    /// Cut already; its bytes come back when its reader lets go.
+    cut: bool,
+}
+
+/// One body's share of the budget, given back when dropped.
+struct Reservation {
+    budget: Arc<BodyBudget>,
+    id: u64,
+    bytes: usize,
+    /// Told when this body is cut to make room.
+    shed: Arc<Notify>,
+}
+
+impl BodyBudget {
+    fn new(limit: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            limit,
+            state: Mutex::new(BudgetState::default()),
+            freed: Notify::new(),
+        })
+    }
+
+    /// An empty reservation for a new body.
+    fn start(self: &Arc<Self>) -> Reservation {
+        let mut st = lock(&self.state);
+        st.next_id += 1;
+        let id = st.next_id;
+        let shed = Arc::new(Notify::new());
+        st.bodies.insert(
+            id,
+            Held {
+                bytes: 0,
+                since: Instant::now(),
+                shed: shed.clone(),
+                cut: false,
+            },
+        );
+        Reservation {
+            budget: self.clone(),
+            id,
+            bytes: 0,
+            shed,
+        }
+    }
+
+    /// Grows `r` to `want` bytes if the budget has room; else cuts the largest body in flight
+    /// that is larger than `want` (the oldest of equals) and says so. `Err(())` when there is
+    /// neither room nor a larger body to cut.
+    fn try_grow(&self, r: &mut Reservation, want: usize) -> Result<bool, ()> {
+        let mut st = lock(&self.state);
+        let extra = want.saturating_sub(r.bytes);
+        if st.used + extra <= self.limit {
+            st.used += extra;
+            r.bytes = want;
+            if let Some(b) = st.bodies.get_mut(&r.id) {
+                b.bytes = want;
+            }
+            return Ok(true);
+        }
+        let coming_back: usize = st.bodies.values().filter(|b| b.cut).map(|b| b.bytes).sum();
+        if st.used + extra <= self.limit + coming_back {
+            // Bodies cut already free enough once their readers let go.
+            return Ok(false);
+        }
+        let victim = st
+            .bodies
+            .iter_mut()
+            .filter(|(id, b)| **id != r.id && !b.cut && b.bytes > want)
+            .max_by(|a, b| a.1.bytes.cmp(&b.1.bytes).then(b.1.since.cmp(&a.1.since)));
+        match victim {
+            Some((_, b)) => {
+                b.cut = true;
+                b.shed.notify_one();
+                Ok(false)
+            }
+            None if coming_back > 0 => Ok(false),
+            None => Err(()),
+        }
+    }
+
+    /// Grows `r` to `want` bytes, cutting larger bodies or waiting up to [`BUDGET_WAIT`] for
+    /// room; `false` when none came.
+    async fn grow(&self, r: &mut Reservation, want: usize) -> bool {
+        let until = Instant::now() + BUDGET_WAIT;
+        loop {
+            let freed = self.freed.notified();
+            match self.try_grow(r, want) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(()) if Instant::now() >= until => return false,
+                Err(()) => {}
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.try_grow(r, want) == Ok(true);
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), freed).await;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut st = lock(&self.budget.state);
+        st.used -= self.bytes.min(st.used);
+        st.bodies.remove(&self.id);
+        drop(st);
+        self.budget.freed.notify_waiters();
+    }
+}
+
+/// Why a body could not be read.
+enum BodyFail {
+    TooLarge,
+    Broken(String),
+    Slow,
+    TimedOut,
+    NoRoom,
+    Shed,
+}
+
+/// Reads a body within the size cap, the body timeout, the minimum rate and the memory
+/// budget; the reservation goes with it and is to be held until the request is done with.
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    limits: &Limits,
+    budget: &Arc<BodyBudget>,
+) -> Result<(Vec<u8>, Reservation), BodyFail> {
+    let mut r = budget.start();
+    let first = declared.map_or(0, |n| n as usize).min(limits.max_body);
+    if first > 0 && !budget.grow(&mut r, first).await {
+        return Err(BodyFail::NoRoom);
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(first);
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shed = r.shed.clone();
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                None => break,
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    let len = buf.len() + data.len();
+                    if len > limits.max_body {
+                        return Err(BodyFail::TooLarge);
+                    }
+                    if len > r.bytes {
+                        let want = len.max(r.bytes * 2).min(limits.max_body);
+                        if !budget.grow(&mut r, want).await {
+                            return Err(BodyFail::NoRoom);
+                        }
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Some(Err(e)) => return Err(BodyFail::Broken(e.to_string())),
+            },
+            () = shed.notified() => return Err(BodyFail::Shed),
+            () = tokio::time::sleep_until(deadline) => return Err(BodyFail::TimedOut),
+            _ = tick.tick() => {
+                let late = start.elapsed().saturating_sub(BODY_RATE_GRACE);
+                if limits.min_body_rate > 0
+                    && !late.is_zero()
+                    && (buf.len() as f64) < limits.min_body_rate as f64 * late.as_secs_f64()
+                {
+                    return Err(BodyFail::Slow);
+                }
+            }
+        }
+    }
+    Ok((buf, r))
+}
+
 /// Runs HTTP/1.1 on one accepted (plain or TLS) connection until it ends or is closed to make
 /// room.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<S>(
     stream: S,
     app: Arc<App>,
     limits: Arc<Limits>,
+    budget: Arc<BodyBudget>,
     remote: SocketAddr,
     waiting: &Arc<Waiting>,
     conn: &Arc<Conn>,
@@ -404,10 +769,11 @@ async fn serve_connection<S>(
     let service = service_fn(move |req| {
         let app = app.clone();
         let limits = limits.clone();
+        let budget = budget.clone();
         let (waiting, conn) = (w.clone(), c.clone());
         waiting.busy(&conn);
         async move {
-            let (response, close) = respond(app, &limits, remote, req).await;
+            let (response, close) = respond(app, &limits, &budget, remote, req).await;
             let link = Link {
                 waiting,
                 conn,
@@ -730,6 +1096,7 @@ fn header(headers: &hyper::HeaderMap, name: impl hyper::header::AsHeaderName) ->
 async fn respond(
     app: Arc<App>,
     limits: &Limits,
+    budget: &Arc<BodyBudget>,
     remote: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> (Response, bool) {
@@ -745,25 +1112,33 @@ async fn respond(
         );
     }
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(
-        limits.body_timeout,
-        Limited::new(body, limits.max_body).collect(),
-    )
-    .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
-        Ok(Err(e)) => {
-            let too_big = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let r = if too_big {
-                Response::error(413, format!("body larger than {} bytes", limits.max_body))
-            } else {
-                Response::error(400, format!("cannot read body: {e}"))
+    let (body, reservation) = match read_body(body, declared, limits, budget).await {
+        Ok(x) => x,
+        Err(fail) => {
+            let r = match fail {
+                BodyFail::TooLarge => {
+                    Response::error(413, format!("body larger than {} bytes", limits.max_body))
+                }
+                BodyFail::Broken(e) => Response::error(400, format!("cannot read body: {e}")),
+                BodyFail::TimedOut => Response::error(408, "body not received in time"),
+                BodyFail::Slow => Response::error(
+                    408,
+                    format!(
+                        "body arriving slower than {} bytes a second",
+                        limits.min_body_rate
+                    ),
+                ),
+                BodyFail::NoRoom | BodyFail::Shed => {
+                    let mut r = Response::error(
+                        503,
+                        "the master has no memory free for request bodies now; retry",
+                    );
+                    r.headers.push(("Retry-After", "1".into()));
+                    r
+                }
             };
             return (r, true);
         }
-        Err(_) => return (Response::error(408, "body not received in time"), true),
     };
     let request = Request {
         method: parts.method.as_str().to_owned(),
@@ -791,6 +1166,8 @@ async fn respond(
     let class = super::metrics::route_class(&request.path);
     let worker_app = app.clone();
     let routed = tokio::task::spawn_blocking(move || routes::route(&worker_app, &request)).await;
+    // The body is gone with the request: its memory is free for others.
+    drop(reservation);
     let response = match routed {
         Ok(routes::Reply::Now(r)) => r,
         // Results wait for the store's group commit here, holding no worker.
@@ -814,7 +1191,7 @@ mod tests {
     /// A connection serving a request, and its link.
     fn serving(stall: Duration) -> (Link, Arc<Waiting>, Arc<Conn>) {
         let waiting = Arc::new(Waiting::default());
-        let conn = waiting.open();
+        let conn = waiting.open(None);
         waiting.busy(&conn);
         let link = Link {
             waiting: waiting.clone(),
@@ -881,5 +1258,69 @@ mod tests {
             .await
             .expect("the connection is told to close");
         drop(r);
+    }
+
+    #[tokio::test]
+    async fn the_budget_cuts_the_largest_body_for_a_smaller_one_and_refuses_an_equal_one() {
+        let budget = BodyBudget::new(3000);
+        let mut big = budget.start();
+        let mut mid = budget.start();
+        assert!(budget.grow(&mut big, 2000).await);
+        assert!(budget.grow(&mut mid, 1000).await);
+        // Full: an equal or larger newcomer waits, then is refused; nothing is cut for it.
+        let mut same = budget.start();
+        assert!(!budget.grow(&mut same, 2000).await);
+        assert!(!lock(&budget.state).bodies.values().any(|b| b.cut));
+        // A small one cuts the largest, and gets its room once that reader lets go.
+        let shed = big.shed.clone();
+        let budget2 = budget.clone();
+        let small = tokio::spawn(async move {
+            let mut small = budget2.start();
+            let ok = budget2.grow(&mut small, 100).await;
+            (ok, small.bytes)
+        });
+        tokio::time::timeout(Duration::from_secs(5), shed.notified())
+            .await
+            .expect("the largest body is told to stop");
+        drop(big);
+        assert_eq!(small.await.unwrap(), (true, 100));
+        assert_eq!(
+            lock(&budget.state).used,
+            1000,
+            "mid's 1000; small gave its 100 back"
+        );
+        drop(mid);
+        assert_eq!(lock(&budget.state).used, 0);
+    }
+
+    #[test]
+    fn at_the_cap_the_address_holding_the_most_makes_room() {
+        let waiting = Waiting::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let flood: Vec<_> = (0..5).map(|_| waiting.open(Some(a))).collect();
+        let few = waiting.open(Some(b));
+        for c in &flood[..4] {
+            waiting.busy(c);
+        }
+        // The flood's one idle connection goes first, then its busy ones; never b's.
+        let v = waiting.victim(Some(b)).unwrap();
+        assert_eq!(v.id, flood[4].id);
+        assert!(v.evicted.load(Ordering::Relaxed));
+        // a holds 4, then 3 live ones; b with its newcomer 2: a gives way while it holds
+        // more than twice b's.
+        assert_eq!(waiting.victim(Some(b)).unwrap().key, Some(a));
+        // a 3 against b's 2: the newcomer is refused.
+        assert!(waiting.victim(Some(b)).is_none());
+        // A newcomer from the flood's own address is refused too.
+        assert!(waiting.victim(Some(a)).is_none());
+        assert!(!few.evicted.load(Ordering::Relaxed));
+        assert_eq!(waiting.holding(a), 5, "cut ones count until they close");
+        for c in &flood {
+            waiting.close(c);
+        }
+        assert_eq!(waiting.holding(a), 0);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(addr_key(v6), addr_key("2001:db8::ffff:1".parse().unwrap()));
     }
 }

@@ -261,7 +261,9 @@ impl GoodSlave {
 }
 
 fn good_exchange(master: SocketAddr, path: &str, body: &[u8], want: &str) -> bool {
+    let t0 = Instant::now();
     let Ok(mut s) = TcpStream::connect_timeout(&master, Duration::from_secs(5)) else {
+        eprintln!("good slave: connect failed after {:?}", t0.elapsed());
         return false;
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -272,8 +274,16 @@ fn good_exchange(master: SocketAddr, path: &str, body: &[u8], want: &str) -> boo
         return false;
     }
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse_answer(&buf).is_some_and(|a| a.status == 200 && a.text().contains(want))
+    let r = s.read_to_end(&mut buf);
+    let ok = parse_answer(&buf).is_some_and(|a| a.status == 200 && a.text().contains(want));
+    if !ok {
+        eprintln!(
+            "good slave: {path} failed ({r:?}) after {:?}: {:?}",
+            t0.elapsed(),
+            String::from_utf8_lossy(&buf[..buf.len().min(200)])
+        );
+    }
+    ok
 }
 
 /// Peaks of the master's resource use, sampled every 50 ms.
