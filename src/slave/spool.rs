@@ -222,20 +222,18 @@ impl Spool {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
             .take(64)
             .collect();
-        let seq = {
+        // Room is made before the new result is written, so the spool on disk never holds
+        // more than its caps, not even for a moment (a crash in between loses only what was
+        // dropped anyway).
+        let size = bytes.len() as u64;
+        let (seq, dropped) = {
             let mut ix = self.lock();
             ix.next_seq += 1;
-            ix.next_seq - 1
-        };
-        write_atomic(&self.dir.join("tmp"), &self.path_of(seq, &id), &bytes, sync)?;
-        let size = bytes.len() as u64;
-        let mut dropped = Vec::new();
-        {
-            let mut ix = self.lock();
-            ix.bytes += size;
-            ix.entries.insert(seq, Entry { seq, id, size });
-            while ix.entries.len() as u64 > self.caps.max_results
-                || (ix.bytes > self.caps.max_bytes && ix.entries.len() > 1)
+            let seq = ix.next_seq - 1;
+            let mut dropped = Vec::new();
+            while !ix.entries.is_empty()
+                && (ix.entries.len() as u64 + 1 > self.caps.max_results
+                    || ix.bytes + size > self.caps.max_bytes)
             {
                 let Some((_, oldest)) = ix.entries.pop_first() else {
                     break;
@@ -244,12 +242,19 @@ impl Spool {
                 dropped.push(oldest);
             }
             ix.dropped_total += dropped.len() as u64;
-        }
+            (seq, dropped)
+        };
         if !dropped.is_empty() {
             for e in &dropped {
                 let _ = fs::remove_file(self.path_of(e.seq, &e.id));
             }
             self.save_state()?;
+        }
+        write_atomic(&self.dir.join("tmp"), &self.path_of(seq, &id), &bytes, sync)?;
+        {
+            let mut ix = self.lock();
+            ix.bytes += size;
+            ix.entries.insert(seq, Entry { seq, id, size });
         }
         Ok(Put {
             dropped: dropped.len() as u64,
