@@ -236,7 +236,7 @@ fn parse_retention(s: &str) -> Result<Keep, String> {
 /// Flags of `slave`.
 #[derive(Debug, Args)]
 pub struct SlaveArgs {
-    /// Set the hostname/IP of the master server
+    /// Set the hostname/IP of the master server (HOST:PORT or a URL carries its own port)
     #[arg(long, value_name = "hostname")]
     pub master: Option<String>,
     /// Set the listening port of the master server
@@ -573,10 +573,81 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
             (Some(false), Some(v)) if v.eq_ignore_ascii_case("false") || v == "0" => {}
             (Some(_), Some(v)) => out.push(OsString::from(format!("--{name}={v}"))),
             (Some(_), None) => out.push(OsString::from(format!("--{name}"))),
+            // An unknown word: as a long flag, so clap names all of it (not its first letter
+            // as a short flag) and suggests the nearest long flag.
+            (None, _)
+                if !text.starts_with("--")
+                    && name.len() > 1
+                    && is_flag_word(name)
+                    && !starts_with_short(sub.as_ref().unwrap_or(&cmd), name) =>
+            {
+                out.push(OsString::from(match value {
+                    Some(v) => format!("--{name}={v}"),
+                    None => format!("--{name}"),
+                }))
+            }
             (None, _) => out.push(arg),
         }
     }
     out
+}
+
+/// True for a word that can name a flag: a letter, then letters, digits, `-` and `_`.
+fn is_flag_word(word: &str) -> bool {
+    word.starts_with(|c: char| c.is_ascii_alphabetic())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// True when `word` starts with a short flag of `cmd` (`-q1` is `-q 1`).
+fn starts_with_short(cmd: &clap::Command, word: &str) -> bool {
+    let first = word.chars().next();
+    cmd.get_arguments().any(|a| a.get_short().is_some() && a.get_short() == first)
+}
+
+/// `--name` as the user spelled flags: with one dash when `args` has `-name` (or another flag)
+/// that way, as the seed's README teaches.
+fn spelled(flag: &str, typed: &str, args: &[OsString]) -> String {
+    let name = flag.trim_start_matches('-');
+    let typed_name = typed.trim_start_matches('-');
+    let single = args.iter().filter_map(|a| a.to_str()).any(|a| {
+        !a.starts_with("--")
+            && a.strip_prefix('-')
+                .is_some_and(|w| w.split('=').next() == Some(typed_name))
+    });
+    if single {
+        format!("-{name}")
+    } else {
+        format!("--{name}")
+    }
+}
+
+/// The one long flag of `sub` that has `name` as a dash-separated part (`port` names
+/// `master-port`), if exactly one does.
+fn flag_with_part(name: &str, sub: Option<&str>) -> Option<String> {
+    let cmd = Cli::command();
+    let cmd = match sub {
+        Some(s) => cmd.find_subcommand(s)?.clone(),
+        None => cmd,
+    };
+    let mut found = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| l.split('-').any(|part| part.eq_ignore_ascii_case(name)));
+    match (found.next(), found.next()) {
+        (Some(one), None) => Some(format!("--{one}")),
+        _ => None,
+    }
+}
+
+/// The subcommand (other than `sub`) that has the long flag `name`, if any.
+fn subcommand_with_flag(name: &str, sub: Option<&str>) -> Option<String> {
+    Cli::command()
+        .get_subcommands()
+        .filter(|c| Some(c.get_name()) != sub)
+        .find(|c| c.get_arguments().any(|a| a.get_long() == Some(name)))
+        .map(|c| c.get_name().to_owned())
 }
 
 /// An address (a network of one) or a CIDR range.
@@ -607,7 +678,7 @@ fn with_program_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
 /// arguments were for (clap leaves the usage out of some errors).
 pub fn error_text(err: &clap::Error, args: &[OsString]) -> String {
     let rendered = err.render().to_string();
-    if rendered.contains("Usage:") {
+    if rendered.contains("Usage:") && err.kind() != clap::error::ErrorKind::UnknownArgument {
         return rendered;
     }
     let args = with_program_subcommand(args.to_vec());
@@ -619,15 +690,52 @@ pub fn error_text(err: &clap::Error, args: &[OsString]) -> String {
         .filter_map(|a| a.to_str())
         .find(|a| !a.starts_with('-'))
         .and_then(|name| cmd.find_subcommand(name).map(|c| c.get_name().to_owned()));
-    let usage = match sub {
+    let usage = match &sub {
         Some(name) => cmd
-            .find_subcommand_mut(&name)
+            .find_subcommand_mut(name)
             .map(|c| c.render_usage().to_string())
             .unwrap_or_default(),
         None => cmd.render_usage().to_string(),
     };
-    let reason = rendered.lines().next().unwrap_or("error: bad arguments");
+    let reason = match unknown_flag(err, &args, sub.as_deref()) {
+        Some(r) => r,
+        None => rendered
+            .lines()
+            .next()
+            .unwrap_or("error: bad arguments")
+            .to_owned(),
+    };
     format!("{reason}\n\n{usage}\n\nFor more information, try '--help'.\n")
+}
+
+/// An unknown flag's error in the spelling the user typed it: the whole flag, the nearest
+/// known one of the subcommand, or the subcommand it belongs to.
+fn unknown_flag(err: &clap::Error, args: &[OsString], sub: Option<&str>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(invalid)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let invalid = invalid.split('=').next().unwrap_or(invalid);
+    if !invalid.starts_with("--") {
+        return None;
+    }
+    let typed = spelled(invalid, invalid, args);
+    let name = invalid.trim_start_matches('-');
+    let whose = sub.map_or_else(|| "dist-traceroute".to_owned(), |s| format!("'{s}'"));
+    let hint = match err.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(near)) if near.starts_with("--") => {
+            format!(": did you mean '{}'?", spelled(near, invalid, args))
+        }
+        _ => match (flag_with_part(name, sub), subcommand_with_flag(name, sub)) {
+            (Some(near), _) => format!(": did you mean '{}'?", spelled(&near, invalid, args)),
+            (None, Some(other)) => format!(" ({typed} is a flag of '{other}')"),
+            (None, None) => String::new(),
+        },
+    };
+    Some(format!("error: {whose} has no flag '{typed}'{hint}"))
 }
 
 #[cfg(test)]
@@ -707,6 +815,45 @@ mod tests {
         assert!(m.public_read);
         assert!(!master(&["dt", "master", "-public-read=false"]).public_read);
         assert!(master(&["dt", "master", "--public-read=true"]).public_read);
+    }
+
+    fn error_of(args: &[&str]) -> String {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let err = parse_from(args.clone()).err().expect("an error");
+        error_text(&err, &args).lines().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn unknown_flags_are_named_whole_in_the_spelling_typed() {
+        let cases = [
+            (
+                &["dt", "slave", "-intervall=5s"][..],
+                "error: 'slave' has no flag '-intervall': did you mean '-interval'?",
+            ),
+            (
+                &["dt", "slave", "-intervall", "5s"][..],
+                "error: 'slave' has no flag '-intervall': did you mean '-interval'?",
+            ),
+            (
+                &["dt", "slave", "--intervall=5s"][..],
+                "error: 'slave' has no flag '--intervall': did you mean '--interval'?",
+            ),
+            (
+                &["dist-traceroute-slave", "-port", "8990"][..],
+                "error: 'slave' has no flag '-port': did you mean '-master-port'?",
+            ),
+            (
+                &["dt", "master", "-zDebugResults"][..],
+                "error: 'master' has no flag '-zDebugResults' (-zDebugResults is a flag of 'slave')",
+            ),
+            (
+                &["dt", "master", "-nonsense"][..],
+                "error: 'master' has no flag '-nonsense'",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(error_of(args), want, "{args:?}");
+        }
     }
 
     #[test]

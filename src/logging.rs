@@ -6,6 +6,15 @@ use simplelog::{
 };
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ON_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// True once [`init`] has sent errors to stderr: a fatal error logged then needs no second
+/// print.
+pub fn on_stderr() -> bool {
+    ON_STDERR.load(Ordering::Relaxed)
+}
 
 /// Sends log records at `level` and above to `file` (appended) and to stderr.
 ///
@@ -23,7 +32,7 @@ pub fn init(file: &Path, level: log::LevelFilter) -> anyhow::Result<()> {
         .add_filter_allow_str("dist_traceroute")
         .build();
     // Ignoring the error: a second init in one process (demo, tests) keeps the first logger.
-    let _ = CombinedLogger::init(vec![
+    let first = CombinedLogger::init(vec![
         TermLogger::new(
             level,
             config.clone(),
@@ -32,5 +41,8 @@ pub fn init(file: &Path, level: log::LevelFilter) -> anyhow::Result<()> {
         ),
         WriteLogger::new(level, config, out),
     ]);
+    if first.is_ok() && level >= log::LevelFilter::Error {
+        ON_STDERR.store(true, Ordering::Relaxed);
+    }
     Ok(())
 }

@@ -110,8 +110,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("dist-traceroute: {e:#}");
+            // Once logging is up the error goes to stderr and the log file in one line;
+            // before that (a log file that cannot be opened, say) it is printed here.
+            if dist_traceroute::logging::on_stderr() {
+                log::error!("{e:#}");
+            } else {
+                eprintln!("dist-traceroute: {e:#}");
+            }
             ExitCode::from(1)
         }
     }

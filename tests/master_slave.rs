@@ -115,6 +115,15 @@ fn config_edits_apply_live_and_broken_edits_keep_the_last_good_config() {
         log.contains("config edit rejected, keeping the last good config"),
         "{log}"
     );
+    // Putting the good text back is confirmed in the log, though nothing changed.
+    dir.write("dt-targets.json", &edited);
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path("dt-master.log"))
+            .unwrap()
+            .contains("config files are good again")
+            .then_some(())
+    })
+    .expect("the fix is confirmed in the log");
 
     // A new slave in the slaves file may log in without a restart; a removed one may not.
     dir.write(

@@ -52,22 +52,22 @@ impl Params {
         }
     }
 
-    /// A time: RFC 3339, or Unix seconds; as Unix ms.
+    /// A time as Unix ms: RFC 3339, or a Unix time in seconds or in milliseconds, told apart
+    /// by size (see [`unix_ms`]).
     pub fn time(&self, key: &str) -> Result<Option<i64>, String> {
         let Some(v) = self.text(key) else {
             return Ok(None);
         };
-        if let Ok(secs) = v.parse::<i64>() {
-            return secs
-                .checked_mul(1000)
+        if let Ok(n) = v.parse::<i64>() {
+            return unix_ms(n)
                 .map(Some)
-                .ok_or_else(|| format!("{key} is out of range"));
+                .ok_or_else(|| format!("{key} {n} is out of range"));
         }
         chrono::DateTime::parse_from_rfc3339(v)
             .map(|t| Some(t.timestamp_millis()))
             .map_err(|_| {
                 format!(
-                    "{key} '{}' is neither RFC 3339 nor Unix seconds",
+                    "{key} '{}' is neither RFC 3339 nor a Unix time in seconds or milliseconds",
                     v.chars().take(40).collect::<String>()
                 )
             })
@@ -88,14 +88,98 @@ impl Params {
     }
 }
 
+/// Numbers of this size and above are Unix milliseconds, smaller ones Unix seconds: 10^11
+/// seconds is the year 5138, 10^11 milliseconds is March 1973, so no time a result can have
+/// is read in the wrong unit.
+pub const UNIX_MS_FROM: i64 = 100_000_000_000;
+
+/// A Unix time in seconds or milliseconds (by [`UNIX_MS_FROM`]) as milliseconds; `None` past
+/// what a date can be.
+pub fn unix_ms(n: i64) -> Option<i64> {
+    let ms = if n.unsigned_abs() >= UNIX_MS_FROM as u64 {
+        n
+    } else {
+        n * 1000
+    };
+    chrono::DateTime::from_timestamp_millis(ms).map(|_| ms)
+}
+
+/// Checks that the `slave` and `target` filters name something this master knows (in its
+/// config or its store): a name that matches nothing is a 404 naming what exists, not an
+/// empty answer that looks like "no results yet".
+pub fn check_names(app: &App, slave: Option<&str>, target: Option<&str>) -> Result<(), ApiError> {
+    const SHOWN: usize = 50;
+    fn listed(names: &[String]) -> String {
+        let mut text = names
+            .iter()
+            .take(SHOWN)
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > SHOWN {
+            text.push_str(&format!(" and {} more", names.len() - SHOWN));
+        }
+        if text.is_empty() {
+            text = "none yet".into();
+        }
+        text
+    }
+    let config = app.config.get();
+    if let Some(want) = slave {
+        let known = config.slaves.slaves.iter().any(|s| s.name.0 == want)
+            || app.store.slaves()?.iter().any(|s| s.name == want);
+        if !known {
+            let mut names: Vec<String> = slave_views(app)?.into_iter().map(|v| v.name).collect();
+            names.sort();
+            return Err(ApiError::NotFound(format!(
+                "no slave '{}'; slaves: {}",
+                want.chars().take(64).collect::<String>(),
+                listed(&names)
+            )));
+        }
+    }
+    if let Some(want) = target {
+        let configured = config
+            .targets
+            .targets
+            .iter()
+            .any(|(id, t)| id.0.eq_ignore_ascii_case(want) || t.name.0 == want);
+        if !configured {
+            let stored = app.store.targets()?;
+            if !stored
+                .iter()
+                .any(|t| t.uuid.eq_ignore_ascii_case(want) || t.name == want)
+            {
+                let mut names: Vec<String> = config
+                    .targets
+                    .targets
+                    .values()
+                    .map(|t| t.name.0.clone())
+                    .chain(stored.into_iter().map(|t| t.name))
+                    .collect();
+                names.sort();
+                names.dedup();
+                return Err(ApiError::NotFound(format!(
+                    "no target '{}' (by name or UUID); targets: {}",
+                    want.chars().take(64).collect::<String>(),
+                    listed(&names)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The results filters shared by `/api/v1/results` and the exports: `slave`, `target`, `from`,
 /// `to`, `limit` (1..=`max_limit`) and the `cursor` of a previous page (`MEASURED_AT.ROW`).
 pub fn result_query(
+    app: &App,
     query: &str,
     max_limit: i64,
     default_limit: i64,
-) -> Result<ResultQuery, String> {
+) -> Result<ResultQuery, ApiError> {
     let p = Params::parse(query, &["slave", "target", "from", "to", "limit", "cursor"])?;
+    check_names(app, p.text("slave"), p.text("target"))?;
     let before = match p.text("cursor") {
         None => None,
         Some(c) => {
@@ -132,11 +216,20 @@ fn iso_opt(ms: Option<i64>) -> Option<String> {
 fn answer<T: Serialize>(f: impl FnOnce() -> Result<T, ApiError>) -> Response {
     match f() {
         Ok(v) => Response::json(200, &v),
-        Err(ApiError::Bad(m)) => Response::error(400, m),
-        Err(ApiError::NotFound(m)) => Response::error(404, m),
-        Err(ApiError::Db(e)) => {
-            log::error!("query failed: {e:#}");
-            Response::error(500, "query failed")
+        Err(e) => e.response(),
+    }
+}
+
+impl ApiError {
+    /// The error answer: 400, 404 or 500 (the database's words are logged, not sent).
+    pub fn response(self) -> Response {
+        match self {
+            ApiError::Bad(m) => Response::error(400, m),
+            ApiError::NotFound(m) => Response::error(404, m),
+            ApiError::Db(e) => {
+                log::error!("query failed: {e:#}");
+                Response::error(500, "query failed")
+            }
         }
     }
 }
@@ -310,7 +403,8 @@ fn targets(app: &App, req: &Request) -> Response {
 }
 
 /// The slave, target (UUID or name) and flow filters of a query.
-fn series_filter(p: &Params) -> Result<SeriesFilter, ApiError> {
+fn series_filter(app: &App, p: &Params) -> Result<SeriesFilter, ApiError> {
+    check_names(app, p.text("slave"), p.text("target"))?;
     let flow = match p.text("flow") {
         Some(_) => Some(p.number("flow", 0, 65_535, 0)?),
         None => None,
@@ -447,7 +541,7 @@ fn current_paths(app: &App, req: &Request) -> Response {
         let window = p.duration("window", Duration::from_secs(3600))?;
         let since = now_ms() - window.as_millis() as i64;
         let mut list = Vec::new();
-        for s in app.store.series(&series_filter(&p)?)? {
+        for s in app.store.series(&series_filter(app, &p)?)? {
             let Some((hash, text)) = s.current_path else {
                 continue;
             };
@@ -478,7 +572,7 @@ fn path_history(app: &App, req: &Request) -> Response {
         let from = p.time("from")?.unwrap_or(i64::MIN);
         let to = p.time("to")?.unwrap_or(i64::MAX);
         let mut list = Vec::new();
-        for s in app.store.series(&series_filter(&p)?)? {
+        for s in app.store.series(&series_filter(app, &p)?)? {
             let paths: Vec<serde_json::Value> = app
                 .store
                 .path_history(s.id, from, to)?
@@ -537,7 +631,7 @@ fn events(app: &App, req: &Request) -> Response {
             None => None,
         };
         let rows = app.store.events(&EventQuery {
-            series: series_filter(&p)?,
+            series: series_filter(app, &p)?,
             kind: p.text("kind").map(str::to_owned),
             from: p.time("from")?,
             to: p.time("to")?,
@@ -595,6 +689,9 @@ fn stream(app: &App, req: &Request) -> Response {
             );
         }
         kinds.push(k.to_owned());
+    }
+    if let Err(e) = check_names(app, p.text("slave"), p.text("target")) {
+        return e.response();
     }
     let filter = super::stream::Filter {
         slave: p.text("slave").map(str::to_owned),

@@ -644,12 +644,19 @@ pub fn watch(
                 let old = live.get();
                 let changed =
                     old.slaves != config.slaves || *old.targets_raw != *config.targets_raw;
-                if changed {
+                if changed || last_error.is_some() {
                     log::info!(
-                        "config reloaded: {} slaves, {} targets",
+                        "config {}: {} slaves, {} targets",
+                        if changed {
+                            "reloaded"
+                        } else {
+                            "files are good again, unchanged from the config in force"
+                        },
                         config.slaves.slaves.len(),
                         config.targets.targets.len()
                     );
+                }
+                if changed {
                     live.set(config);
                 }
                 reloads.loaded(false, changed);
@@ -1104,12 +1111,19 @@ pub fn watch_users(live: LiveUsers, every: Duration, reloads: Reloads) -> anyhow
         move || match load_users(&file) {
             Ok(Some(users)) => {
                 let changed = live.get().is_none_or(|old| old.file != users.file);
-                if changed {
+                if changed || last_error.is_some() {
                     log::info!(
-                        "users reloaded: {} users from {}",
+                        "users {}: {} users from {}",
+                        if changed {
+                            "reloaded"
+                        } else {
+                            "file is good again, unchanged from the users in force"
+                        },
                         users.file.users.len(),
                         file.display()
                     );
+                }
+                if changed {
                     live.set(Some(users));
                 }
                 reloads.loaded(true, changed);

@@ -51,9 +51,9 @@ impl Format {
 }
 
 fn results(app: &App, req: &Request, format: Format) -> Response {
-    let q = match super::api::result_query(&req.query, MAX_EXPORT, 10_000) {
+    let q = match super::api::result_query(app, &req.query, MAX_EXPORT, 10_000) {
         Ok(q) => q,
-        Err(e) => return Response::error(400, e),
+        Err(e) => return e.response(),
     };
     match export(app.store.clone(), q, format, EXPORT_PAGE) {
         Ok(r) => r,

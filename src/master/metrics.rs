@@ -1,5 +1,5 @@
-//! `GET /metrics`: Prometheus/OpenMetrics text, built per scrape from the store and the
-//! request counters.
+//! `GET /metrics`: the Prometheus text format 0.0.4 or OpenMetrics 1.0, as the scraper's
+//! `Accept` asks, built per scrape from the store and the request counters.
 //!
 //! Label cardinality is bounded by the config: per (slave, target, flow) series one sample of
 //! each series metric (and one `dt_path_info` with the current path ID), per slave one of each
@@ -103,8 +103,51 @@ fn counter(reg: &mut Registry, name: &str, help: &str, value: &AtomicU64) {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
-/// The exposition text.
-pub fn render(app: &App) -> anyhow::Result<String> {
+/// The two exposition formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (`text/plain`), the default.
+    Text,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header prefers: OpenMetrics when it ranks
+    /// `application/openmetrics-text` above `text/plain` (by `q`, then by order), else the
+    /// 0.0.4 text format, which is also the answer to no header and to `*/*`.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut best: Option<(f32, Format)> = None;
+        for item in accept.unwrap_or("").split(',') {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let format = match media.as_str() {
+                "application/openmetrics-text" => Format::OpenMetrics,
+                "text/plain" => Format::Text,
+                _ => continue,
+            };
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .find_map(|v| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+                best = Some((q, format));
+            }
+        }
+        best.map_or(Format::Text, |(_, f)| f)
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The exposition text in `format`.
+pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
     let mut reg = Registry::default();
     let c: &Counters = &app.counters;
     counter(
@@ -229,17 +272,16 @@ pub fn render(app: &App) -> anyhow::Result<String> {
         info,
     );
 
-    let age = Family::<SlaveLabel, FGauge>::default();
+    let seen = Family::<SlaveLabel, FGauge>::default();
     let spool = Family::<SlaveLabel, FGauge>::default();
     let dropped = Family::<SlaveLabel, Counter>::default();
     let skew = Family::<SlaveLabel, FGauge>::default();
-    let now = chrono::Utc::now().timestamp_millis();
     for v in super::api::slave_views(app)? {
         let l = SlaveLabel {
             slave: v.name.clone(),
         };
         if let Some(last) = v.last_seen.max(v.last_config) {
-            age.get_or_create(&l).set((now - last) as f64 / 1000.0);
+            seen.get_or_create(&l).set(last as f64 / 1000.0);
         }
         if let Some(d) = v.spool_depth {
             spool.get_or_create(&l).set(d as f64);
@@ -252,9 +294,9 @@ pub fn render(app: &App) -> anyhow::Result<String> {
         }
     }
     reg.register(
-        "dt_slave_last_seen_age_seconds",
-        "Seconds since the slave's last request",
-        age,
+        "dt_slave_last_seen_timestamp_seconds",
+        "When the master last heard from the slave (Unix time)",
+        seen,
     );
     reg.register(
         "dt_slave_spool_depth",
@@ -273,6 +315,43 @@ pub fn render(app: &App) -> anyhow::Result<String> {
     );
 
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    match format {
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)?,
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &reg)?,
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Format::{self, OpenMetrics, Text};
+
+    #[test]
+    fn accept_chooses_the_format() {
+        let cases: [(Option<&str>, Format); 9] = [
+            (None, Text),
+            (Some("*/*"), Text),
+            (Some("text/plain;version=0.0.4"), Text),
+            (Some("application/openmetrics-text; version=1.0.0"), OpenMetrics),
+            // What Prometheus 2.x sends.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            // A scraper that asks for the text format first.
+            (
+                Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+                Text,
+            ),
+            (Some("application/openmetrics-text;q=0, text/plain"), Text),
+            (Some("application/json"), Text),
+            (Some("APPLICATION/OpenMetrics-Text"), OpenMetrics),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
+    }
 }

@@ -310,6 +310,14 @@ pub fn route(app: &App, req: &Request) -> Reply {
     if let Some(refused) = read_gate(app, req) {
         return Reply::Now(refused);
     }
+    if req.method == "HEAD" {
+        // A HEAD is answered as its GET; the connection layer sends the head only.
+        let get = Request {
+            method: "GET".into(),
+            ..req.clone()
+        };
+        return Reply::Now(route_now(app, &get));
+    }
     let path = req.path.as_str();
     match (req.method.as_str(), path) {
         ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
@@ -326,17 +334,20 @@ fn route_now(app: &App, req: &Request) -> Response {
         (_, "/results") => Response::redirect("/results/"),
         ("POST", p) if p.starts_with("/config/") => config(app, req),
         ("GET", "/api/v1/results") => api_results(app, req),
-        ("GET", "/metrics") => match super::metrics::render(app) {
-            Ok(text) => Response::new(
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(e) => {
-                log::error!("metrics failed: {e:#}");
-                Response::error(500, "metrics failed")
+        ("GET", "/metrics") => {
+            let format = super::metrics::Format::negotiate(req.accept.as_deref());
+            match super::metrics::render(app, format) {
+                Ok(text) => {
+                    let mut r = Response::new(200, format.content_type(), text);
+                    r.headers.push(("Vary", "Accept".into()));
+                    r
+                }
+                Err(e) => {
+                    log::error!("metrics failed: {e:#}");
+                    Response::error(500, "metrics failed")
+                }
             }
-        },
+        }
         ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
         ("GET", "/login") => {
             let next = form_urlencoded::parse(req.query.as_bytes())
@@ -1213,10 +1224,9 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
 /// `GET /api/v1/results?slave=&target=&from=&to=&limit=&cursor=`: newest first; a full page
 /// carries `next_cursor` for the next, older page.
 fn api_results(app: &App, req: &Request) -> Response {
-    let q = super::api::result_query(&req.query, 1000, 100);
-    let q = match q {
+    let q = match super::api::result_query(app, &req.query, 1000, 100) {
         Ok(q) => q,
-        Err(e) => return Response::error(400, e),
+        Err(e) => return e.response(),
     };
     match app.store.results(&q) {
         Ok((results, next)) => Response::json(

@@ -51,9 +51,18 @@ pub fn base_url(master: &str, port: u16, tls: bool) -> String {
         };
     }
     let scheme = if tls { "https" } else { "http" };
-    match master.parse::<std::net::Ipv6Addr>() {
-        Ok(v6) => format!("{scheme}://[{v6}]:{port}"),
-        Err(_) => format!("{scheme}://{master}:{port}"),
+    if let Ok(v6) = master.parse::<std::net::Ipv6Addr>() {
+        return format!("{scheme}://[{v6}]:{port}");
+    }
+    // HOST:PORT and [V6]:PORT carry their own port, as the master's -listen takes them.
+    let with_port = master
+        .rsplit_once(':')
+        .filter(|(host, p)| !host.is_empty() && !host.ends_with(':') && p.parse::<u16>().is_ok());
+    match with_port {
+        Some((host, p)) if !host.contains(':') || host.starts_with('[') => {
+            format!("{scheme}://{host}:{p}")
+        }
+        _ => format!("{scheme}://{master}:{port}"),
     }
 }
 
@@ -262,5 +271,9 @@ mod tests {
             "http://m.example:81"
         );
         assert_eq!(base_url("m.example", 8990, true), "https://m.example:8990");
+        assert_eq!(base_url("127.0.0.1:18990", 8990, false), "http://127.0.0.1:18990");
+        assert_eq!(base_url("m.example:81", 8990, false), "http://m.example:81");
+        assert_eq!(base_url("[::1]:81", 8990, false), "http://[::1]:81");
+        assert_eq!(base_url("fe80::1", 8990, false), "http://[fe80::1]:8990");
     }
 }

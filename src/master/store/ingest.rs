@@ -618,8 +618,8 @@ fn stored_before(
     ])? {
         return Ok(true);
     }
-    conn.prepare_cached("SELECT 1 FROM aside WHERE uid = ?1")?
-        .exists([&uid[..]])
+    conn.prepare_cached("SELECT 1 FROM aside WHERE uid = ?1 AND series_id = ?2")?
+        .exists(params![&uid[..], series_id])
 }
 
 /// Stores one result (once per ID) and feeds it to its series; also gives the slave's row

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -135,7 +135,12 @@ const V4_TABLES: &str = "
     );
     -- Results not ordered at their own time (dated ahead of the master, or pushed to the next
     -- millisecond), so a resend of one is still found by its ID.
-    CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE aside (
+        uid BLOB NOT NULL,
+        series_id INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        PRIMARY KEY (uid, series_id)
+    ) WITHOUT ROWID;
     CREATE INDEX aside_by_result ON aside (result);
     ALTER TABLE slaves ADD COLUMN clock_skew_ms INTEGER;
     ALTER TABLE series ADD COLUMN last_success INTEGER;
@@ -145,6 +150,19 @@ const V4_TABLES: &str = "
 const LATER_MIGRATIONS: &[&str] = &[
     // 5: secrets the masters keep, such as the key that signs the dashboard's sessions.
     "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+    // 6: a result ID is one slave's: results kept aside are found by ID and series, so two
+    // slaves that send one ID (the Go slave's debug result) do not take each other's.
+    "CREATE TABLE aside_v6 (
+        uid BLOB NOT NULL,
+        series_id INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        PRIMARY KEY (uid, series_id)
+     ) WITHOUT ROWID;
+     INSERT OR IGNORE INTO aside_v6 (uid, series_id, result)
+        SELECT a.uid, r.series_id, a.result FROM aside a JOIN results r ON r.id = a.result;
+     DROP TABLE aside;
+     ALTER TABLE aside_v6 RENAME TO aside;
+     CREATE INDEX aside_by_result ON aside (result);",
 ];
 
 /// Brings the database to [`VERSION`]; each step is one transaction.
@@ -231,8 +249,10 @@ pub fn insert_row(
     // ordered far from it (dated ahead of the master, or before the keys begin) is kept
     // aside so that a resend of it is found.
     if !(0..codec::SPILL_MS).contains(&(m.ordered_ms - m.time.ms)) {
-        conn.prepare_cached("INSERT OR REPLACE INTO aside (uid, result) VALUES (?1, ?2)")?
-            .execute(params![&uid[..], key])?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO aside (uid, series_id, result) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![&uid[..], series_id, key])?;
     }
     Ok(key)
 }
@@ -401,4 +421,42 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
          CREATE INDEX results_by_series ON results (series_id);",
     )?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_6_keeps_results_aside_under_their_series() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        // Back to version 5's `aside`, keyed by the ID alone, with one result in it.
+        conn.execute_batch(
+            "INSERT INTO slaves (name, first_seen, last_seen) VALUES ('s', 0, 0);
+             INSERT INTO targets (uuid, name, address) VALUES ('t', 't', 't');
+             INSERT INTO series (slave_id, target_id, flow) VALUES (1, 1, 0);
+             INSERT INTO results (id, series_id, route_id, data) VALUES (77, 1, 1, x'00');
+             DROP TABLE aside;
+             CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX aside_by_result ON aside (result);
+             INSERT INTO aside VALUES (x'0102', 77);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let row: (Vec<u8>, i64, i64) = conn
+            .query_row("SELECT uid, series_id, result FROM aside", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, (vec![1, 2], 1, 77));
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        // Another series may keep the same ID aside.
+        conn.execute("INSERT INTO aside VALUES (x'0102', 2, 78)", [])
+            .unwrap();
+    }
 }

@@ -146,7 +146,7 @@ pub fn copy(
                 .query(
                     "SELECT 1 FROM results WHERE series_id = $1 AND id BETWEEN $2 AND $3
                        AND substring(data from 1 for 16) = $4
-                     UNION ALL SELECT 1 FROM aside WHERE uid = $4 LIMIT 1",
+                     UNION ALL SELECT 1 FROM aside WHERE uid = $4 AND series_id = $1 LIMIT 1",
                     &[
                         &series[i],
                         &codec::key(ms, 0),
@@ -183,9 +183,9 @@ pub fn copy(
                 &[&new, &series[i], &routes[i], &row],
             )?;
             tx.execute(
-                "INSERT INTO aside (uid, result) VALUES ($1, $2)
-                 ON CONFLICT (uid) DO UPDATE SET result = EXCLUDED.result",
-                &[&uid, &new],
+                "INSERT INTO aside (uid, series_id, result) VALUES ($1, $2, $3)
+                 ON CONFLICT (uid, series_id) DO UPDATE SET result = EXCLUDED.result",
+                &[&uid, &series[i], &new],
             )?;
             // A series whose newest result this is points at its new key.
             tx.execute(
@@ -223,7 +223,9 @@ pub fn copy(
             let (uid, key) = row?;
             let key = moved.get(&key).copied().unwrap_or(key);
             tx.execute(
-                "INSERT INTO aside (uid, result) VALUES ($1, $2) ON CONFLICT (uid) DO NOTHING",
+                "INSERT INTO aside (uid, series_id, result)
+                 SELECT $1, series_id, id FROM results WHERE id = $2
+                 ON CONFLICT (uid, series_id) DO NOTHING",
                 &[&uid, &key],
             )?;
         }

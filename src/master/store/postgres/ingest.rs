@@ -755,7 +755,7 @@ fn store_all(
          WHERE EXISTS (SELECT 1 FROM results r WHERE r.series_id = q.s
                           AND r.id BETWEEN q.lo AND q.hi
                           AND substring(r.data from 1 for 16) = q.uid)
-            OR EXISTS (SELECT 1 FROM aside a WHERE a.uid = q.uid)",
+            OR EXISTS (SELECT 1 FROM aside a WHERE a.uid = q.uid AND a.series_id = q.s)",
     )?;
     let stored_before: std::collections::HashSet<i64> = tx
         .query(&st, &[&idx, &series, &lo, &hi, &uids])?
@@ -847,10 +847,10 @@ fn store_all(
             let st = prepare(
                 tx,
                 statements,
-                "INSERT INTO aside (uid, result) VALUES ($1, $2)
-                 ON CONFLICT (uid) DO UPDATE SET result = EXCLUDED.result",
+                "INSERT INTO aside (uid, series_id, result) VALUES ($1, $2, $3)
+                 ON CONFLICT (uid, series_id) DO UPDATE SET result = EXCLUDED.result",
             )?;
-            tx.execute(&st, &[&&items[*i].0.uid[..], &*key])?;
+            tx.execute(&st, &[&&items[*i].0.uid[..], &items[*i].1.series, &*key])?;
         }
     }
     let mut out: Vec<(Outcome, i64)> = items

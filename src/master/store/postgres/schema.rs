@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -91,7 +91,8 @@ const MIGRATIONS: &[&str] = &[
         data BYTEA NOT NULL
      );
      CREATE INDEX results_by_series ON results (series_id, id);
-     CREATE TABLE aside (uid BYTEA PRIMARY KEY, result BIGINT NOT NULL);
+     CREATE TABLE aside (uid BYTEA NOT NULL, series_id BIGINT NOT NULL, result BIGINT NOT NULL,
+                         PRIMARY KEY (uid, series_id));
      CREATE INDEX aside_by_result ON aside (result);
      CREATE TABLE events (
         id BIGSERIAL PRIMARY KEY,
@@ -126,6 +127,16 @@ const MIGRATIONS: &[&str] = &[
     // 3: secrets the masters share, such as the key that signs the dashboard's sessions (so
     // a session one master opened holds on every other).
     "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);",
+    // 4: a result ID is one slave's: results kept aside are found by ID and series, so two
+    // slaves that send one ID (the Go slave's debug result) do not take each other's.
+    // (A database made at version 1 by this program already has the column.)
+    "ALTER TABLE aside ADD COLUMN IF NOT EXISTS series_id BIGINT;
+     UPDATE aside SET series_id = r.series_id FROM results r
+        WHERE r.id = aside.result AND aside.series_id IS NULL;
+     DELETE FROM aside WHERE series_id IS NULL;
+     ALTER TABLE aside ALTER COLUMN series_id SET NOT NULL;
+     ALTER TABLE aside DROP CONSTRAINT aside_pkey;
+     ALTER TABLE aside ADD PRIMARY KEY (uid, series_id);",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
