@@ -2,6 +2,11 @@
 //! rule is unit-tested without a database. A new path must be seen `confirm` times in a row
 //! before it replaces the current one (one lost reply raises no alert), and differences in
 //! silent hops alone are not a change.
+//!
+//! One incident gives one alert: a destination that stops answering is told by `unreachable`
+//! and its return by `reachable`, never also by path changes. While it does not answer, the
+//! confirmed path stays the route it took before the break, and the route after the recovery
+//! is compared with that one.
 
 use super::path::{Path, Terminal};
 use serde::Serialize;
@@ -128,16 +133,27 @@ pub fn first_difference(a: &Path, b: &Path) -> Option<u32> {
             return Some(i as u32 + 1);
         }
     }
-    (a.terminal != b.terminal).then_some(len as u32 + 1)
+    // Only how the path ends differs: at its last hop.
+    (a.terminal != b.terminal).then_some(len.max(1) as u32)
 }
 
 /// Feeds one result to a series; returns the events it caused.
 pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event> {
     let mut events = Vec::new();
     let confirm = confirm.max(1);
+    let reached = obs.path.terminal == Terminal::Reached;
     match &state.current {
         None => state.current = Some((obs.path_id, obs.path.clone())),
         Some((_, current)) if same_route(current, &obs.path) => state.candidate = None,
+        // A break in reachability is not a new route: the reachability events tell it, and
+        // the route before the break stays the one the next reached result is compared with.
+        Some((_, current)) if current.terminal == Terminal::Reached && !reached => {}
+        // The first time a destination that never answered here answers: the route it
+        // reaches it by becomes the current one (told by `reachable` if it was alerted).
+        Some((_, current)) if current.terminal != Terminal::Reached && reached => {
+            state.current = Some((obs.path_id, obs.path.clone()));
+            state.candidate = None;
+        }
         Some((current_id, current)) => {
             let count = match &state.candidate {
                 Some(c) if same_route(&c.path, &obs.path) => c.count + 1,
@@ -171,7 +187,6 @@ pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event>
         }
     }
 
-    let reached = obs.path.terminal == Terminal::Reached;
     if reached {
         state.unreached_streak = 0;
         state.ever_reached = true;
@@ -336,11 +351,42 @@ mod tests {
         ] {
             kinds.extend(observe(&mut s, &obs(id, p, 0), 2).iter().map(Event::kind));
         }
-        // Reachability recovers at the first answer; the path change back needs confirming.
-        assert_eq!(
-            kinds,
-            vec!["path-change", "unreachable", "reachable", "path-change"]
-        );
+        // One incident, one alert each way: no path change to the broken route and back.
+        assert_eq!(kinds, vec!["unreachable", "reachable"]);
+    }
+
+    #[test]
+    fn a_route_that_changed_during_an_outage_is_one_change_after_it() {
+        let before = path("1 2 3 4 5 6", Terminal::Reached);
+        let broken = path("1 2 3 4 5 6", Terminal::Unreachable("!H".into()));
+        let after = path("1 2 3 9 5 6", Terminal::Reached);
+        let mut s = State::default();
+        let mut events = Vec::new();
+        let feed = [
+            (&before, 1),
+            (&before, 1),
+            (&broken, 2),
+            (&broken, 2),
+            (&broken, 2),
+            (&after, 3),
+            (&after, 3),
+        ];
+        for (t, (p, id)) in feed.into_iter().enumerate() {
+            events.extend(observe(&mut s, &obs(id, p, t as i64), 2));
+        }
+        let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+        assert_eq!(kinds, vec!["unreachable", "reachable", "path-change"]);
+        assert!(matches!(
+            events[2],
+            Event::PathChange {
+                from_path: 1,
+                to_path: 3,
+                first_diff_ttl: 4,
+                ..
+            }
+        ));
+        // Where only the end differs, the first difference is the last hop, not beyond it.
+        assert_eq!(first_difference(&before, &broken), Some(6));
     }
 
     #[test]
