@@ -101,6 +101,7 @@ fn result(n: usize, slave: usize, target: usize, round: usize, at: i64) -> NewRe
         agent: None,
         duration_ns: Some(5_000_000),
         rtt_alert_ns: None,
+        origin: Default::default(),
         hops,
     }
 }

@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         tls: None,
         confirm: 2,
         alert_webhook: None,
+        alert_debug_results: false,
         retention: None,
         retention_paths: None,
     })?;

@@ -71,6 +71,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
         agent: None,
         duration_ns: Some(5_000_000),
         rtt_alert_ns: None,
+        origin: Default::default(),
         hops,
     }
 }

@@ -206,6 +206,10 @@ pub struct MasterArgs {
     /// POST every alert (path change, unreachable, RTT) as JSON to this URL
     #[arg(long = "alert-webhook", value_name = "url", value_parser = parse_url)]
     pub alert_webhook: Option<String>,
+    /// Alert on the made-up results of slaves run with -zDebugResults too (by default their
+    /// events are stored, marked and logged, but raise no alert)
+    #[arg(long = "alert-debug-results")]
+    pub alert_debug_results: bool,
     /// Delete results older than this (e.g. 30d); 0 keeps them forever
     #[arg(long, value_name = "duration", default_value = "30d", value_parser = parse_retention)]
     pub retention: Keep,
@@ -603,7 +607,8 @@ fn is_flag_word(word: &str) -> bool {
 /// True when `word` starts with a short flag of `cmd` (`-q1` is `-q 1`).
 fn starts_with_short(cmd: &clap::Command, word: &str) -> bool {
     let first = word.chars().next();
-    cmd.get_arguments().any(|a| a.get_short().is_some() && a.get_short() == first)
+    cmd.get_arguments()
+        .any(|a| a.get_short().is_some() && a.get_short() == first)
 }
 
 /// `--name` as the user spelled flags: with one dash when `args` has `-name` (or another flag)
@@ -819,7 +824,7 @@ mod tests {
 
     fn error_of(args: &[&str]) -> String {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let err = parse_from(args.clone()).err().expect("an error");
+        let err = parse_from(args.clone()).expect_err("an error");
         error_text(&err, &args).lines().next().unwrap().to_owned()
     }
 

@@ -43,6 +43,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         tls: None,
         confirm: 2,
         alert_webhook: None,
+        alert_debug_results: false,
         retention: Some(Duration::from_secs(7 * 86_400)),
         retention_paths: None,
     })?;

@@ -365,6 +365,8 @@ fn make_result(
         error: None,
         agent: Some(dist_traceroute::slave::report::agent()),
         duration_ns: Some(duration_ns),
+        source_address: None,
+        debug: false,
     }
 }
 

@@ -219,6 +219,12 @@ pub struct TraceResult {
     /// Extension: how long the trace took, in nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ns: Option<i64>,
+    /// Extension: the local address the probes left from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    /// Extension: true for a made-up result (`-zDebugResults`), which is no measurement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub debug: bool,
 }
 
 /// One answering hop of a result.

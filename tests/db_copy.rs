@@ -77,7 +77,7 @@ fn view(addr: SocketAddr) -> Vec<(String, Value)> {
     let mut results = all_results(addr);
     results.sort_by_key(|r| {
         (
-            r["measured_at"].as_i64(),
+            r["measured_at_ms"].as_i64(),
             r["id"].as_str().map(str::to_owned),
         )
     });
@@ -298,7 +298,7 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
     // The slave's resend of any copied result is found, not stored again.
     let mut r = result("slave2", 0, &a, 0);
     r["ID"] = json!(id);
-    r["DateTime"] = json!(resend["date_time"]);
+    r["DateTime"] = json!(resend["measured_at"]);
     r["Creds"] =
         json!({"Name": resend["slave"], "Password": password(resend["slave"].as_str().unwrap())});
     r["Flow"] = resend["flow"].clone();

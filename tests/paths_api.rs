@@ -157,11 +157,9 @@ fn scripted_paths_give_exact_events_statistics_and_metrics() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        kinds,
-        ["unreachable", "path-change", "path-change"],
-        "newest first"
-    );
+    // One incident, one alert: the break is told by `unreachable` alone, not also as a
+    // path change to the broken route.
+    assert_eq!(kinds, ["unreachable", "path-change"], "newest first");
     assert_eq!(events("kind=unreachable").len(), 1);
     assert_eq!(events("slave=slave2").len(), 0);
 
@@ -172,8 +170,11 @@ fn scripted_paths_give_exact_events_statistics_and_metrics() {
     )
     .json();
     let p = &cur["paths"][0];
-    assert_eq!(p["path"], "10.0.0.1 | gave-up");
-    assert_eq!(p["changes_total"], 2);
+    assert_eq!(
+        p["path"], "10.0.0.1 10.0.0.9 10.0.0.3 | reached",
+        "the route before the break stays current"
+    );
+    assert_eq!(p["changes_total"], 1);
     assert_eq!(p["results_in_window"], 13);
     let hops = p["hops"].as_array().unwrap();
     assert_eq!(hops.len(), 3);
@@ -188,11 +189,7 @@ fn scripted_paths_give_exact_events_statistics_and_metrics() {
     );
     assert_eq!(hops[1]["answered"], 18);
     assert!((hops[1]["loss"].as_f64().unwrap() - 8.0 / 26.0).abs() < 1e-9);
-    assert_eq!(
-        hops[1]["address"],
-        Value::Null,
-        "silent in the current path"
-    );
+    assert_eq!(hops[1]["address"], "10.0.0.9", "the current path's hop");
     let shares: Vec<(String, i64)> = hops[1]["addresses"]
         .as_array()
         .unwrap()
@@ -269,9 +266,9 @@ fn scripted_paths_give_exact_events_statistics_and_metrics() {
     };
     let google_labels =
         format!("slave=\"slave1\",target=\"Google\",target_id=\"{GOOGLE}\",flow=\"0\"");
-    assert!(line(&format!("dt_path_changes_total{{{google_labels}}}")).ends_with(" 2"));
+    assert!(line(&format!("dt_path_changes_total{{{google_labels}}}")).ends_with(" 1"));
     assert!(line(&format!("dt_target_reachable{{{google_labels}}}")).ends_with(" 0.0"));
-    assert!(line(&format!("dt_path_hops{{{google_labels}}}")).ends_with(" 1.0"));
+    assert!(line(&format!("dt_path_hops{{{google_labels}}}")).ends_with(" 3.0"));
     let lkml_labels = format!("slave=\"slave1\",target=\"LKML\",target_id=\"{LKML}\",flow=\"0\"");
     assert!(line(&format!("dt_destination_rtt_seconds{{{lkml_labels}}}")).ends_with(" 0.12"));
     assert!(line("dt_results_stored_total").ends_with(" 15"));
@@ -357,14 +354,60 @@ fn exports_over_http() {
     );
     let docs = atlas.json();
     assert_eq!(docs.as_array().unwrap().len(), 2);
-    assert_eq!(docs[0]["from"], "slave1");
+    assert_eq!(docs[0]["dt_slave"], "slave1");
+    assert_eq!(docs[0]["from"], "127.0.0.1", "the address the master saw");
     assert_eq!(
         docs[0]["result"][1]["result"],
         json!([{"x": "*"}, {"x": "*"}])
     );
 
-    let dot = get(addr, "/api/v1/export/graph.dot?target=Google").text();
+    let answer = get(addr, "/api/v1/export/graph.dot?target=Google");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: text/vnd.graphviz"),
+        "{}",
+        answer.head
+    );
+    let dot = answer.text();
     assert!(dot.starts_with("digraph \"Google\""), "{dot}");
+    assert!(dot.contains("{ rank=source; \"slave slave1\"; }"), "{dot}");
+    assert!(
+        dot.contains("label=\"Google (www.google.at): current paths, "),
+        "{dot}"
+    );
+    // Graphviz itself draws it, and the drawing is taller than wide (top to bottom).
+    let mut child = std::process::Command::new("dot")
+        .args(["-Tsvg"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Graphviz's dot (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let svg = child.wait_with_output().unwrap();
+    assert!(
+        svg.status.success() && svg.stderr.is_empty(),
+        "dot: {}",
+        String::from_utf8_lossy(&svg.stderr)
+    );
+    let svg = String::from_utf8_lossy(&svg.stdout).into_owned();
+    let size = |attr: &str| -> f64 {
+        let at = svg.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
+        svg[at..]
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(size("height") > size("width"), "{svg}");
     assert!(dot.contains("\"slave slave1\" -> \"10.0.0.1\""), "{dot}");
     assert!(
         dot.contains("\"* slave1 flow 0 hop 2\" -> \"10.0.0.3\""),

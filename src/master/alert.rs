@@ -23,6 +23,8 @@ struct Queue {
 #[derive(Clone, Default)]
 pub struct Alerts {
     queue: Option<Arc<(Mutex<Queue>, Condvar)>>,
+    /// Alert on events of made-up results (`-zDebugResults`) too.
+    pub debug_too: bool,
 }
 
 /// A one-line description of an event for the log.
@@ -59,7 +61,10 @@ pub fn describe(e: &EventRecord) -> String {
 impl Alerts {
     /// Alerts that go to the log only.
     pub fn log_only() -> Alerts {
-        Alerts { queue: None }
+        Alerts {
+            queue: None,
+            debug_too: false,
+        }
     }
 
     /// Alerts that also go to `url`.
@@ -69,11 +74,19 @@ impl Alerts {
         std::thread::Builder::new()
             .name("alert-webhook".into())
             .spawn(move || deliver(&url, &worker))?;
-        Ok(Alerts { queue: Some(queue) })
+        Ok(Alerts {
+            queue: Some(queue),
+            debug_too: false,
+        })
     }
 
-    /// Logs `e` and queues it for the webhook.
-    pub fn send(&self, e: &EventRecord) {
+    /// Logs `e` and queues it for the webhook; an event of a made-up result (`debug`) is
+    /// only logged, at info and marked, unless `debug_too`.
+    pub fn send(&self, e: &EventRecord, debug: bool) {
+        if debug && !self.debug_too {
+            log::info!("{} (debug result: no alert)", describe(e));
+            return;
+        }
         log::warn!("{}", describe(e));
         let Some(queue) = &self.queue else { return };
         let mut body = serde_json::to_value(e).unwrap_or_default();

@@ -279,6 +279,8 @@ pub const OFFLINE_AFTER: Duration = Duration::from_secs(180);
 #[derive(Serialize)]
 struct SlaveView {
     name: String,
+    /// The slave's probe number in the Atlas export.
+    prb_id: i64,
     configured: bool,
     online: bool,
     first_seen: Option<String>,
@@ -305,6 +307,7 @@ pub fn slave_views(app: &App) -> anyhow::Result<Vec<SlaveRecord>> {
     for s in &config.slaves.slaves {
         out.entry(s.name.0.clone())
             .or_insert_with(|| SlaveRecord {
+                id: 0,
                 name: s.name.0.clone(),
                 first_seen: None,
                 last_seen: None,
@@ -335,6 +338,7 @@ fn slaves(app: &App, req: &Request) -> Response {
                 let age = last.map(|l| (now - l) as f64 / 1000.0);
                 SlaveView {
                     online: age.is_some_and(|a| a <= offline_after.as_secs_f64()),
+                    prb_id: super::export::prb_id(&v.name),
                     name: v.name,
                     configured: v.configured,
                     first_seen: iso_opt(v.first_seen),

@@ -212,7 +212,7 @@ impl Writer {
                     if self.written + i > 0 {
                         out.push(b',');
                     }
-                    serde_json::to_writer(&mut out, &atlas(r))?;
+                    serde_json::to_writer(&mut out, &atlas(r, prb_id(&r.slave)))?;
                 }
             }
         }
@@ -239,13 +239,15 @@ fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
             "target_id",
             "target_name",
             "target_address",
-            "date_time",
+            "measured_at",
+            "measured_at_ms",
             "success",
             "hop_count",
             "path_id",
             "protocol",
             "flow",
             "error",
+            "debug",
             "ttl",
             "address",
             "host",
@@ -260,13 +262,15 @@ fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
             r.target_id.clone(),
             r.target_name.clone(),
             r.target_address.clone(),
-            r.date_time.clone(),
+            super::store::rfc3339_ms(r.measured_at),
+            r.measured_at.to_string(),
             r.success.to_string(),
             r.hop_count.to_string(),
             r.path_id.clone(),
             r.protocol.clone().unwrap_or_default(),
             r.flow.map(|f| f.to_string()).unwrap_or_default(),
             r.error.clone().unwrap_or_default(),
+            r.origin.debug.to_string(),
         ];
         if r.hops.is_empty() {
             w.write_record(
@@ -293,10 +297,55 @@ fn ms3(ns: i64) -> f64 {
     (ns as f64 / 1e3).round() / 1e3
 }
 
-/// A result in the RIPE Atlas traceroute result format. The slave's name is the probe
-/// identity (`from`, `prb_name`); `paris_id` is our flow number; `fw` names the result format
-/// version this document follows.
-pub fn atlas(r: &StoredResult) -> Value {
+/// The Atlas `msm_id` of a target: the first 31 bits of its UUID (or, for a target the
+/// master does not know by UUID, of the SHA-256 of its name and address), so it is the same on
+/// every master and never changes.
+pub fn msm_id(target_id: &str, name: &str, address: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let bytes: [u8; 4] = match uuid::Uuid::parse_str(target_id) {
+        Ok(u) => u.as_bytes()[..4].try_into().expect("4 bytes"),
+        Err(_) => {
+            let d = Sha256::digest(format!("{name}\n{address}"));
+            d[..4].try_into().expect("4 bytes")
+        }
+    };
+    i64::from(u32::from_be_bytes(bytes) >> 1)
+}
+
+/// The Atlas `prb_id` of a slave: the first 31 bits of the SHA-256 of its name, so it is the
+/// same on every master, after a `db copy`, and for as long as the slave keeps its name.
+pub fn prb_id(slave: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(slave.as_bytes());
+    i64::from(u32::from_be_bytes(d[..4].try_into().expect("4 bytes")) >> 1)
+}
+
+/// An unreachable annotation as an Atlas reply's `err`: `N`, `H`, `A` (administratively
+/// prohibited: `!X`, `!A`, `!C`), `P`, `p`, else the ICMP code the annotation carries
+/// (`!<n>`) as a number.
+fn atlas_err(annotation: &str) -> Option<Value> {
+    let code = annotation.strip_prefix('!')?;
+    Some(match code {
+        "N" => json!("N"),
+        "H" => json!("H"),
+        "X" | "A" | "C" => json!("A"),
+        "P" => json!("P"),
+        "p" => json!("p"),
+        n => match n.parse::<u64>() {
+            Ok(n) => json!(n),
+            Err(_) => json!(code),
+        },
+    })
+}
+
+/// A result in the RIPE Atlas traceroute result format, as RIPE's own parser
+/// (`ripe.atlas.sagan`) reads it. `prb_id` is the slave's ([`prb_id`]) and `msm_id` the
+/// target's ([`msm_id`]); `from` is the address the master received the result from and
+/// `src_addr` the probes' source address as the slave reported it. A trace that could not run
+/// carries `dnserr` (the name did not resolve) or `err`, with no hops. What Atlas has no field
+/// for goes in `dt_…` fields: the slave's name, the target's, the result ID and `dt_debug`
+/// for a made-up result.
+pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
     let dst: Option<IpAddr> = r
         .destination
         .as_deref()
@@ -319,16 +368,24 @@ pub fn atlas(r: &StoredResult) -> Value {
         .map(|h| h.ttl)
         .max()
         .unwrap_or(0)
-        .max(r.hop_count);
+        .max(if r.error.is_some() { 0 } else { r.hop_count });
     let mut hops = Vec::new();
     for ttl in 1..=last {
         let entries: Vec<Value> = match r.hops.iter().find(|h| h.ttl == ttl) {
             None => (0..queries).map(|_| json!({"x": "*"})).collect(),
             Some(h) => {
+                let err = h
+                    .kind
+                    .as_deref()
+                    .filter(|k| k.starts_with('!'))
+                    .and_then(atlas_err);
                 let reply = |rtt: i64| {
                     let mut e = json!({"from": h.address, "rtt": ms3(rtt), "size": h.size});
                     if let Some(t) = h.reply_ttl {
                         e["ttl"] = json!(t);
+                    }
+                    if let Some(err) = &err {
+                        e["err"] = err.clone();
                     }
                     e
                 };
@@ -345,30 +402,57 @@ pub fn atlas(r: &StoredResult) -> Value {
     }
     let timestamp = r.measured_at.div_euclid(1000);
     let endtime = (r.measured_at + r.duration_ns.unwrap_or(0) / 1_000_000 + 999).div_euclid(1000);
-    json!({
+    let mut out = json!({
         "fw": 5080,
         "type": "traceroute",
+        "msm_id": msm_id(&r.target_id, &r.target_name, &r.target_address),
+        "prb_id": prb_id,
         "af": af,
         "dst_addr": dst.map(|d| d.to_string()).unwrap_or_default(),
         "dst_name": r.target_address,
-        "src_addr": "",
-        "from": r.slave,
-        "prb_name": r.slave,
-        "msm_name": "dist-traceroute",
+        "src_addr": r.origin.source.as_deref().unwrap_or_default(),
+        "from": r.origin.seen_from.as_deref().unwrap_or_default(),
+        "msm_name": "Traceroute",
         "proto": r.protocol.as_deref().unwrap_or("udp").to_ascii_uppercase(),
         "paris_id": r.flow.unwrap_or(0),
         "timestamp": timestamp,
         "endtime": endtime.max(timestamp),
         "result": hops,
-    })
+        "dt_slave": r.slave,
+        "dt_target": r.target_name,
+        "dt_result_id": r.id,
+    });
+    if let Some(e) = &r.error {
+        // A name that did not resolve has no destination address; any other failure does.
+        let key = if r.destination.is_none() && dst.is_none() {
+            "dnserr"
+        } else {
+            "err"
+        };
+        out[key] = json!(e);
+    }
+    if r.origin.debug {
+        out["dt_debug"] = json!(true);
+    }
+    out
 }
 
 fn dot_id(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// One colour per slave in the graph, in the order of their names (and round again).
+const SLAVE_COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+];
+
 /// `GET /api/v1/export/graph.dot?target=`: the current path of every (slave, flow) to one
-/// target; silent hops are their own `*` nodes, so two slaves never seem to share one.
+/// target, drawn top to bottom from the slaves (one rank at the top, each in its own colour,
+/// its edges labelled with its name) to the destination, under a title with the target and
+/// the time. Only current paths: of a target whose address or name changed, only the series
+/// of the target as configured now; of a target no longer configured, the newest series of
+/// each (slave, flow). Silent hops are their own `*` nodes, so two slaves never seem to share
+/// one.
 fn graph(app: &App, req: &Request) -> Response {
     let p = match Params::parse(&req.query, &["target"]) {
         Ok(p) => p,
@@ -381,41 +465,83 @@ fn graph(app: &App, req: &Request) -> Response {
         target: Some(target.to_owned()),
         ..Default::default()
     });
-    let rows: Vec<(String, i64, String, String)> = match series {
-        Ok(list) => list
-            .into_iter()
-            .filter_map(|s| {
-                let (_, text) = s.current_path?;
-                Some((s.slave, s.flow, text, s.target_name))
-            })
-            .collect(),
+    let mut list = match series {
+        Ok(list) => list,
         Err(e) => {
             log::error!("graph query failed: {e:#}");
             return Response::error(500, "graph query failed");
         }
     };
-    if rows.is_empty() {
+    let config = app.config.get();
+    list.retain(|s| s.current_path.is_some());
+    list.retain(|s| match config.target(&s.target_id) {
+        Some(t) => t.address.0 == s.target_address && t.name.0 == s.target_name,
+        None => true,
+    });
+    // Of what is left, the newest series of each (slave, flow).
+    list.sort_by(|a, b| {
+        (&a.slave, a.flow, std::cmp::Reverse(a.last_measured)).cmp(&(
+            &b.slave,
+            b.flow,
+            std::cmp::Reverse(b.last_measured),
+        ))
+    });
+    list.dedup_by(|b, a| a.slave == b.slave && a.flow == b.flow);
+    if list.is_empty() {
         return Response::error(404, "no paths stored for that target");
     }
-    let name = rows[0].3.clone();
-    let mut out = format!(
-        "digraph {} {{\n  rankdir=LR;\n  node [shape=ellipse];\n",
-        dot_id(&name)
+    let (name, address) = (list[0].target_name.clone(), list[0].target_address.clone());
+    let title = format!(
+        "{name} ({address}): current paths, {}",
+        super::store::rfc3339_ms(chrono::Utc::now().timestamp_millis())
     );
+    let mut out = format!(
+        "digraph {} {{\n  label={};\n  labelloc=t;\n  rankdir=TB;\n  node [shape=ellipse];\n",
+        dot_id(&name),
+        dot_id(&title)
+    );
+    let slaves: Vec<&str> = {
+        let mut v: Vec<&str> = list.iter().map(|s| s.slave.as_str()).collect();
+        v.dedup();
+        v
+    };
+    let colour = |slave: &str| {
+        let i = slaves.iter().position(|s| *s == slave).unwrap_or(0);
+        SLAVE_COLOURS[i % SLAVE_COLOURS.len()]
+    };
+    let flows_of = |slave: &str| list.iter().filter(|s| s.slave == slave).count();
+    let _ = write!(out, "  {{ rank=source;");
+    for slave in &slaves {
+        let _ = write!(out, " {};", dot_id(&format!("slave {slave}")));
+    }
+    let _ = writeln!(out, " }}");
     let mut edges = BTreeSet::new();
     let mut nodes = BTreeSet::new();
-    for (slave, flow, canonical, _) in &rows {
-        let Some(path) = super::path::Path::parse_canonical(canonical) else {
+    for s in &list {
+        let Some(path) = s
+            .current_path
+            .as_ref()
+            .and_then(|(_, text)| super::path::Path::parse_canonical(text))
+        else {
             continue;
         };
+        let (slave, flow) = (s.slave.as_str(), s.flow);
+        let c = colour(slave);
         let start = format!("slave {slave}");
         nodes.insert(format!(
-            "  {} [shape=box, label={}];\n",
+            "  {} [shape=box, style=bold, color={}, label={}];\n",
             dot_id(&start),
+            dot_id(c),
             dot_id(slave)
         ));
+        let label = if flows_of(slave) > 1 {
+            format!("{slave} flow {flow}")
+        } else {
+            slave.to_owned()
+        };
         let mut prev = start;
-        for (i, hop) in path.hops.iter().enumerate() {
+        let hops = path.hops.iter().enumerate();
+        for (i, hop) in hops {
             let node = match hop {
                 Some(a) => a.to_string(),
                 None => {
@@ -427,16 +553,27 @@ fn graph(app: &App, req: &Request) -> Response {
                     id
                 }
             };
-            edges.insert(format!("  {} -> {};\n", dot_id(&prev), dot_id(&node)));
+            let first = i == 0;
+            edges.insert(format!(
+                "  {} -> {} [color={}{}];\n",
+                dot_id(&prev),
+                dot_id(&node),
+                dot_id(c),
+                if first {
+                    format!(", label={}", dot_id(&label))
+                } else {
+                    String::new()
+                }
+            ));
             prev = node;
         }
         let end = format!("{} ({})", name, path.terminal.as_text());
         nodes.insert(format!("  {} [shape=doublecircle];\n", dot_id(&end)));
         edges.insert(format!(
-            "  {} -> {} [label={}];\n",
+            "  {} -> {} [color={}];\n",
             dot_id(&prev),
             dot_id(&end),
-            dot_id(&format!("flow {flow}"))
+            dot_id(c)
         ));
     }
     for n in nodes {
@@ -446,7 +583,7 @@ fn graph(app: &App, req: &Request) -> Response {
         out.push_str(&e);
     }
     let _ = writeln!(out, "}}");
-    Response::text(200, out)
+    Response::new(200, "text/vnd.graphviz; charset=utf-8", out)
 }
 
 #[cfg(test)]
@@ -493,6 +630,11 @@ mod tests {
             destination: Some("142.250.185.99".into()),
             unreachable: None,
             error: None,
+            origin: crate::master::store::Origin {
+                source: Some("192.168.1.20".into()),
+                seen_from: Some("203.0.113.5".into()),
+                debug: false,
+            },
             hops: vec![
                 hop(
                     1,
@@ -510,8 +652,10 @@ mod tests {
         };
         let expected = json!({
             "fw": 5080, "type": "traceroute", "af": 4,
-            "dst_addr": "142.250.185.99", "dst_name": "www.google.at", "src_addr": "",
-            "from": "slave1", "prb_name": "slave1", "msm_name": "dist-traceroute",
+            "msm_id": 0x76d9_6640_u32 >> 1, "prb_id": 7,
+            "dst_addr": "142.250.185.99", "dst_name": "www.google.at",
+            "src_addr": "192.168.1.20", "from": "203.0.113.5", "msm_name": "Traceroute",
+            "dt_slave": "slave1", "dt_target": "Google", "dt_result_id": r.id,
             "proto": "UDP", "paris_id": 2,
             "timestamp": 1_549_569_970, "endtime": 1_549_569_973,
             "result": [
@@ -526,7 +670,7 @@ mod tests {
                 ]}
             ]
         });
-        let got = atlas(&r);
+        let got = atlas(&r, 7);
         for (field, want) in expected.as_object().unwrap() {
             assert_eq!(&got[field], want, "field {field}");
         }
@@ -559,6 +703,7 @@ mod tests {
             destination: None,
             unreachable: None,
             error: Some("cannot resolve \"x\"".into()),
+            origin: Default::default(),
             hops: vec![],
         };
         let text = String::from_utf8(csv(std::slice::from_ref(&r), true).unwrap()).unwrap();
@@ -578,7 +723,7 @@ mod tests {
             text.lines()
                 .nth(2)
                 .unwrap()
-                .ends_with(",2,10.0.0.2,,2.000,56"),
+                .ends_with(",false,2,10.0.0.2,,2.000,56"),
             "{text}"
         );
     }
@@ -614,6 +759,7 @@ mod tests {
             agent: None,
             duration_ns: None,
             rtt_alert_ns: None,
+            origin: Default::default(),
             hops: vec![
                 hop(1, "10.0.0.1", 1_000_000, None),
                 hop(2, "192.0.2.1", 2_000_000, None),

@@ -164,6 +164,12 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
     );
     counter(
         &mut reg,
+        "dt_results_debug",
+        "Results stored that a slave made up with -zDebugResults (also in dt_results_stored)",
+        &c.results_debug,
+    );
+    counter(
+        &mut reg,
         "dt_results_duplicate",
         "Results whose ID was stored before",
         &c.results_duplicate,
@@ -332,7 +338,10 @@ mod tests {
             (None, Text),
             (Some("*/*"), Text),
             (Some("text/plain;version=0.0.4"), Text),
-            (Some("application/openmetrics-text; version=1.0.0"), OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=1.0.0"),
+                OpenMetrics,
+            ),
             // What Prometheus 2.x sends.
             (
                 Some(

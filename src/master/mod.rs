@@ -52,6 +52,8 @@ pub struct Settings {
     pub confirm: u32,
     /// Where alerts are POSTed.
     pub alert_webhook: Option<String>,
+    /// Alert on made-up results (`-zDebugResults`) too.
+    pub alert_debug_results: bool,
     /// Age after which results are deleted.
     pub retention: Option<Duration>,
     /// Age after which events and unused paths are deleted.
@@ -85,6 +87,7 @@ impl From<&MasterArgs> for Settings {
             tls: a.tls_cert.clone().zip(a.tls_key.clone()),
             confirm: a.path_confirm,
             alert_webhook: a.alert_webhook.clone(),
+            alert_debug_results: a.alert_debug_results,
             retention: a.retention.0,
             retention_paths: a.retention_paths.0,
         }
@@ -115,10 +118,11 @@ impl Master {
         log_read_access(s, users.as_ref());
         let store = store::open(&s.db, s.db_passwd_file.as_deref(), s.confirm)?;
         store::spawn_retention(store.clone(), s.retention, s.retention_paths)?;
-        let alerts = match &s.alert_webhook {
+        let mut alerts = match &s.alert_webhook {
             Some(url) => alert::Alerts::with_webhook(url.clone())?,
             None => alert::Alerts::log_only(),
         };
+        alerts.debug_too = s.alert_debug_results;
         let live = config::Live::new(config);
         let reloads = config::Reloads::new(
             vec![s.slaves_file.clone(), s.targets_file.clone()],

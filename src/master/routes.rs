@@ -183,6 +183,8 @@ pub struct Counters {
     pub results_received: AtomicU64,
     /// Results stored now.
     pub results_stored: AtomicU64,
+    /// Of those, made-up results (`-zDebugResults`).
+    pub results_debug: AtomicU64,
     /// Results that were stored before (same ID).
     pub results_duplicate: AtomicU64,
     /// Results that did not decode.
@@ -782,7 +784,7 @@ fn accept_result(app: &App, req: &Request) -> Result<NewResult, Reject> {
     )
     .map_err(Reject::Auth)?;
     let config = app.config.get();
-    let new = check_result(&result, &config).map_err(|e| {
+    let mut new = check_result(&result, &config).map_err(|e| {
         bump(&app.counters.rejected_invalid);
         log::warn!(
             "result {} from {} rejected: {e}",
@@ -791,6 +793,7 @@ fn accept_result(app: &App, req: &Request) -> Result<NewResult, Reject> {
         );
         Reject::Invalid(e)
     })?;
+    new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
     if !new.target_known {
         log::info!(
             "result {} from {} is for target '{}' ({}) that is not in the config: stored and marked so",
@@ -809,11 +812,16 @@ fn store_one(
     new: NewResult,
     answer: impl FnOnce(Result<Stored, Reject>) -> Response + Send + 'static,
 ) -> Reply {
-    let (id, slave) = (new.result_id.clone(), new.slave.clone());
+    let (id, slave, debug) = (new.result_id.clone(), new.slave.clone(), new.origin.debug);
     let shown = app.stream.wanted().then(|| new.clone());
     let ticket = app.store.submit(vec![new]);
     Pending::reply(ticket, move |app, outcome| {
-        answer(stored_one(app, &id, &slave, shown.as_ref(), outcome))
+        answer(stored_one(
+            app,
+            (&id, &slave, debug),
+            shown.as_ref(),
+            outcome,
+        ))
     })
 }
 
@@ -825,8 +833,7 @@ fn now_ms() -> i64 {
 /// fate of one stored result.
 fn stored_one(
     app: &App,
-    id: &str,
-    slave: &str,
+    (id, slave, debug): (&str, &str, bool),
     shown: Option<&NewResult>,
     outcome: anyhow::Result<Vec<Outcome>>,
 ) -> Result<Stored, Reject> {
@@ -841,10 +848,13 @@ fn stored_one(
                 None => app.stream.skip(),
             }
             for e in &events {
-                app.alerts.send(e);
+                app.alerts.send(e, debug);
                 app.stream.event(e);
             }
             bump(&app.counters.results_stored);
+            if debug {
+                bump(&app.counters.results_debug);
+            }
             log::debug!("result {id} from {slave} stored as {row}");
             Ok(Stored::New(row))
         }
@@ -975,6 +985,18 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             return Err("an extension field is longer than 1024 bytes".into());
         }
     }
+    let source = match &r.source_address {
+        None => None,
+        Some(text) => match text.parse::<std::net::IpAddr>() {
+            Ok(a) => Some(a.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "SourceAddress '{}' is not an address",
+                    truncate(text, 64)
+                ));
+            }
+        },
+    };
     let (target_uuid, target_known) = match &r.target_id {
         Some(id) => (id.clone(), config.has_target(id)),
         None => match config.target_uuid(&r.target.name, &r.target.address) {
@@ -1016,6 +1038,11 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         agent: r.agent.clone(),
         duration_ns: r.duration_ns.filter(|d| *d >= 0),
         rtt_alert_ns,
+        origin: super::store::Origin {
+            source,
+            seen_from: None,
+            debug: r.debug,
+        },
         hops,
     })
 }
@@ -1145,7 +1172,8 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
             check_result(r, &config)
         };
         match checked {
-            Ok(new) => {
+            Ok(mut new) => {
+                new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
                 slot_of_valid.push(items.len());
                 valid.push(new);
                 items.push(BatchItem {
@@ -1180,6 +1208,7 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
         );
     }
     let count = valid.len();
+    let debug: Vec<bool> = valid.iter().map(|r| r.origin.debug).collect();
     let shown = app.stream.wanted().then(|| valid.clone());
     let ticket = app.store.submit(valid);
     Pending::reply(ticket, move |app, outcome| {
@@ -1194,12 +1223,15 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
                         }
                     }
                     for e in &events {
-                        app.alerts.send(e);
+                        app.alerts.send(e, debug[n]);
                         app.stream.event(e);
                     }
                     items[slot].status = match s {
                         Stored::New(_) => {
                             bump(&app.counters.results_stored);
+                            if debug[n] {
+                                bump(&app.counters.results_debug);
+                            }
                             ItemStatus::Stored
                         }
                         Stored::Duplicate => {

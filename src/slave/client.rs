@@ -271,7 +271,10 @@ mod tests {
             "http://m.example:81"
         );
         assert_eq!(base_url("m.example", 8990, true), "https://m.example:8990");
-        assert_eq!(base_url("127.0.0.1:18990", 8990, false), "http://127.0.0.1:18990");
+        assert_eq!(
+            base_url("127.0.0.1:18990", 8990, false),
+            "http://127.0.0.1:18990"
+        );
         assert_eq!(base_url("m.example:81", 8990, false), "http://m.example:81");
         assert_eq!(base_url("[::1]:81", 8990, false), "http://[::1]:81");
         assert_eq!(base_url("fe80::1", 8990, false), "http://[fe80::1]:8990");

@@ -434,23 +434,25 @@ fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
     let started = std::time::SystemTime::now();
     let Some(tracer) = tracer else {
         let trace = fake::trace(&job.target.address, &job.options);
-        return report::from_trace(&trace, creds, &job.id, &job.target);
+        let mut r = report::from_trace(&trace, creds, &job.id, &job.target);
+        r.debug = true;
+        return r;
     };
     let outcome = crate::trace::resolve(&job.target.address, None)
-        .map_err(|e| e.to_string())
+        .map_err(|e| (e.to_string(), None))
         .and_then(|addr| {
             tracer
                 .trace(addr, &job.options)
-                .map_err(|e| format!("trace to {addr} failed: {e}"))
+                .map_err(|e| (format!("trace to {addr} failed: {e}"), Some(addr)))
         });
     match outcome {
         Ok(mut trace) => {
             trace.fill_hosts(Duration::from_millis(300));
             report::from_trace(&trace, creds, &job.id, &job.target)
         }
-        Err(e) => {
+        Err((e, resolved)) => {
             log::warn!("{}: {e}", job.target.name);
-            report::from_error(&e, started, creds, &job.id, &job.target)
+            report::from_error(&e, resolved, started, creds, &job.id, &job.target)
         }
     }
 }

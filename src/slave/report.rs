@@ -81,13 +81,17 @@ pub fn from_trace(
         error: None,
         agent: Some(agent()),
         duration_ns: Some(nanos(trace.duration)),
+        source_address: trace.source.map(|a| a.to_string()),
+        debug: false,
     }
 }
 
 /// The result of a trace that could not run (the name did not resolve, no socket): stored by
-/// the master like any other, so a gap in the data has a reason.
+/// the master like any other, so a gap in the data has a reason. `destination` is the address
+/// the name resolved to, `None` when it did not resolve (the master tells the two apart).
 pub fn from_error(
     error: &str,
+    destination: Option<std::net::IpAddr>,
     started: std::time::SystemTime,
     creds: &Creds,
     target_id: &str,
@@ -104,12 +108,14 @@ pub fn from_error(
         target_id: Some(target_id.to_owned()),
         protocol: None,
         flow: None,
-        destination: None,
+        destination: destination.map(|a| a.to_string()),
         queries: None,
         unreachable: None,
         error: Some(error.to_owned()),
         agent: Some(agent()),
         duration_ns: None,
+        source_address: None,
+        debug: false,
     }
 }
 

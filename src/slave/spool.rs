@@ -401,6 +401,8 @@ mod tests {
             error: None,
             agent: None,
             duration_ns: None,
+            source_address: None,
+            debug: false,
         }
     }
 

@@ -57,6 +57,7 @@ pub fn result(id: u32, at: i64) -> NewResult {
         agent: None,
         duration_ns: Some(2_000_000),
         rtt_alert_ns: None,
+        origin: Default::default(),
         hops: vec![first, last],
     }
 }

@@ -26,6 +26,12 @@ pub struct Route {
     pub error: Option<String>,
     /// Sending program.
     pub agent: Option<String>,
+    /// The probes' source address, as the slave reported it.
+    pub source: Option<String>,
+    /// The address the master received the result from.
+    pub seen_from: Option<String>,
+    /// A fake result (`-zDebugResults`).
+    pub debug: bool,
     /// Answering hops, in the order the slave sent them.
     pub hops: Vec<RouteHop>,
 }
@@ -62,6 +68,9 @@ impl Route {
             unreachable: r.unreachable.clone(),
             error: r.error.clone(),
             agent: r.agent.clone(),
+            source: r.origin.source.clone(),
+            seen_from: r.origin.seen_from.clone(),
+            debug: r.origin.debug,
             hops: r
                 .hops
                 .iter()
@@ -88,10 +97,15 @@ impl Route {
             &self.unreachable,
             &self.error,
             &self.agent,
+            &self.source,
+            &self.seen_from,
         ];
+        // Bits 0-2, then one per text (3-9), then `debug`: a route of an older version,
+        // which had five texts and no `debug`, reads back unchanged.
         let mut flags = u64::from(self.target_known)
             | u64::from(self.success) << 1
-            | u64::from(self.has_flow) << 2;
+            | u64::from(self.has_flow) << 2
+            | u64::from(self.debug) << DEBUG_BIT;
         for (i, t) in texts.iter().enumerate() {
             if t.is_some() {
                 flags |= 1 << (3 + i);
@@ -148,7 +162,7 @@ impl Route {
         let mut r = Reader(rest);
         let flags = r.get()?;
         let hop_count = r.signed()?;
-        let mut texts: [Option<String>; 5] = Default::default();
+        let mut texts: [Option<String>; 7] = Default::default();
         for (i, t) in texts.iter_mut().enumerate() {
             if flags & (1 << (3 + i)) != 0 {
                 *t = Some(r.text()?);
@@ -194,7 +208,15 @@ impl Route {
         if !r.0.is_empty() {
             return None;
         }
-        let [protocol, destination, unreachable, error, agent] = texts;
+        let [
+            protocol,
+            destination,
+            unreachable,
+            error,
+            agent,
+            source,
+            seen_from,
+        ] = texts;
         Some(Route {
             target_known: flags & 1 != 0,
             success: flags & 2 != 0,
@@ -205,6 +227,9 @@ impl Route {
             unreachable,
             error,
             agent,
+            source,
+            seen_from,
+            debug: flags & (1 << DEBUG_BIT) != 0,
             hops,
         })
     }
@@ -342,6 +367,9 @@ fn put_text(out: &mut Vec<u8>, s: &str) {
 
 /// The first byte of a route's stored form.
 const ROUTE_FORMAT: u8 = 1;
+
+/// The flag bit of [`Route::debug`], after the seven texts'.
+const DEBUG_BIT: u32 = 10;
 
 /// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
 /// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
@@ -665,6 +693,9 @@ mod tests {
             unreachable: None,
             error: None,
             agent: None,
+            source: None,
+            seen_from: None,
+            debug: false,
             hops: replies
                 .iter()
                 .enumerate()
@@ -789,6 +820,25 @@ mod tests {
         text.hops[0].address = "010.0.0.1".into();
         assert_eq!(Route::parse(&text.body()), Some(text.clone()));
         assert!(v4 < text.body().len());
+    }
+
+    #[test]
+    fn origin_and_debug_round_trip_and_older_routes_read_the_same() {
+        let plain = route(&[Some(1)]);
+        // The bytes of a route as the version before `source`, `seen_from` and `debug` wrote
+        // it: format 1, flags (known, success, flow, protocol), hop count, "udp", one hop.
+        let older = [
+            1, 0b1111, 6, 3, b'u', b'd', b'p', 1, 2, 4, 10, 0, 0, 1, 0, 112, 0, 0, 2,
+        ];
+        assert_eq!(Route::parse(&older), Some(plain.clone()));
+        assert_eq!(plain.body(), older);
+        let mut r = plain;
+        r.source = Some("192.0.2.10".into());
+        r.seen_from = Some("198.51.100.7".into());
+        r.debug = true;
+        assert_eq!(Route::parse(&r.body()), Some(r.clone()));
+        r.source = None;
+        assert_eq!(Route::parse(&r.body()), Some(r));
     }
 
     #[test]

@@ -85,8 +85,26 @@ pub struct NewResult {
     pub duration_ns: Option<i64>,
     /// The target's destination-RTT alert threshold, ns.
     pub rtt_alert_ns: Option<i64>,
+    /// Where it was measured from, and whether it is real.
+    pub origin: Origin,
     /// Answering hops.
     pub hops: Vec<NewHop>,
+}
+
+/// Where a result came from: the probes' source address as the slave reported it, the
+/// address the master saw the result come from, and whether the slave made it up
+/// (`-zDebugResults`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The local address the probes left from, as the slave reported it.
+    #[serde(rename = "src_addr")]
+    pub source: Option<String>,
+    /// The address the master received the result from (behind a trusted proxy, the
+    /// client's address it forwarded).
+    #[serde(rename = "from_addr")]
+    pub seen_from: Option<String>,
+    /// A fake result of a slave run with `-zDebugResults`: not a measurement.
+    pub debug: bool,
 }
 
 impl NewResult {
@@ -222,8 +240,9 @@ impl Cursor {
     }
 }
 
-/// A stored result as the read API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A stored result as the read API shows it (times as Unix ms here; [`StoredResult`]'s JSON
+/// gives each as RFC 3339 and as `…_ms`).
+#[derive(Debug, Clone)]
 pub struct StoredResult {
     /// The result's UUID.
     pub id: String,
@@ -243,7 +262,6 @@ pub struct StoredResult {
     pub measured_at: i64,
     /// Where the result is ordered, Unix ms, when that is not its own time: it was dated
     /// ahead of the master's clock, so it is ordered at its arrival.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ordered_at: Option<i64>,
     /// How long the trace took, ns, when the slave said.
     pub duration_ns: Option<i64>,
@@ -267,8 +285,82 @@ pub struct StoredResult {
     pub unreachable: Option<String>,
     /// Why the trace could not run.
     pub error: Option<String>,
+    /// Where it was measured from, and whether it is real.
+    pub origin: Origin,
     /// Answering hops.
     pub hops: Vec<NewHop>,
+}
+
+/// Unix ms as the API writes every time: RFC 3339 in UTC with milliseconds and `Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The JSON of a stored result: every time in one format (RFC 3339, UTC, milliseconds, `Z`)
+/// with its Unix ms beside it under `…_ms`.
+#[derive(Serialize)]
+struct StoredResultJson<'a> {
+    id: &'a str,
+    slave: &'a str,
+    target_id: &'a str,
+    target_name: &'a str,
+    target_address: &'a str,
+    target_known: bool,
+    measured_at: String,
+    measured_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordered_at_ms: Option<i64>,
+    duration_ns: Option<i64>,
+    received_at: String,
+    received_at_ms: i64,
+    success: bool,
+    hop_count: i64,
+    path_id: &'a str,
+    path: &'a str,
+    protocol: &'a Option<String>,
+    flow: Option<i64>,
+    destination: &'a Option<String>,
+    unreachable: &'a Option<String>,
+    error: &'a Option<String>,
+    #[serde(flatten)]
+    origin: &'a Origin,
+    hops: &'a [NewHop],
+}
+
+impl Serialize for StoredResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredResultJson {
+            id: &self.id,
+            slave: &self.slave,
+            target_id: &self.target_id,
+            target_name: &self.target_name,
+            target_address: &self.target_address,
+            target_known: self.target_known,
+            measured_at: rfc3339_ms(self.measured_at),
+            measured_at_ms: self.measured_at,
+            ordered_at: self.ordered_at.map(rfc3339_ms),
+            ordered_at_ms: self.ordered_at,
+            duration_ns: self.duration_ns,
+            received_at: rfc3339_ms(self.received_at),
+            received_at_ms: self.received_at,
+            success: self.success,
+            hop_count: self.hop_count,
+            path_id: &self.path_id,
+            path: &self.path,
+            protocol: &self.protocol,
+            flow: self.flow,
+            destination: &self.destination,
+            unreachable: &self.unreachable,
+            error: &self.error,
+            origin: &self.origin,
+            hops: &self.hops,
+        }
+        .serialize(s)
+    }
 }
 
 impl StoredResult {
@@ -298,6 +390,7 @@ impl StoredResult {
             destination: r.destination.clone(),
             unreachable: r.unreachable.clone(),
             error: r.error.clone(),
+            origin: r.origin.clone(),
             hops: r.hops.clone(),
         }
     }
@@ -306,6 +399,9 @@ impl StoredResult {
 /// What the store knows of a slave.
 #[derive(Debug, Clone)]
 pub struct SlaveRecord {
+    /// Its number in the store, kept for good (the Atlas export's `prb_id`); 0 for a slave
+    /// of the config that never called.
+    pub id: i64,
     /// Name.
     pub name: String,
     /// First seen, Unix ms.

@@ -357,6 +357,9 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
             measured_hops.push((rtt, replies));
         }
         let route = Route {
+            source: None,
+            seen_from: None,
+            debug: false,
             target_known: row.get(3)?,
             success: row.get(7)?,
             hop_count: row.get(8)?,

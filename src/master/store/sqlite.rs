@@ -270,6 +270,7 @@ mod tests {
             agent: None,
             duration_ns: None,
             rtt_alert_ns: None,
+            origin: Default::default(),
             hops: vec![
                 NewHop {
                     ttl: 1,
