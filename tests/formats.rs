@@ -10,9 +10,7 @@
 mod util;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use util::*;
 
 const GOOGLE: &str = "76d96640-d357-47b3-ba50-5248a7604bc9";
@@ -26,24 +24,6 @@ fn python() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Runs `program args` with `input` on stdin; (exit code, stdout, stderr).
-fn pipe(program: &std::ffi::OsStr, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn hop(ttl: i64, ip: &str, rtts_ms: &[Option<f64>], kind: &str) -> Value {

@@ -378,26 +378,8 @@ fn exports_over_http() {
         "{dot}"
     );
     // Graphviz itself draws it, and the drawing is taller than wide (top to bottom).
-    let mut child = std::process::Command::new("dot")
-        .args(["-Tsvg"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("Graphviz's dot (scripts/test installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dot.as_bytes())
-        .unwrap();
-    let svg = child.wait_with_output().unwrap();
-    assert!(
-        svg.status.success() && svg.stderr.is_empty(),
-        "dot: {}",
-        String::from_utf8_lossy(&svg.stderr)
-    );
-    let svg = String::from_utf8_lossy(&svg.stdout).into_owned();
+    let (code, svg, err) = pipe("dot".as_ref(), &["-Tsvg"], dot.as_bytes());
+    assert!(code == 0 && err.is_empty(), "Graphviz's dot: {code} {err}");
     let size = |attr: &str| -> f64 {
         let at = svg.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
         svg[at..]

@@ -201,12 +201,8 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Unix ms as RFC 3339 in UTC with milliseconds.
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+/// Unix ms as RFC 3339 in UTC with milliseconds, the one time format of the API.
+pub use super::store::rfc3339_ms as iso;
 
 fn iso_opt(ms: Option<i64>) -> Option<String> {
     ms.map(iso)
@@ -307,7 +303,6 @@ pub fn slave_views(app: &App) -> anyhow::Result<Vec<SlaveRecord>> {
     for s in &config.slaves.slaves {
         out.entry(s.name.0.clone())
             .or_insert_with(|| SlaveRecord {
-                id: 0,
                 name: s.name.0.clone(),
                 first_seen: None,
                 last_seen: None,

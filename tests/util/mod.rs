@@ -534,3 +534,23 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
         String::from_utf8_lossy(&buf).into_owned()
     })
 }
+
+/// Runs `program args` with `input` on stdin (a format's own checker); (exit code, stdout,
+/// stderr).
+pub fn pipe(program: &std::ffi::OsStr, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

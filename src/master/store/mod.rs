@@ -399,9 +399,6 @@ impl StoredResult {
 /// What the store knows of a slave.
 #[derive(Debug, Clone)]
 pub struct SlaveRecord {
-    /// Its number in the store, kept for good (the Atlas export's `prb_id`); 0 for a slave
-    /// of the config that never called.
-    pub id: i64,
     /// Name.
     pub name: String,
     /// First seen, Unix ms.

@@ -346,7 +346,7 @@ pub fn results(
 pub fn slaves(conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, first_seen, last_seen, last_config, remote_addr, agent, results_stored,
-                spool_depth, dropped_total, clock_skew_ms, id FROM slaves ORDER BY name",
+                spool_depth, dropped_total, clock_skew_ms FROM slaves ORDER BY name",
     )?;
     stmt.query_map([], |r| {
         Ok(SlaveRecord {
@@ -360,7 +360,6 @@ pub fn slaves(conn: &Connection) -> rusqlite::Result<Vec<SlaveRecord>> {
             spool_depth: r.get(7)?,
             dropped_total: r.get(8)?,
             clock_skew_ms: r.get(9)?,
-            id: r.get(10)?,
             configured: false,
         })
     })?
