@@ -172,6 +172,11 @@ pub struct TargetRef {
     pub address: String,
 }
 
+/// The ID of the one made-up result the original Go slave sends for every target under
+/// `-zDebugResults` (with a fixed 2019 `DateTime` and a made-up 17-hop path). It carries no
+/// `Debug` field, so the master knows it by this ID.
+pub const GO_DEBUG_RESULT_ID: &str = "d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0";
+
 /// One trace result, the body of `POST /results/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -309,7 +314,7 @@ mod tests {
     use super::*;
 
     /// The exact body of an original Go slave from PROTOCOL.md.
-    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
 
     #[test]
     fn decodes_go_slave_result() {

@@ -514,3 +514,47 @@ fn debug_results_are_marked_and_ids_belong_to_one_slave() {
     let m = get(addr, "/metrics").text();
     assert!(m.lines().any(|l| l == "dt_results_debug_total 1"), "{m}");
 }
+
+#[test]
+fn the_go_slaves_made_up_result_is_marked_for_each_slave() {
+    let dir = Scratch::with_seed_config("godebug");
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    // The body the original slave sends under -zDebugResults: one fixed ID, no Debug field.
+    let fake = GO_RESULT.replace("3a1b7c55", "d9bbc544");
+    for (name, password) in [("slave1", "1234"), ("slave2", "123")] {
+        let body = fake.replace(
+            r#"{"Name":"slave1","Password":"1234"}"#,
+            &format!(r#"{{"Name":"{name}","Password":"{password}"}}"#),
+        );
+        let a = post(addr, "/results/", body.as_bytes());
+        assert_eq!(a.json()["Success"], true, "{name}: {}", a.text());
+    }
+    // A real result of the Go slave (a fresh ID) stays a measurement.
+    let real = post(addr, "/results/", GO_RESULT.as_bytes());
+    assert_eq!(real.json()["Success"], true, "{}", real.text());
+
+    let got = results(addr, "");
+    let mut marked: Vec<(String, String, bool)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["slave"].as_str().unwrap().to_owned(),
+                r["id"].as_str().unwrap()[..8].to_owned(),
+                r["debug"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    marked.sort();
+    assert_eq!(
+        marked,
+        [
+            ("slave1".into(), "3a1b7c55".into(), false),
+            ("slave1".into(), "d9bbc544".into(), true),
+            ("slave2".into(), "d9bbc544".into(), true),
+        ],
+        "{got:#?}"
+    );
+    let m = get(addr, "/metrics").text();
+    assert!(m.lines().any(|l| l == "dt_results_debug_total 2"), "{m}");
+}

@@ -29,7 +29,7 @@ fn go_slave_fixture_is_accepted_and_stored() {
     let stored = results(master.addr(), "slave=slave1&target=Google");
     assert_eq!(stored.len(), 1);
     let r = &stored[0];
-    assert_eq!(r["id"], "d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0");
+    assert_eq!(r["id"], "3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0");
     assert_eq!(r["target_id"], "76d96640-d357-47b3-ba50-5248a7604bc9");
     assert_eq!(r["hop_count"], 17);
     assert_eq!(r["hops"][0]["address"], "192.168.1.1");
@@ -69,7 +69,7 @@ fn bad_bodies_get_clear_errors_and_store_nothing() {
         ),
         (
             "ID not a UUID",
-            GO_RESULT.replace("d9bbc544-eabe", "nope").into_bytes(),
+            GO_RESULT.replace("3a1b7c55-eabe", "nope").into_bytes(),
         ),
         (
             "bad time",

@@ -157,7 +157,7 @@ fn slave_endpoints_work(addr: SocketAddr) {
     let a = post(addr, "/results/", GO_RESULT.as_bytes());
     assert_eq!(a.status, 200, "POST /results/: {}", a.text());
     assert_eq!(a.json()["Success"], true, "{}", a.text());
-    let other = GO_RESULT.replace("d9bbc544", "e9bbc544");
+    let other = GO_RESULT.replace("3a1b7c55", "e9bbc544");
     let a = post(addr, "/api/v1/results", other.as_bytes());
     assert_eq!(a.status, 200, "POST /api/v1/results: {}", a.text());
     let a = post(addr, "/config/", br#"{"Name":"slave1","Password":"wrong"}"#);

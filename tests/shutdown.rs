@@ -25,7 +25,7 @@ fn sigterm_under_load_finishes_what_it_took_and_exits_0() {
                 let mut refused = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let id = uuid::Uuid::new_v4().to_string();
-                    let body = GO_RESULT.replace("d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0", &id);
+                    let body = GO_RESULT.replace("3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0", &id);
                     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
                         refused += 1;
                         std::thread::sleep(Duration::from_millis(20));

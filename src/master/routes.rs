@@ -1041,7 +1041,8 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         origin: super::store::Origin {
             source,
             seen_from: None,
-            debug: r.debug,
+            // The Go slave's made-up result has no Debug field; its fixed ID tells it.
+            debug: r.debug || r.id == crate::proto::GO_DEBUG_RESULT_ID,
         },
         hops,
     })
@@ -1282,7 +1283,7 @@ mod tests {
     use crate::master::store::ResultQuery;
     use std::path::Path;
 
-    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+    const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
 
     fn app() -> App {
         let slaves = parse_slaves(
@@ -1771,14 +1772,14 @@ mod tests {
             handle(&app, &from(post("/results/", GO_RESULT.as_bytes()))).status,
             200
         );
-        let api = GO_RESULT.replace("d9bbc544", "e9bbc544");
+        let api = GO_RESULT.replace("3a1b7c55", "e9bbc544");
         assert_eq!(
             handle(&app, &from(post("/api/v1/results", api.as_bytes()))).status,
             200
         );
         let batch = format!(
             r#"{{"Creds":{{"Name":"slave1","Password":"1234"}},"Results":[{}]}}"#,
-            GO_RESULT.replace("d9bbc544", "f9bbc544")
+            GO_RESULT.replace("3a1b7c55", "f9bbc544")
         );
         assert_eq!(
             handle(&app, &from(post("/api/v1/results:batch", batch.as_bytes()))).status,

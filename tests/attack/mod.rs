@@ -205,7 +205,7 @@ impl GoodSlave {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let id = uuid::Uuid::new_v4().to_string();
-                let result = GO_RESULT.replace("d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0", &id);
+                let result = GO_RESULT.replace("3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0", &id);
                 for (path, body, want) in [
                     (
                         "/config/",

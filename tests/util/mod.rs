@@ -37,7 +37,7 @@ pub const TARGETS: &str = r#"{
 }"#;
 
 /// An original Go slave's result body, exactly as PROTOCOL.md shows it.
-pub const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"d9bbc544-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
+pub const GO_RESULT: &str = r#"{"Creds":{"Name":"slave1","Password":"1234"},"ID":"3a1b7c55-eabe-4536-a9ed-ec6cbdaaedb0","DateTime":"2019-02-07T21:06:10.803086+01:00","Target":{"Name":"Google","Address":"www.google.at"},"Success":true,"HopCount":17,"Hops":[{"Success":true,"Address":[192,168,1,1],"Host":"modem.home.","N":52,"ElapsedTime":2040972,"TTL":1}]}"#;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
