@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         let mut t = t?;
         if json {
             let hops: Vec<_> = (t.hops.iter())
-                .map(|h| serde_json::json!({"ttl": h.ttl, "addr": h.addr, "rtt_ns": h.first_rtt().map(|d| d.as_nanos() as u64)}))
+                .map(|h| serde_json::json!({"ttl": h.ttl, "addr": h.addr, "rtt_ns": h.first_rtt().map(|d| d.as_nanos() as u64), "reply_ttl": h.reply_ttl()}))
                 .collect();
             let (dest, reached) = (t.destination, t.reached);
             let unreachable = t.unreachable().map(|u| u.annotation());

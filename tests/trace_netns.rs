@@ -39,6 +39,14 @@ fn chain_every_protocol_both_families_with_silent_router() {
                 rtts.iter()
                     .all(|h| h["addr"].is_null() == h["rtt_ns"].is_null())
             );
+            // Every node here starts its packets at TTL (hop limit) 64, and the reply from
+            // hop k crosses k - 1 routers on its way back.
+            let reply_ttls: Vec<Option<u64>> =
+                rtts.iter().map(|h| h["reply_ttl"].as_u64()).collect();
+            let want: Vec<Option<u64>> = (1..=7u64)
+                .map(|k| (k != 3).then_some(64 - (k - 1)))
+                .collect();
+            assert_eq!(reply_ttls, want, "{proto} v6={v6}: {}", out[0]);
         }
     }
 }

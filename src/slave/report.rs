@@ -59,7 +59,7 @@ pub fn from_trace(
                     .terminal()
                     .or(h.probes.iter().find_map(|p| p.kind))
                     .map(kind_text),
-                reply_ttl: None,
+                reply_ttl: h.reply_ttl(),
             })
         })
         .collect();
@@ -135,6 +135,7 @@ mod tests {
                 rtt: addr.map(|_| Duration::from_micros(1500)),
                 from: addr,
                 size: 56,
+                reply_ttl: addr.map(|_| 65 - ttl),
                 kind,
             }],
         }
@@ -178,6 +179,10 @@ mod tests {
         assert_eq!(nanos(std::time::Duration::from_nanos(1_234_567)), 1_235_000);
         assert_eq!(nanos(std::time::Duration::from_nanos(1_234_499)), 1_234_000);
         assert_eq!(r.hops[1].kind.as_deref(), Some("!H"));
+        assert_eq!(
+            (r.hops[0].reply_ttl, r.hops[1].reply_ttl),
+            (Some(64), Some(62))
+        );
         assert_eq!(r.unreachable.as_deref(), Some("!H"));
         assert!(chrono::DateTime::parse_from_rfc3339(&r.date_time).is_ok());
         assert!(uuid::Uuid::parse_str(&r.id).is_ok());

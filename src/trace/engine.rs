@@ -26,6 +26,8 @@ pub struct Response {
     pub kind: ReplyKind,
     /// Reply size in bytes.
     pub size: u16,
+    /// The TTL (hop limit) the reply arrived with, when known.
+    pub ttl: Option<u8>,
     /// When it arrived (monotonic clock).
     pub received: Instant,
 }
@@ -331,12 +333,14 @@ impl Run<'_> {
                             rtt: Some(r.received.saturating_duration_since(s.sent)),
                             from: Some(r.from),
                             size: r.size,
+                            reply_ttl: r.ttl,
                             kind: Some(r.kind),
                         },
                         None => Probe {
                             rtt: None,
                             from: None,
                             size: 0,
+                            reply_ttl: None,
                             kind: None,
                         },
                     })
@@ -450,6 +454,7 @@ mod tests {
                     from: addr(x),
                     kind,
                     size: 56,
+                    ttl: Some(64 - ttl.0),
                     received: self.start + at,
                 };
                 self.queue.push((at, r));
@@ -613,6 +618,7 @@ mod tests {
                 from: addr(3),
                 kind: ReplyKind::TimeExceeded,
                 size: 56,
+                ttl: None,
                 received: net.start + Duration::from_millis(2),
             },
         )];
@@ -755,6 +761,7 @@ mod tests {
             from: addr(x),
             kind: ReplyKind::Reached,
             size: 1,
+            ttl: None,
             received: t + Duration::from_micros(us),
         };
         // A sequence we never sent, and a second answer to TTL 1's probe (seq 1) from

@@ -152,6 +152,9 @@ pub struct Probe {
     pub from: Option<IpAddr>,
     /// Size in bytes of the reply packet (IP header included for IPv4, payload for IPv6).
     pub size: u16,
+    /// The TTL (IPv4) or hop limit (IPv6) the reply arrived with; `None` without a reply or
+    /// when the socket cannot tell (the error queue of unprivileged UDP).
+    pub reply_ttl: Option<u8>,
     /// What the reply said; `None` without a reply.
     pub kind: Option<ReplyKind>,
 }
@@ -178,6 +181,11 @@ impl Hop {
     /// The RTT of the first answered probe.
     pub fn first_rtt(&self) -> Option<Duration> {
         self.probes.iter().find_map(|p| p.rtt)
+    }
+
+    /// The TTL the first answered probe's reply arrived with, when known.
+    pub fn reply_ttl(&self) -> Option<u8> {
+        self.probes.iter().find(|p| p.rtt.is_some())?.reply_ttl
     }
 
     /// The size of the first answered probe's reply.

@@ -60,6 +60,8 @@ pub struct Received {
     pub from: IpAddr,
     /// Arrival time: the kernel's timestamp moved onto the monotonic clock.
     pub at: Instant,
+    /// The TTL (IPv4) or hop limit (IPv6) the packet arrived with, when the kernel told it.
+    pub ttl: Option<u8>,
 }
 
 fn op_name(v6: bool, t: Transport) -> &'static str {
@@ -106,7 +108,7 @@ impl RawSocket {
         let fd = ns::socket(af, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)
             .map_err(|e| Error::socket(op_name(v6, t), e))?;
         if receive {
-            set_receive_options(&fd)?;
+            set_receive_options(&fd, v6)?;
         } else {
             // A raw UDP socket also gets a copy of every UDP datagram the host receives;
             // nobody reads them, so keep that queue as small as the kernel allows.
@@ -180,7 +182,7 @@ impl RawSocket {
 
     /// Takes the next queued packet without waiting; `None` when there is none.
     pub fn recv(&self, buf: &mut [u8]) -> Result<Option<Received>, Error> {
-        let mut cmsg = nix::cmsg_space!(TimeSpec);
+        let mut cmsg = nix::cmsg_space!(TimeSpec, libc::c_int);
         let mut iov = [IoSliceMut::new(buf)];
         let msg = match ns::recvmsg::<SockaddrStorage>(
             self.fd.as_raw_fd(),
@@ -197,14 +199,23 @@ impl RawSocket {
             return Ok(None);
         };
         let at = stamp(&msg);
+        let ttl = arrival_ttl(&msg);
         let len = msg.bytes;
-        Ok(Some(Received { len, from, at }))
+        Ok(Some(Received { len, from, at, ttl }))
     }
 }
 
-fn set_receive_options(fd: &OwnedFd) -> Result<(), Error> {
+fn set_receive_options(fd: &OwnedFd, v6: bool) -> Result<(), Error> {
     ns::setsockopt(fd, sockopt::ReceiveTimestampns, &true)
         .map_err(|e| Error::socket("setsockopt(SO_TIMESTAMPNS)", e))?;
+    // The TTL a reply arrives with tells how far its sender is (RIPE Atlas reports it).
+    if v6 {
+        ns::setsockopt(fd, sockopt::Ipv6RecvHopLimit, &true)
+            .map_err(|e| Error::socket("setsockopt(IPV6_RECVHOPLIMIT)", e))?;
+    } else {
+        ns::setsockopt(fd, sockopt::Ipv4RecvTtl, &true)
+            .map_err(|e| Error::socket("setsockopt(IP_RECVTTL)", e))?;
+    }
     // The kernel caps this at net.core.rmem_max; try the privileged variant first.
     if ns::setsockopt(fd, sockopt::RcvBufForce, &RCVBUF).is_err() {
         ns::setsockopt(fd, sockopt::RcvBuf, &RCVBUF)
@@ -244,6 +255,16 @@ fn stamp<S>(msg: &ns::RecvMsg<'_, '_, S>) -> Instant {
         }
     }
     now
+}
+
+/// The TTL or hop limit a message arrived with, from its control messages.
+fn arrival_ttl<S>(msg: &ns::RecvMsg<'_, '_, S>) -> Option<u8> {
+    msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
+            u8::try_from(t).ok()
+        }
+        _ => None,
+    })
 }
 
 /// The local address the kernel would use to reach `dst` (a connected UDP socket sends

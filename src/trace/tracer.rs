@@ -459,7 +459,7 @@ fn receive_loop(shared: &Shared, inbox: &Inbox, v6: bool, t: Transport) {
         inbox.busy.store(true, Ordering::SeqCst);
         match inbox.sock.recv(&mut buf) {
             Ok(Some(rx)) => {
-                route(shared, &buf[..rx.len.min(buf.len())], rx.from, v6, t, rx.at);
+                route(shared, &buf[..rx.len.min(buf.len())], &rx, v6, t);
                 let at = nanos_since(shared.epoch, rx.at);
                 inbox.routed_upto.fetch_max(at, Ordering::SeqCst);
             }
@@ -471,8 +471,8 @@ fn receive_loop(shared: &Shared, inbox: &Inbox, v6: bool, t: Transport) {
 }
 
 /// Hands one received packet to the trace whose probe it answers, or counts it.
-fn route(shared: &Shared, bytes: &[u8], from: IpAddr, v6: bool, t: Transport, at: Instant) {
-    let parsed = match (from, t) {
+fn route(shared: &Shared, bytes: &[u8], rx: &socket::Received, v6: bool, t: Transport) {
+    let parsed = match (rx.from, t) {
         (IpAddr::V4(_), _) if !v6 => reply::parse_ipv4(bytes),
         (IpAddr::V6(from), Transport::Icmp) => reply::parse_icmpv6(from, bytes),
         (IpAddr::V6(from), Transport::Tcp) => reply::parse_tcpv6(from, bytes),
@@ -491,7 +491,8 @@ fn route(shared: &Shared, bytes: &[u8], from: IpAddr, v6: bool, t: Transport, at
         from: r.from,
         kind: r.kind,
         size: r.size,
-        received: at,
+        ttl: rx.ttl,
+        received: rx.at,
     };
     let routes = lock(&shared.routes);
     match routes.get(&FlowKey::from(&r.probe)) {
@@ -606,6 +607,7 @@ impl Network for DgramNet<'_> {
                 from,
                 kind,
                 size: 0,
+                ttl: None,
                 received: e.at,
             }));
         }
