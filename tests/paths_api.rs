@@ -402,3 +402,65 @@ fn exports_over_http() {
     );
     assert_eq!(get(addr, "/api/v1/export/results.csv?limit=0").status, 400);
 }
+
+#[test]
+fn an_edited_target_address_leaves_one_current_path_and_says_so() {
+    let dir = Scratch::with_seed_config("retarget");
+    let (hook, received) = webhook();
+    let hook_flag = format!("-alert-webhook={hook}");
+    let master = Proc::master(&dir.0, &[&hook_flag]);
+    let addr = master.addr();
+    let path = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    // The slave names the address its config gave it: edited from www.google.at to an
+    // address (the way an operator pins a target), and back.
+    let mut minute = 0;
+    for address in ["www.google.at", "142.250.0.1", "www.google.at"] {
+        for _ in 0..3 {
+            send(
+                addr,
+                &result((GOOGLE, "Google", address), minute, &path, true, 20.0),
+            );
+            minute += 1;
+        }
+    }
+    let cur = get(addr, "/api/v1/paths/current?target=Google").json();
+    let paths = cur["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 1, "{cur:#}");
+    assert_eq!(paths[0]["target_address"], "www.google.at", "{cur:#}");
+    let m = get(addr, "/metrics").text();
+    let info: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("dt_path_info{") && l.contains("target=\"Google\""))
+        .collect();
+    assert_eq!(info.len(), 1, "{info:#?}");
+    let events = get(addr, "/api/v1/events?target=Google").json();
+    let told: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["detail"]["to_address"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("target-change".to_owned(), "142.250.0.1".to_owned()),
+            ("target-change".to_owned(), "www.google.at".to_owned()),
+        ],
+        "{events:#}"
+    );
+    // The operator's own edit is told in the events, not sent as an alert.
+    std::thread::sleep(Duration::from_millis(500));
+    let alerted: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.1.clone())
+        .collect();
+    assert!(alerted.is_empty(), "{alerted:#?}");
+}

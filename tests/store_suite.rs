@@ -6,6 +6,7 @@ mod util;
 
 use util::stored::{T0, result, via};
 
+use dist_traceroute::master::path::{Path as NetPath, Terminal};
 use dist_traceroute::master::store::{
     EventQuery, NewResult, ResultQuery, SeriesFilter, Store, Stored, codec, postgres::Postgres,
     sqlite::Sqlite,
@@ -68,6 +69,7 @@ suite!(
     retention_keeps_the_newest_of_a_series,
     reopening_keeps_everything_and_migrates_nothing_twice,
     a_secret_is_kept_once_and_the_first_one_wins,
+    a_target_whose_address_changes_keeps_one_current_series,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -359,6 +361,112 @@ fn a_confirmed_path_change_gives_one_event_and_a_late_backlog_none(engine: Engin
         })
         .unwrap();
     assert!(other.is_empty());
+}
+
+fn a_target_whose_address_changes_keeps_one_current_series(engine: Engine) {
+    let store = open(engine, 2);
+    let mut id = 0;
+    // The target's address in the config: results name it, and the new address is reached
+    // over another last hop.
+    let mut next = |at: i64, address: &str| {
+        id += 1;
+        let mut r = result(id, at);
+        r.target_address = address.into();
+        if address != "www.google.at" {
+            r = via(r, "10.0.0.1");
+            r.hops[1].address = "10.0.7.3".into();
+            r.path = NetPath::from_hops(
+                [
+                    (1, "10.0.0.1".parse().unwrap()),
+                    (3, "10.0.7.3".parse().unwrap()),
+                ],
+                Terminal::Reached,
+            );
+        }
+        r
+    };
+    let current = |store: &dyn Store| -> Vec<(String, Option<String>)> {
+        store
+            .series(&SeriesFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.target_address, s.current_path.map(|p| p.1)))
+            .collect()
+    };
+    let old_path = "10.0.0.1 * 10.0.0.3 | reached";
+    let new_path = "10.0.0.1 * 10.0.7.3 | reached";
+    let mut events = Vec::new();
+    for at in [1_000, 2_000] {
+        events.extend(store.insert(&next(at, "www.google.at")).unwrap().1);
+    }
+    // The address is edited: the first result names the new one and tells so; the series
+    // of the new address is the one current series, still on the confirmed old path.
+    let first = store.insert(&next(3_000, "142.250.0.1")).unwrap().1;
+    let kinds: Vec<&str> = first.iter().map(|e| e.event.kind()).collect();
+    assert_eq!(kinds, ["target-change"], "{first:?}");
+    let detail = serde_json::to_value(&first[0].event).unwrap();
+    assert_eq!(detail["from_address"], "www.google.at");
+    assert_eq!(detail["to_address"], "142.250.0.1");
+    assert_eq!(
+        current(&*store),
+        [("142.250.0.1".to_owned(), Some(old_path.to_owned()))]
+    );
+    // Confirmed like any other change: the route to the new address against the old one.
+    let second = store.insert(&next(4_000, "142.250.0.1")).unwrap().1;
+    let change = second
+        .iter()
+        .find(|e| e.event.kind() == "path-change")
+        .unwrap_or_else(|| panic!("no path change in {second:?}"));
+    assert_eq!(change.from.as_deref(), Some(old_path));
+    assert_eq!(change.to.as_deref(), Some(new_path));
+    assert_eq!(
+        current(&*store),
+        [("142.250.0.1".to_owned(), Some(new_path.to_owned()))]
+    );
+    // A late result of the old address (a slave's backlog) is stored, changes nothing.
+    assert!(
+        store
+            .insert(&next(2_500, "www.google.at"))
+            .unwrap()
+            .1
+            .is_empty()
+    );
+    assert_eq!(current(&*store).len(), 1);
+    // Edited back: the old address' series takes over again, with the state it is given.
+    let back = store.insert(&next(5_000, "www.google.at")).unwrap().1;
+    let kinds: Vec<&str> = back.iter().map(|e| e.event.kind()).collect();
+    assert_eq!(kinds, ["target-change"], "{back:?}");
+    assert_eq!(
+        current(&*store),
+        [("www.google.at".to_owned(), Some(new_path.to_owned()))]
+    );
+    store.insert(&next(6_000, "www.google.at")).unwrap();
+    assert_eq!(
+        current(&*store),
+        [("www.google.at".to_owned(), Some(old_path.to_owned()))]
+    );
+    assert_eq!(all(&*store).len(), 7);
+    // The events stay with the series they happened on, all found by the target.
+    let stored = store
+        .events(&EventQuery {
+            series: SeriesFilter {
+                target: Some("Google".into()),
+                ..Default::default()
+            },
+            limit: 20,
+            ..Default::default()
+        })
+        .unwrap();
+    let kinds: Vec<&str> = stored.iter().rev().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "target-change",
+            "path-change",
+            "target-change",
+            "path-change"
+        ]
+    );
 }
 
 fn series_hops_and_path_history_follow_the_series(engine: Engine) {

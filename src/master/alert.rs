@@ -1,5 +1,5 @@
-//! Alerts: every event is logged at warn level and, with `-alert-webhook URL`, POSTed there as
-//! JSON by a background thread that retries with backoff; a full queue drops the oldest and
+//! Alerts: every event (but a `target-change`, the operator's own edit) is logged at warn level
+//! and, with `-alert-webhook URL`, POSTed there as JSON by a background thread that retries with backoff; a full queue drops the oldest and
 //! says how many.
 
 use super::store::EventRecord;
@@ -51,6 +51,14 @@ pub fn describe(e: &EventRecord) -> String {
         Event::RttNormal { rtt_ns } => {
             format!("destination RTT back to {:.1} ms", *rtt_ns as f64 / 1e6)
         }
+        Event::TargetChange {
+            from_name,
+            from_address,
+            to_name,
+            to_address,
+        } => {
+            format!("target changed from {from_name} ({from_address}) to {to_name} ({to_address})")
+        }
     };
     format!(
         "slave {} target {} flow {}: {what}",
@@ -85,6 +93,11 @@ impl Alerts {
     pub fn send(&self, e: &EventRecord, debug: bool) {
         if debug && !self.debug_too {
             log::info!("{} (debug result: no alert)", describe(e));
+            return;
+        }
+        // An edit of the targets file is the operator's own doing: told, not alerted.
+        if matches!(e.event, super::analysis::Event::TargetChange { .. }) {
+            log::info!("{}", describe(e));
             return;
         }
         log::warn!("{}", describe(e));

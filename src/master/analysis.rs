@@ -92,6 +92,19 @@ pub enum Event {
         /// The RTT, ns.
         rtt_ns: i64,
     },
+    /// The target's address (or name) in the config changed, so its results now form a new
+    /// series; that series takes over the old one's state (its confirmed path too), so the
+    /// route to the new address is compared with the old one like any other path change.
+    TargetChange {
+        /// The name before.
+        from_name: String,
+        /// The address before.
+        from_address: String,
+        /// The name now.
+        to_name: String,
+        /// The address now.
+        to_address: String,
+    },
 }
 
 impl Event {
@@ -103,6 +116,7 @@ impl Event {
             Event::Reachable => "reachable",
             Event::RttHigh { .. } => "rtt-high",
             Event::RttNormal { .. } => "rtt-normal",
+            Event::TargetChange { .. } => "target-change",
         }
     }
 }

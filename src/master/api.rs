@@ -601,6 +601,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "reachable",
     "rtt-high",
     "rtt-normal",
+    "target-change",
 ];
 
 fn events(app: &App, req: &Request) -> Response {

@@ -227,6 +227,9 @@ pub struct Caches {
     keys: HashMap<i64, i64>,
     routes: HashMap<[u8; 16], i64>,
     series: HashMap<(i64, i64, i64), Series>,
+    /// The other target rows with a series' target UUID (a target whose address or name
+    /// changed), by series key; forgotten whenever a series is made.
+    siblings: HashMap<(i64, i64, i64), Vec<i64>>,
     /// Routes results used since retention began a sweep (kept when the rest is cleared).
     pub routes_used: Option<std::collections::HashSet<i64>>,
 }
@@ -543,10 +546,14 @@ fn series<'c>(
     key: (i64, i64, i64),
 ) -> rusqlite::Result<&'c mut Series> {
     if !caches.series.contains_key(&key) {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO series (slave_id, target_id, flow) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![key.0, key.1, key.2])?;
+        let made = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO series (slave_id, target_id, flow) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key.0, key.1, key.2])?;
+        if made > 0 {
+            caches.siblings.clear();
+        }
         let row = conn
             .prepare_cached(
                 "SELECT id, last_measured, current_path, candidate_path, candidate_count,
@@ -680,12 +687,48 @@ fn track(
     if s.last_ordered.is_some_and(|last| at < last) {
         return Ok(Vec::new());
     }
+    let mut taken_over = None;
+    if !r.target.0.is_empty() {
+        let own = (s.id, s.last_ordered);
+        let mut others = Vec::new();
+        for t in siblings(conn, caches, key, &r.target.0)? {
+            let sib = series(conn, caches, (key.0, t, key.2))?;
+            others.push((t, sib.id, sib.last_ordered));
+        }
+        match takeover(own, others.iter().map(|o| (o.1, o.2)), at) {
+            Takeover::Current => {}
+            Takeover::Late => return Ok(Vec::new()),
+            Takeover::From(id) => {
+                let t = others.iter().find(|o| o.1 == id).map_or(0, |o| o.0);
+                let state = series(conn, caches, (key.0, t, key.2))?.state.clone();
+                let (name, address) = conn
+                    .prepare_cached("SELECT name, address FROM targets WHERE id = ?1")?
+                    .query_row([t], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                taken_over = Some((state, name, address));
+            }
+        }
+    }
+    let s = series(conn, caches, key)?;
     let series_id = s.id;
+    let mut head = Vec::new();
+    if let Some((state, from_name, from_address)) = taken_over {
+        s.state = state;
+        head.push(Event::TargetChange {
+            from_name,
+            from_address,
+            to_name: r.target.1.clone(),
+            to_address: r.target.2.clone(),
+        });
+    }
     let Advance {
-        events,
+        mut events,
         changes,
         since,
     } = advance(&mut s.state, r, path_id, at, confirm);
+    if !head.is_empty() {
+        head.append(&mut events);
+        events = head;
+    }
     s.last_ordered = Some(at);
     let state = s.state.clone();
     conn.prepare_cached(
@@ -749,6 +792,62 @@ fn track(
         });
     }
     Ok(records)
+}
+
+/// The other target rows of a series' target UUID for the same slave and flow.
+fn siblings(
+    conn: &Connection,
+    caches: &mut Caches,
+    key: (i64, i64, i64),
+    uuid: &str,
+) -> rusqlite::Result<Vec<i64>> {
+    if let Some(s) = caches.siblings.get(&key) {
+        return Ok(s.clone());
+    }
+    let found = conn
+        .prepare_cached(
+            "SELECT t.id FROM targets t CROSS JOIN series se
+             WHERE t.uuid = ?3 AND t.id <> ?4
+               AND se.slave_id = ?1 AND se.target_id = t.id AND se.flow = ?2",
+        )?
+        .query_map(params![key.0, key.2, uuid, key.1], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    caches.siblings.insert(key, found.clone());
+    Ok(found)
+}
+
+/// What a result fed to one of a target's series makes of the target's other series (one
+/// per address it had). The current one is the one whose result came last (the newest
+/// `last_ordered`, then the highest id), as the queries see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Takeover {
+    /// This series is the current one (or the only one): feed it.
+    Current,
+    /// Another series is current and newer than this result (a late result of the old
+    /// address): store it, do not feed it.
+    Late,
+    /// The series with this id was current until now: this one takes over its state.
+    From(i64),
+}
+
+/// Decides the [`Takeover`] of a result ordered at `at` for series `own` (id, newest
+/// ordered) among `others`.
+pub(super) fn takeover(
+    own: (i64, Option<i64>),
+    others: impl Iterator<Item = (i64, Option<i64>)>,
+    at: i64,
+) -> Takeover {
+    let rank = |(id, last): (i64, Option<i64>)| (last.unwrap_or(i64::MIN), id);
+    let Some(newest) = others.filter(|o| o.1.is_some()).max_by_key(|o| rank(*o)) else {
+        return Takeover::Current;
+    };
+    if rank(own) > rank(newest) {
+        Takeover::Current
+    } else if newest.1.is_some_and(|last| at <= last) {
+        Takeover::Late
+    } else {
+        Takeover::From(newest.0)
+    }
 }
 
 /// What feeding one result to its series' change detection gave.
@@ -821,6 +920,27 @@ pub(super) fn event_paths(event: &Event) -> (Option<i64>, Option<i64>, Option<i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_series_whose_result_came_last_is_current() {
+        let t = |own, others: &[(i64, Option<i64>)], at| takeover(own, others.iter().copied(), at);
+        // Alone, or the newest: fed as usual.
+        assert_eq!(t((1, None), &[], 5), Takeover::Current);
+        assert_eq!(t((2, Some(9)), &[(1, Some(4))], 10), Takeover::Current);
+        // A sibling that never got a result does not count.
+        assert_eq!(t((2, None), &[(1, None)], 10), Takeover::Current);
+        // The first result of a new address takes over the newest sibling...
+        assert_eq!(
+            t((3, None), &[(1, Some(4)), (2, Some(7))], 8),
+            Takeover::From(2)
+        );
+        // ...unless it is older than that sibling's newest: a late result of the old address.
+        assert_eq!(t((1, Some(4)), &[(2, Some(7))], 6), Takeover::Late);
+        assert_eq!(t((1, Some(4)), &[(2, Some(7))], 7), Takeover::Late);
+        // Equal times: the higher id is current, as the queries say.
+        assert_eq!(t((2, Some(7)), &[(1, Some(7))], 7), Takeover::Current);
+        assert_eq!(t((1, Some(7)), &[(2, Some(7))], 8), Takeover::From(2));
+    }
 
     #[test]
     fn a_full_queue_holds_submitters_until_the_writer_catches_up() {

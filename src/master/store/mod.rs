@@ -571,7 +571,8 @@ pub trait Store: Send + Sync {
     /// Every target results named.
     fn targets(&self) -> anyhow::Result<Vec<StoredTarget>>;
 
-    /// The series matching `f`, by slave, target and flow.
+    /// The series matching `f`, by slave, target and flow: one per (slave, target, flow), for
+    /// a target whose address changed the series of its newest result.
     fn series(&self, f: &SeriesFilter) -> anyhow::Result<Vec<SeriesRow>>;
 
     /// The hops of each result of a series ordered at or after `since` (Unix ms).

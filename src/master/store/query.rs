@@ -380,7 +380,8 @@ pub fn targets(conn: &Connection) -> rusqlite::Result<Vec<StoredTarget>> {
     .collect()
 }
 
-/// The series matching `f`.
+/// The series matching `f`. Of a target whose address or name changed (one series per
+/// address it had), only the current series: the one whose result came last.
 pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<SeriesRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, p.hash, p.canonical,
@@ -390,6 +391,13 @@ pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<Serie
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
            AND (?3 IS NULL OR se.flow = ?3)
+           AND (t.uuid = '' OR NOT EXISTS (
+                -- Targets first (few share a UUID), then the series by its unique key.
+                SELECT 1 FROM targets t2 CROSS JOIN series s2
+                WHERE t2.uuid = t.uuid AND t2.id <> t.id
+                  AND s2.slave_id = se.slave_id AND s2.target_id = t2.id AND s2.flow = se.flow
+                  AND (coalesce(s2.last_measured, -1), s2.id)
+                    > (coalesce(se.last_measured, -1), se.id)))
          ORDER BY s.name, t.name, se.flow",
     )?;
     stmt.query_map(params![f.slave, f.target, f.flow], |r| {

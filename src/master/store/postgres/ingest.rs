@@ -14,9 +14,11 @@
 //!   cached id) is retried with cold caches, then job by job, so one bad job fails alone.
 
 use super::super::codec;
-use super::super::ingest::{Prepared, Queue, Reply, Status, Touch, advance, event_paths, gather};
+use super::super::ingest::{
+    Prepared, Queue, Reply, Status, Takeover, Touch, advance, event_paths, gather, takeover,
+};
 use super::super::{EventRecord, Outcome, Stored};
-use crate::master::analysis::{Candidate, State};
+use crate::master::analysis::{Candidate, Event, State};
 use crate::master::path::Path as NetPath;
 use postgres::{Client, GenericClient, Statement};
 use std::collections::{BTreeMap, HashMap};
@@ -68,6 +70,9 @@ struct Caches {
     /// Route id and the `last_used` this master last wrote.
     routes: HashMap<[u8; 16], (i64, i64)>,
     series: HashMap<(i64, i64, i64), i64>,
+    /// The other series of a series' target UUID for the same slave and flow (a target whose
+    /// address or name changed), by series id; forgotten whenever a series is looked up.
+    siblings: HashMap<i64, Vec<i64>>,
 }
 
 impl Caches {
@@ -106,6 +111,8 @@ struct Ids {
 
 /// A series while a group holds its row lock.
 struct Live {
+    /// The target's name and address.
+    target: (String, String),
     state: State,
     last_ordered: Option<i64>,
     current_since: Option<i64>,
@@ -256,6 +263,14 @@ impl Writer {
         let mut tx = client.transaction()?;
         // Lock the series in id order and read their state.
         let mut series_ids: Vec<i64> = ids.iter().flatten().map(|i| i.series).collect();
+        // A target's other series (one per address it had) too: a result may take one over.
+        let with_siblings: Vec<i64> = series_ids
+            .iter()
+            .filter_map(|id| caches.siblings.get(id))
+            .flatten()
+            .copied()
+            .collect();
+        series_ids.extend(with_siblings);
         series_ids.sort_unstable();
         series_ids.dedup();
         let mut live: HashMap<i64, Live> = HashMap::with_capacity(series_ids.len());
@@ -263,11 +278,13 @@ impl Writer {
             let st = prepare(
                 &mut tx,
                 statements,
-                "SELECT id, last_measured, current_path, candidate_path, candidate_count,
-                        candidate_since, unreached_streak, ever_reached, unreachable_alerted,
-                        rtt_high_streak, rtt_alerted, current_since, last_result, last_success,
-                        last_rtt_ns
-                 FROM series WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                "SELECT se.id, se.last_measured, se.current_path, se.candidate_path,
+                        se.candidate_count, se.candidate_since, se.unreached_streak,
+                        se.ever_reached, se.unreachable_alerted, se.rtt_high_streak,
+                        se.rtt_alerted, se.current_since, se.last_result, se.last_success,
+                        se.last_rtt_ns, t.name, t.address
+                 FROM series se JOIN targets t ON t.id = se.target_id
+                 WHERE se.id = ANY($1) ORDER BY se.id FOR UPDATE OF se",
             )?;
             let rows = tx.query(&st, &[&series_ids])?;
             for r in rows {
@@ -284,6 +301,7 @@ impl Writer {
                 live.insert(
                     r.get(0),
                     Live {
+                        target: (r.get(15), r.get(16)),
                         state: State {
                             current,
                             candidate,
@@ -607,9 +625,24 @@ fn resolve(
             )?;
             let id: i64 = client.query_one(&st, &[&slave, &target, &r.flow])?.get(0);
             caches.series.insert(key, id);
+            caches.siblings.clear();
             id
         }
     };
+    if !r.target.0.is_empty() && !caches.siblings.contains_key(&series) {
+        let st = prepare(
+            client,
+            statements,
+            "SELECT se.id FROM series se JOIN targets t ON t.id = se.target_id
+             WHERE se.slave_id = $1 AND se.flow = $2 AND t.uuid = $3 AND se.id <> $4",
+        )?;
+        let found: Vec<i64> = client
+            .query(&st, &[&slave, &r.flow, &r.target.0, &series])?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        caches.siblings.insert(series, found);
+    }
     let path = match caches.paths.get(&r.path_hash) {
         Some(id) => *id,
         None => {
@@ -859,9 +892,35 @@ fn store_all(
         .collect();
     for (i, m, key) in placed {
         let (r, ids) = items[i];
-        let s = live
-            .get_mut(&ids.series)
+        let own = live
+            .get(&ids.series)
             .ok_or_else(|| anyhow::anyhow!("series {} vanished", ids.series))?;
+        let mut head = None;
+        if own.last_ordered.is_none_or(|last| m.ordered_ms >= last) {
+            let others = caches.siblings.get(&ids.series).into_iter().flatten();
+            let others = others.filter_map(|id| live.get(id).map(|l| (*id, l.last_ordered)));
+            match takeover((ids.series, own.last_ordered), others, m.ordered_ms) {
+                Takeover::Current => {}
+                Takeover::Late => {
+                    out[i].0 = (Stored::New(key), Vec::new());
+                    continue;
+                }
+                Takeover::From(id) => {
+                    let old = &live[&id];
+                    let state = old.state.clone();
+                    head = Some(Event::TargetChange {
+                        from_name: old.target.0.clone(),
+                        from_address: old.target.1.clone(),
+                        to_name: r.target.1.clone(),
+                        to_address: r.target.2.clone(),
+                    });
+                    let s = live.get_mut(&ids.series).expect("looked up above");
+                    s.state = state;
+                    s.current_since = Some(m.ordered_ms);
+                }
+            }
+        }
+        let s = live.get_mut(&ids.series).expect("looked up above");
         let events = feed(
             tx,
             statements,
@@ -869,7 +928,7 @@ fn store_all(
             s,
             r,
             ids,
-            (key, m.ordered_ms),
+            (key, m.ordered_ms, head),
             confirm,
         )?;
         out[i].0 = (Stored::New(key), events);
@@ -888,14 +947,17 @@ fn feed(
     s: &mut Live,
     r: &Prepared,
     ids: Ids,
-    (key, at): (i64, i64),
+    (key, at, head): (i64, i64, Option<Event>),
     confirm: u32,
 ) -> anyhow::Result<Vec<EventRecord>> {
     if s.last_ordered.is_some_and(|last| at < last) {
         return Ok(Vec::new());
     }
     let old_current = s.state.current.as_ref().map(|c| c.0);
-    let step = advance(&mut s.state, r, ids.path, at, confirm);
+    let mut step = advance(&mut s.state, r, ids.path, at, confirm);
+    if let Some(e) = head {
+        step.events.insert(0, e);
+    }
     if s.state.current.as_ref().map(|c| c.0) != old_current {
         s.current_since = Some(step.since);
     }

@@ -154,7 +154,8 @@ pub fn targets(c: &mut impl GenericClient) -> anyhow::Result<Vec<StoredTarget>> 
         .collect())
 }
 
-/// The series matching `f`.
+/// The series matching `f`. Of a target whose address or name changed (one series per
+/// address it had), only the current series: the one whose result came last.
 pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Vec<SeriesRow>> {
     let rows = c.query(
         "SELECT se.id, s.name, t.uuid, t.name, t.address, se.flow, p.hash, p.canonical,
@@ -164,6 +165,12 @@ pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Ve
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
            AND ($3::BIGINT IS NULL OR se.flow = $3)
+           AND (t.uuid = '' OR NOT EXISTS (
+                SELECT 1 FROM targets t2 JOIN series s2 ON s2.target_id = t2.id
+                WHERE t2.uuid = t.uuid AND t2.id <> t.id
+                  AND s2.slave_id = se.slave_id AND s2.flow = se.flow
+                  AND (coalesce(s2.last_measured, -1), s2.id)
+                    > (coalesce(se.last_measured, -1), se.id)))
          ORDER BY s.name, t.name, se.flow",
         &[&f.slave, &f.target, &f.flow],
     )?;
