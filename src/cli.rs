@@ -210,6 +210,19 @@ pub struct MasterArgs {
     /// events are stored, marked and logged, but raise no alert)
     #[arg(long = "alert-debug-results")]
     pub alert_debug_results: bool,
+    /// On-demand measurements may also go to these targets beyond the configured ones:
+    /// comma-separated host names and address prefixes (e.g. example.net,192.0.2.0/24)
+    #[arg(long = "measure-allow", value_name = "list", default_value = "", value_parser = parse_measure_allow)]
+    pub measure_allow: crate::master::measure::AllowList,
+    /// On-demand measurements one user may start per minute
+    #[arg(long = "measure-rate", value_name = "n", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub measure_rate: u32,
+    /// On-demand measurements all users together may start per minute (on this master)
+    #[arg(long = "measure-fleet-rate", value_name = "n", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub measure_fleet_rate: u32,
+    /// Most probes one on-demand measurement may send (slaves x flows x max hops x queries)
+    #[arg(long = "measure-max-probes", value_name = "n", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub measure_max_probes: u64,
     /// Delete results older than this (e.g. 30d); 0 keeps them forever
     #[arg(long, value_name = "duration", default_value = "30d", value_parser = parse_retention)]
     pub retention: Keep,
@@ -229,6 +242,10 @@ fn parse_url(s: &str) -> Result<String, String> {
 /// How long to keep something: `None` is forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep(pub Option<Duration>);
+/// `-measure-allow`: host names and address prefixes, comma-separated.
+fn parse_measure_allow(s: &str) -> Result<crate::master::measure::AllowList, String> {
+    crate::master::measure::parse_allow(s).map(crate::master::measure::AllowList)
+}
 
 fn parse_retention(s: &str) -> Result<Keep, String> {
     if s == "0" {

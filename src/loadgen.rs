@@ -367,6 +367,7 @@ fn make_result(
         duration_ns: Some(duration_ns),
         source_address: None,
         debug: false,
+        measurement: None,
     }
 }
 

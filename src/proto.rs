@@ -73,6 +73,52 @@ pub struct BatchRequest {
     pub dropped_total: Option<u64>,
 }
 
+/// One on-demand job: a trace (per flow) to `target` that an operator asked for now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobSpec {
+    /// The measurement's ID; the results carry it as `Measurement`.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Host name or address.
+    pub target: String,
+    /// `udp`, `icmp` or `tcp`.
+    pub protocol: String,
+    /// Destination port (UDP/TCP), when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Flows to trace (one result each, flows 0..N).
+    pub flows: u16,
+    /// Probes per hop.
+    pub queries: u8,
+    /// Highest TTL.
+    pub max_hops: u8,
+    /// Per-probe timeout, ms.
+    pub timeout_ms: u32,
+}
+
+/// The body of `POST /api/v1/jobs`: our slave asks for on-demand jobs (a long-poll).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobsRequest {
+    /// Who asks.
+    pub creds: Creds,
+    /// How long the master may hold the request when there is no job, seconds (at most 25).
+    #[serde(default)]
+    pub wait: u32,
+    /// Jobs handed out before that this slave runs now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
+}
+
+/// The answer to `POST /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobsAnswer {
+    /// New jobs (none when the wait ran out).
+    pub jobs: Vec<JobSpec>,
+}
+
 /// What became of one result of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -230,6 +276,9 @@ pub struct TraceResult {
     /// Extension: true for a made-up result (`-zDebugResults`), which is no measurement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub debug: bool,
+    /// Extension: the on-demand measurement this result belongs to (no `TargetID` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
 }
 
 /// One answering hop of a result.

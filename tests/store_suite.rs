@@ -8,9 +8,10 @@ use util::stored::{T0, result, via};
 
 use dist_traceroute::master::path::{Path as NetPath, Terminal};
 use dist_traceroute::master::store::{
-    EventQuery, NewResult, ResultQuery, SeriesFilter, Store, Stored, codec, postgres::Postgres,
-    sqlite::Sqlite,
+    EventQuery, MeasurementRecord, NewResult, ResultQuery, RunRecord, SeriesFilter, Store, Stored,
+    codec, postgres::Postgres, sqlite::Sqlite,
 };
+use dist_traceroute::proto::JobSpec;
 use std::sync::Arc;
 
 #[derive(Clone, Copy)]
@@ -70,6 +71,7 @@ suite!(
     reopening_keeps_everything_and_migrates_nothing_twice,
     a_secret_is_kept_once_and_the_first_one_wins,
     a_target_whose_address_changes_keeps_one_current_series,
+    a_measurement_hands_out_its_jobs_once_and_counts_its_results,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -467,6 +469,99 @@ fn a_target_whose_address_changes_keeps_one_current_series(engine: Engine) {
             "path-change"
         ]
     );
+}
+
+fn a_measurement_hands_out_its_jobs_once_and_counts_its_results(engine: Engine) {
+    let store = open(engine, 2);
+    let spec = JobSpec {
+        id: "8d0c5c1e-2b7a-4a3e-9a51-2f0e6f7b1c11".into(),
+        target: "192.0.2.7".into(),
+        protocol: "icmp".into(),
+        port: None,
+        flows: 2,
+        queries: 1,
+        max_hops: 8,
+        timeout_ms: 500,
+    };
+    let run = |slave: &str, state: &str| RunRecord {
+        slave: slave.into(),
+        state: state.into(),
+        updated_at: T0,
+        results: 0,
+        reason: (state == "offline").then(|| "never seen".into()),
+    };
+    store
+        .create_measurement(&MeasurementRecord {
+            id: spec.id.clone(),
+            created_at: T0,
+            deadline: T0 + 60_000,
+            requested_by: "olga".into(),
+            spec: spec.clone(),
+            runs: vec![run("slave1", "queued"), run("slave2", "offline")],
+        })
+        .unwrap();
+    assert_eq!(store.queued_since(T0).unwrap(), ["slave1"]);
+    assert!(store.queued_since(T0 + 1).unwrap().is_empty());
+    // Handed out once; again only when the slave did not confirm it in time.
+    assert_eq!(
+        store.take_jobs("slave1", T0, T0 + 10).unwrap(),
+        std::slice::from_ref(&spec)
+    );
+    assert!(store.take_jobs("slave1", T0, T0 + 20).unwrap().is_empty());
+    assert!(store.take_jobs("slave2", T0, T0 + 20).unwrap().is_empty());
+    assert_eq!(
+        store.take_jobs("slave1", T0 + 11, T0 + 6_000).unwrap(),
+        std::slice::from_ref(&spec)
+    );
+    store
+        .runs_started("slave1", std::slice::from_ref(&spec.id), T0 + 6_001)
+        .unwrap();
+    assert!(
+        store
+            .take_jobs("slave1", T0 + 60_000, T0 + 7_000)
+            .unwrap()
+            .is_empty()
+    );
+    let m = store.measurement(&spec.id).unwrap().unwrap();
+    assert_eq!(m.spec, spec);
+    assert_eq!(m.requested_by, "olga");
+    let states: Vec<(&str, &str)> = m
+        .runs
+        .iter()
+        .map(|r| (r.slave.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(states, [("slave1", "running"), ("slave2", "offline")]);
+    // Its results: stored, marked, counted; the run is done with the second flow.
+    let on_demand = |id: u32, flow: i64| {
+        let mut r = result(id, 7_000 + i64::from(id));
+        r.target_uuid = "on-demand".into();
+        r.target_name = "192.0.2.7".into();
+        r.target_address = "192.0.2.7".into();
+        r.flow = Some(flow);
+        r.origin.measurement = Some(spec.id.clone());
+        r
+    };
+    let (stored, events) = store.insert(&on_demand(1, 0)).unwrap();
+    assert!(matches!(stored, Stored::New(_)) && events.is_empty());
+    let m = store.measurement(&spec.id).unwrap().unwrap();
+    assert_eq!(
+        (m.runs[0].state.as_str(), m.runs[0].results),
+        ("running", 1)
+    );
+    store.insert(&on_demand(2, 1)).unwrap();
+    // A resend is stored once and counted once.
+    store.insert(&on_demand(2, 1)).unwrap();
+    let m = store.measurement(&spec.id).unwrap().unwrap();
+    assert_eq!((m.runs[0].state.as_str(), m.runs[0].results), ("done", 2));
+    let got = store.measurement_results(&spec.id).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.iter()
+            .all(|r| r.origin.measurement.as_deref() == Some(spec.id.as_str()))
+    );
+    // No series of it among the current ones.
+    assert!(store.series(&SeriesFilter::default()).unwrap().is_empty());
+    assert!(store.measurement("nosuch").unwrap().is_none());
 }
 
 fn series_hops_and_path_history_follow_the_series(engine: Engine) {

@@ -405,7 +405,11 @@ pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
     let mut out = json!({
         "fw": 5080,
         "type": "traceroute",
-        "msm_id": msm_id(&r.target_id, &r.target_name, &r.target_address),
+        // An on-demand result is its measurement's, as in Atlas.
+        "msm_id": match &r.origin.measurement {
+            Some(m) => msm_id(m, "", ""),
+            None => msm_id(&r.target_id, &r.target_name, &r.target_address),
+        },
         "prb_id": prb_id,
         "af": af,
         "dst_addr": dst.map(|d| d.to_string()).unwrap_or_default(),
@@ -433,6 +437,9 @@ pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
     }
     if r.origin.debug {
         out["dt_debug"] = json!(true);
+    }
+    if let Some(m) = &r.origin.measurement {
+        out["dt_measurement"] = json!(m);
     }
     out
 }
@@ -634,6 +641,7 @@ mod tests {
                 source: Some("192.168.1.20".into()),
                 seen_from: Some("203.0.113.5".into()),
                 debug: false,
+                measurement: None,
             },
             hops: vec![
                 hop(

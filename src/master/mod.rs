@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod api;
 pub mod config;
 pub mod export;
+pub mod measure;
 pub mod metrics;
 pub mod path;
 pub mod routes;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub alert_webhook: Option<String>,
     /// Alert on made-up results (`-zDebugResults`) too.
     pub alert_debug_results: bool,
+    /// The limits on on-demand measurements.
+    pub measure: measure::Policy,
     /// Age after which results are deleted.
     pub retention: Option<Duration>,
     /// Age after which events and unused paths are deleted.
@@ -88,6 +91,12 @@ impl From<&MasterArgs> for Settings {
             confirm: a.path_confirm,
             alert_webhook: a.alert_webhook.clone(),
             alert_debug_results: a.alert_debug_results,
+            measure: measure::Policy {
+                allow: a.measure_allow.0.clone(),
+                per_user_per_minute: a.measure_rate,
+                fleet_per_minute: a.measure_fleet_rate,
+                max_probes: a.measure_max_probes,
+            },
             retention: a.retention.0,
             retention_paths: a.retention_paths.0,
         }
@@ -152,15 +161,24 @@ impl Master {
         let listener = server::bind(s.listen)?;
         let name = master_name(listener.local_addr()?.port());
         publish_config(store.clone(), live.clone(), name.clone(), s.reload_interval)?;
+        let app = Arc::new(routes::App {
+            alerts,
+            read: access::ReadAccess::new(users, s.public_read),
+            sessions: session::Sessions::new(session_key),
+            https: tls.is_some(),
+            reloads,
+            measure: Arc::new(measure::Board::new(s.measure.clone())),
+            ..routes::App::new(name, live, store)
+        });
+        std::thread::Builder::new()
+            .name("measure-watch".into())
+            .spawn({
+                let app = Arc::downgrade(&app);
+                move || measure::watch(app)
+            })
+            .context("cannot start the measurement watcher")?;
         Ok(Master {
-            app: Arc::new(routes::App {
-                alerts,
-                read: access::ReadAccess::new(users, s.public_read),
-                sessions: session::Sessions::new(session_key),
-                https: tls.is_some(),
-                reloads,
-                ..routes::App::new(name, live, store)
-            }),
+            app,
             listener,
             limits: s.limits.clone(),
             tls,

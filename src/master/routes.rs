@@ -231,6 +231,8 @@ pub struct App {
     pub https: bool,
     /// What the config watchers did (the dashboard's config page).
     pub reloads: super::config::Reloads,
+    /// On-demand measurements: the slaves' waiting polls and the limits.
+    pub measure: Arc<super::measure::Board>,
 }
 
 impl App {
@@ -250,16 +252,48 @@ impl App {
             sessions: super::session::Sessions::default(),
             https: false,
             reloads: super::config::Reloads::default(),
+            measure: Arc::default(),
         }
     }
 }
 
-/// What a handler gives back: an answer now, or one that waits for the store's commit.
+/// What a handler gives back: an answer now, or one that waits for the store's commit or
+/// for something to happen.
 pub enum Reply {
     /// The response.
     Now(Response),
     /// Results on their way to disk, and how to answer once they are there.
     Later(Pending),
+    /// A long-poll: answered when woken or when its time is up.
+    Wait(Waiting),
+}
+
+/// Builds a long-poll's response (on the worker pool): `true` when it was woken.
+type WaitFinish = Box<dyn FnOnce(&App, bool) -> Response + Send>;
+
+/// A request held open until it is woken or its time runs out (without holding a thread).
+pub struct Waiting {
+    /// Woken through this.
+    pub woken: tokio::sync::oneshot::Receiver<()>,
+    /// At most this long.
+    pub limit: std::time::Duration,
+    /// Then builds the answer.
+    pub finish: WaitFinish,
+}
+
+impl Reply {
+    /// A long-poll woken through `woken`, or answered after `limit`.
+    pub fn wait(
+        woken: tokio::sync::oneshot::Receiver<()>,
+        limit: std::time::Duration,
+        finish: impl FnOnce(&App, bool) -> Response + Send + 'static,
+    ) -> Reply {
+        Reply::Wait(Waiting {
+            woken,
+            limit,
+            finish: Box::new(finish),
+        })
+    }
 }
 
 /// Builds the response once the store has answered.
@@ -301,6 +335,18 @@ pub fn handle(app: &App, req: &Request) -> Response {
     let r = match route(app, req) {
         Reply::Now(r) => r,
         Reply::Later(p) => p.answer_blocking(app),
+        Reply::Wait(mut w) => {
+            let until = std::time::Instant::now() + w.limit;
+            let woken = loop {
+                match w.woken.try_recv() {
+                    Ok(()) => break true,
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break false,
+                    Err(_) if std::time::Instant::now() >= until => break false,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            };
+            (w.finish)(app, woken)
+        }
     };
     app.metrics
         .observe(super::metrics::route_class(&req.path), start.elapsed());
@@ -325,6 +371,7 @@ pub fn route(app: &App, req: &Request) -> Reply {
         ("POST", p) if p.starts_with("/results/") => legacy_result(app, req),
         ("POST", "/api/v1/results") => api_post_result(app, req),
         ("POST", "/api/v1/results:batch") => api_post_batch(app, req),
+        ("POST", "/api/v1/jobs") => jobs_poll(app, req),
         _ => Reply::Now(route_now(app, req)),
     }
 }
@@ -368,6 +415,13 @@ fn route_now(app: &App, req: &Request) -> Response {
             )
         }
         ("POST", "/login") => login(app, req),
+        ("POST", "/api/v1/measurements") => match api_user(app, req) {
+            Ok((user, role)) => super::measure::create(app, req, &user, role),
+            Err(r) => r,
+        },
+        ("GET", p) if p.starts_with("/api/v1/measurements/") => {
+            super::measure::status(app, &p["/api/v1/measurements/".len()..])
+        }
         ("POST", "/logout") => logout(app, req),
         ("GET" | "HEAD", p) if p.starts_with("/assets/") || p == "/favicon.ico" => {
             super::ui::asset(p).unwrap_or_else(|| {
@@ -379,6 +433,7 @@ fn route_now(app: &App, req: &Request) -> Response {
                 || p.starts_with("/results/")
                 || p == "/api/v1/results"
                 || p == "/api/v1/results:batch"
+                || p == "/api/v1/jobs"
                 || (p == "/" && req.method != "GET" && req.method != "HEAD") =>
         {
             let mut r = Response::error(405, format!("{} is not allowed here", req.method));
@@ -401,7 +456,7 @@ fn route_now(app: &App, req: &Request) -> Response {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -477,6 +532,86 @@ fn authenticate(
             )
         },
     )
+}
+
+/// The user a write of the API (starting a measurement) comes from, by HTTP Basic or bearer
+/// token, with the failed-login throttle of reads; or the answer why not.
+fn api_user(app: &App, req: &Request) -> Result<(String, super::config::Role), Response> {
+    let Some(users) = app.read.users.get() else {
+        return Err(Response::error(
+            403,
+            format!(
+                "starting measurements needs a user with the role operator or admin, and this                  master has no users file ({}); see `dist-traceroute hash-password`",
+                app.read.users.file().display()
+            ),
+        ));
+    };
+    let credentials = req
+        .authorization
+        .as_ref()
+        .and_then(|h| access::credentials(&h.0));
+    let login = match &credentials {
+        None => {
+            return Err(challenge(Response::error(
+                401,
+                "starting measurements needs a login: HTTP Basic with a user of the master's                  users file, or Authorization: Bearer TOKEN",
+            )));
+        }
+        Some(Credentials::Basic { name, password }) => {
+            let name = truncate(name, super::config::MAX_USER_NAME);
+            throttled(
+                app,
+                req,
+                Who::User(name),
+                || users.check_password(name, password),
+                || {},
+            )
+            .map(|role| (name.to_owned(), role))
+        }
+        Some(Credentials::Bearer(token)) => throttled(
+            app,
+            req,
+            Who::Token,
+            || {
+                users
+                    .check_token(token)
+                    .map(|(name, role)| (name.to_owned(), role))
+            },
+            || {},
+        ),
+    };
+    login.map_err(|fail| {
+        auth_failed(
+            fail,
+            challenge(Response::error(401, "wrong name, password or token")),
+            Response::error(429, "too many failed logins"),
+        )
+    })
+}
+
+/// `POST /api/v1/jobs`: one of our slaves asks for on-demand jobs (a long-poll).
+fn jobs_poll(app: &App, req: &Request) -> Reply {
+    let ask: crate::proto::JobsRequest = match serde_json::from_slice(&req.body) {
+        Ok(a) => a,
+        Err(e) => {
+            bump(&app.counters.rejected_decode);
+            return Reply::Now(Response::error(400, format!("body is not a job poll: {e}")));
+        }
+    };
+    if let Err(fail) = authenticate(app, req, &ask.creds.name, &ask.creds.password, "job poll") {
+        return Reply::Now(auth_failed(
+            fail,
+            Response::error(401, "wrong name or password"),
+            Response::error(429, "too many failed logins"),
+        ));
+    }
+    app.store.touch_slave(
+        &ask.creds.name,
+        &req.remote.ip().to_canonical().to_string(),
+        req.user_agent.as_deref(),
+        false,
+    );
+    super::measure::poll(app, ask)
 }
 
 /// Lets a read through (`None`) or answers why not. With `-public-read` anyone reads; without
@@ -997,9 +1132,23 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             }
         },
     };
-    let (target_uuid, target_known) = match &r.target_id {
-        Some(id) => (id.clone(), config.has_target(id)),
-        None => match config.target_uuid(&r.target.name, &r.target.address) {
+    let measurement = match &r.measurement {
+        None => None,
+        Some(m) => match uuid::Uuid::parse_str(m) {
+            Ok(u) => Some(u.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "Measurement '{}' is not a measurement ID",
+                    truncate(m, 64)
+                ));
+            }
+        },
+    };
+    let (target_uuid, target_known) = match (&measurement, &r.target_id) {
+        // An on-demand result: a series of its own, apart from the scheduled ones.
+        (Some(_), _) => (super::measure::ON_DEMAND.to_owned(), true),
+        (None, Some(id)) => (id.clone(), config.has_target(id)),
+        (None, None) => match config.target_uuid(&r.target.name, &r.target.address) {
             Some(id) => (id.to_owned(), true),
             None => (String::new(), false),
         },
@@ -1043,6 +1192,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             seen_from: None,
             // The Go slave's made-up result has no Debug field; its fixed ID tells it.
             debug: r.debug || r.id == crate::proto::GO_DEBUG_RESULT_ID,
+            measurement,
         },
         hops,
     })

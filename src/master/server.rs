@@ -381,6 +381,8 @@ async fn accept_loop(
             signal = &mut stop => {
                 let signal = signal?;
                 let Until::Signal(grace) = until else { unreachable!("Forever never stops") };
+                // Slaves' job polls are answered now, not at the end of their wait.
+                app.measure.stop();
                 return shut_down(signal, listener, &slots, &limits, &stopping, grace).await;
             }
         };
@@ -1172,6 +1174,18 @@ async fn respond(
         Ok(routes::Reply::Now(r)) => r,
         // Results wait for the store's group commit here, holding no worker.
         Ok(routes::Reply::Later(pending)) => pending.answer(&app).await,
+        // A long-poll waits here holding no worker, then builds its answer on the pool.
+        Ok(routes::Reply::Wait(w)) => {
+            let woken = matches!(tokio::time::timeout(w.limit, w.woken).await, Ok(Ok(())));
+            let worker_app = app.clone();
+            match tokio::task::spawn_blocking(move || (w.finish)(&worker_app, woken)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("handler failed: {e}");
+                    Response::error(500, "internal error")
+                }
+            }
+        }
         Err(e) => {
             log::error!("handler failed: {e}");
             Response::error(500, "internal error")

@@ -195,6 +195,31 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST /api/v1/jobs`: on-demand jobs, held by the master up to `ask.wait` seconds.
+    /// `Rejected` when the master has no such endpoint (an original or older master).
+    pub fn poll_jobs(
+        &self,
+        ask: &crate::proto::JobsRequest,
+    ) -> Outcome<Vec<crate::proto::JobSpec>> {
+        let body = serde_json::to_vec(ask).unwrap_or_default();
+        match self.post("/api/v1/jobs", body) {
+            Err(e) => Outcome::Retry(e),
+            Ok((200, body)) => match serde_json::from_slice::<crate::proto::JobsAnswer>(&body) {
+                Ok(a) => Outcome::Ok(a.jobs),
+                // An original master answers unknown paths with a 200 HTML page.
+                Err(e) => Outcome::Rejected(format!("the answer is no job list: {e}")),
+            },
+            Ok((401, _)) => Outcome::Unauthorized,
+            Ok((status @ (404 | 405 | 501), _)) => Outcome::Rejected(format!("answered {status}")),
+            Ok((status, body)) => Outcome::Retry(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
+            )),
+        }
+    }
+}
+
 /// What the slave tells the master about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Status {

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod deliver;
 pub mod fake;
+pub mod jobs;
 pub mod report;
 pub mod schedule;
 pub mod shutdown;
@@ -179,11 +180,13 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One trace to run.
+/// One trace to run: a configured target's (`id` is its UUID) or an on-demand job's flow.
 struct Job {
     id: String,
     target: TargetRef,
     options: TraceOptions,
+    /// The on-demand measurement it is for.
+    measurement: Option<String>,
 }
 
 /// `dist-traceroute slave`.
@@ -272,6 +275,38 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
             }
         })?);
     }
+    // On-demand jobs: a long-poll of its own (its requests may take the wait and the master
+    // timeout), each job's flows traced at once beside the schedule.
+    spawn("jobs", {
+        let poller = Client::new(
+            s.master.clone(),
+            s.creds.clone(),
+            s.ca.clone(),
+            s.master_timeout + jobs::WAIT,
+        );
+        let (tracer, creds, spool, stats, stop) = (
+            tracer.clone(),
+            s.creds.clone(),
+            spool.clone(),
+            stats.clone(),
+            stop.clone(),
+        );
+        move || {
+            jobs::poll(&poller, &stop, |job| {
+                let (tracer, creds, spool, stats) =
+                    (tracer.clone(), creds.clone(), spool.clone(), stats.clone());
+                let started = spawn(&format!("measure-{}", job.id), move || {
+                    let mut result = measure(tracer.as_deref(), &job, &creds);
+                    result.creds.password.clear();
+                    stats.traced.fetch_add(1, Ordering::Relaxed);
+                    keep(&spool, &stats, &result);
+                });
+                if let Err(e) = started {
+                    log::warn!("{e:#}");
+                }
+            })
+        }
+    })?;
     schedule(&s, &doc, &job_tx, &busy, &stop, &spool, &stats);
     drop(job_tx);
     let deadline = Instant::now() + s.shutdown_timeout;
@@ -431,6 +466,15 @@ pub fn options_for(doc: &TargetsDoc, target: &crate::proto::TargetSpec) -> Trace
 }
 
 fn measure(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
+    let mut r = trace_job(tracer, job, creds);
+    if job.measurement.is_some() {
+        r.measurement = job.measurement.clone();
+        r.target_id = None;
+    }
+    r
+}
+
+fn trace_job(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
     let started = std::time::SystemTime::now();
     let Some(tracer) = tracer else {
         let trace = fake::trace(&job.target.address, &job.options);
@@ -550,6 +594,7 @@ fn schedule(
                             address: spec.address.clone(),
                         },
                         options: options_for(&current, spec),
+                        measurement: None,
                     };
                     if jobs.send(job).is_err() {
                         return;

@@ -83,6 +83,7 @@ pub fn from_trace(
         duration_ns: Some(nanos(trace.duration)),
         source_address: trace.source.map(|a| a.to_string()),
         debug: false,
+        measurement: None,
     }
 }
 
@@ -116,6 +117,7 @@ pub fn from_error(
         duration_ns: None,
         source_address: None,
         debug: false,
+        measurement: None,
     }
 }
 

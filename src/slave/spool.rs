@@ -403,6 +403,7 @@ mod tests {
             duration_ns: None,
             source_address: None,
             debug: false,
+            measurement: None,
         }
     }
 

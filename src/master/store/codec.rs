@@ -32,6 +32,8 @@ pub struct Route {
     pub seen_from: Option<String>,
     /// A fake result (`-zDebugResults`).
     pub debug: bool,
+    /// The on-demand measurement it belongs to.
+    pub measurement: Option<String>,
     /// Answering hops, in the order the slave sent them.
     pub hops: Vec<RouteHop>,
 }
@@ -71,6 +73,7 @@ impl Route {
             source: r.origin.source.clone(),
             seen_from: r.origin.seen_from.clone(),
             debug: r.origin.debug,
+            measurement: r.origin.measurement.clone(),
             hops: r
                 .hops
                 .iter()
@@ -105,7 +108,8 @@ impl Route {
         let mut flags = u64::from(self.target_known)
             | u64::from(self.success) << 1
             | u64::from(self.has_flow) << 2
-            | u64::from(self.debug) << DEBUG_BIT;
+            | u64::from(self.debug) << DEBUG_BIT
+            | u64::from(self.measurement.is_some()) << MEASUREMENT_BIT;
         for (i, t) in texts.iter().enumerate() {
             if t.is_some() {
                 flags |= 1 << (3 + i);
@@ -115,6 +119,9 @@ impl Route {
         put_signed(&mut out, self.hop_count);
         for t in texts.into_iter().flatten() {
             put_text(&mut out, t);
+        }
+        if let Some(m) = &self.measurement {
+            put_text(&mut out, m);
         }
         put(&mut out, self.hops.len() as u64);
         for h in &self.hops {
@@ -168,6 +175,10 @@ impl Route {
                 *t = Some(r.text()?);
             }
         }
+        let measurement = match flags & (1 << MEASUREMENT_BIT) {
+            0 => None,
+            _ => Some(r.text()?),
+        };
         let n = usize::try_from(r.get()?).ok()?;
         let mut hops = Vec::with_capacity(n.min(255));
         for _ in 0..n {
@@ -230,6 +241,7 @@ impl Route {
             source,
             seen_from,
             debug: flags & (1 << DEBUG_BIT) != 0,
+            measurement,
             hops,
         })
     }
@@ -370,6 +382,8 @@ const ROUTE_FORMAT: u8 = 1;
 
 /// The flag bit of [`Route::debug`], after the seven texts'.
 const DEBUG_BIT: u32 = 10;
+/// The flag bit of [`Route::measurement`] (its text follows the seven others).
+const MEASUREMENT_BIT: u32 = 11;
 
 /// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
 /// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
@@ -696,6 +710,7 @@ mod tests {
             source: None,
             seen_from: None,
             debug: false,
+            measurement: None,
             hops: replies
                 .iter()
                 .enumerate()

@@ -174,6 +174,8 @@ pub struct Prepared {
     pub(super) success: bool,
     pub(super) destination_rtt_ns: Option<i64>,
     pub(super) rtt_alert_ns: Option<i64>,
+    /// The on-demand measurement it belongs to: counted there, fed to no change detection.
+    pub(super) measurement: Option<String>,
 }
 
 impl Prepared {
@@ -181,6 +183,7 @@ impl Prepared {
     pub fn new(r: NewResult, now: i64) -> Result<Prepared, String> {
         let time = SlaveTime::parse(&r.date_time).ok_or("DateTime is not RFC 3339")?;
         let route_body = Route::of(&r).body();
+        let measurement = r.origin.measurement.clone();
         let destination_rtt_ns = r.destination_rtt_ns();
         let path_text = r.path.canonical();
         let measures = Measures {
@@ -191,6 +194,7 @@ impl Prepared {
             hops: r.hops.into_iter().map(|h| (h.rtt_ns, h.replies)).collect(),
         };
         Ok(Prepared {
+            measurement,
             uid: schema::uid_bytes(&r.result_id),
             slave: r.slave,
             target: (r.target_uuid, r.target_name, r.target_address),
@@ -660,6 +664,9 @@ fn insert(
         &mut p.measures,
         p.verbatim.as_deref(),
     )?;
+    if let Some(m) = &p.measurement {
+        super::measurements::result_stored(conn, m, &p.slave, key, now)?;
+    }
     let events = track(
         conn,
         caches,
@@ -683,6 +690,10 @@ fn track(
     confirm: u32,
 ) -> anyhow::Result<Vec<EventRecord>> {
     let at = r.measures.ordered_ms;
+    // On-demand results change no series' state: they only have to be found.
+    if r.measurement.is_some() {
+        return Ok(Vec::new());
+    }
     let s = series(conn, caches, key)?;
     if s.last_ordered.is_some_and(|last| at < last) {
         return Ok(Vec::new());

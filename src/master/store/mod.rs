@@ -5,6 +5,7 @@
 
 pub mod codec;
 mod ingest;
+mod measurements;
 pub mod postgres;
 mod query;
 mod retention;
@@ -105,6 +106,8 @@ pub struct Origin {
     pub seen_from: Option<String>,
     /// A fake result of a slave run with `-zDebugResults`: not a measurement.
     pub debug: bool,
+    /// The on-demand measurement it belongs to (its series is fed to no change detection).
+    pub measurement: Option<String>,
 }
 
 impl NewResult {
@@ -546,6 +549,38 @@ pub struct MasterConfig {
     pub seen_at: i64,
 }
 
+/// An on-demand measurement as stored: what was asked, by whom, and each slave's run.
+#[derive(Debug, Clone)]
+pub struct MeasurementRecord {
+    /// Its ID (a UUID).
+    pub id: String,
+    /// When it was made, Unix ms.
+    pub created_at: i64,
+    /// When unfinished runs time out, Unix ms.
+    pub deadline: i64,
+    /// The user who asked.
+    pub requested_by: String,
+    /// The job the slaves get.
+    pub spec: crate::proto::JobSpec,
+    /// One per slave asked.
+    pub runs: Vec<RunRecord>,
+}
+
+/// One slave's part of a measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The slave.
+    pub slave: String,
+    /// `queued`, `delivered` (handed out, not yet confirmed), `running`, `done` or `offline`.
+    pub state: String,
+    /// When the state last changed, Unix ms.
+    pub updated_at: i64,
+    /// Results stored so far.
+    pub results: i64,
+    /// Why it is offline.
+    pub reason: Option<String>,
+}
+
 /// The storage interface; every method is synchronous and safe to call from any thread.
 pub trait Store: Send + Sync {
     /// Hands results to the writer; the ticket resolves when they are durable, with each
@@ -610,6 +645,31 @@ pub trait Store: Send + Sync {
     /// The secret kept under `name`; when there is none yet, `fresh` is kept and returned
     /// (of several masters storing one at once, the first wins and all get its value).
     fn secret(&self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>>;
+
+    /// Stores a new measurement and its runs.
+    fn create_measurement(&self, m: &MeasurementRecord) -> anyhow::Result<()>;
+
+    /// The measurement `id` with its runs.
+    fn measurement(&self, id: &str) -> anyhow::Result<Option<MeasurementRecord>>;
+
+    /// The stored results of measurement `id`, oldest first.
+    fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>>;
+
+    /// Hands out the jobs of `slave`: runs queued, or handed out before `redeliver_before`
+    /// without the slave confirming them, of measurements not past their deadline at `now`;
+    /// they are marked handed out at `now`.
+    fn take_jobs(
+        &self,
+        slave: &str,
+        redeliver_before: i64,
+        now: i64,
+    ) -> anyhow::Result<Vec<crate::proto::JobSpec>>;
+
+    /// Records that `slave` runs the jobs of these measurements.
+    fn runs_started(&self, slave: &str, ids: &[String], now: i64) -> anyhow::Result<()>;
+
+    /// The slaves with runs queued at or after `since` (Unix ms).
+    fn queued_since(&self, since: i64) -> anyhow::Result<Vec<String>>;
 
     /// Waits until everything handed to the writer before this call is written (an empty
     /// submission goes through the writer after them).

@@ -163,7 +163,7 @@ impl ReadCaches {
 }
 
 /// One stored row, unpacked for the API.
-fn unpack(
+pub(super) fn unpack(
     conn: &Connection,
     caches: &ReadCaches,
     (key, series_id, route_id, data): Row,
@@ -209,6 +209,7 @@ pub(super) fn unpack_with(
             source: r.source.clone(),
             seen_from: r.seen_from.clone(),
             debug: r.debug,
+            measurement: r.measurement.clone(),
         },
         hops: m.hops(r),
     })
@@ -273,7 +274,7 @@ pub(super) fn merge_paths(rows: Vec<(Arc<RouteInfo>, i64, i64, i64)>) -> Vec<Pat
     out
 }
 
-type Row = (i64, i64, i64, Vec<u8>);
+pub(super) type Row = (i64, i64, i64, Vec<u8>);
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -391,6 +392,8 @@ pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<Serie
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
            AND (?3 IS NULL OR se.flow = ?3)
+           -- On-demand results form series of their own that no query of paths shows.
+           AND t.uuid <> 'on-demand'
            AND (t.uuid = '' OR NOT EXISTS (
                 -- Targets first (few share a UUID), then the series by its unique key.
                 SELECT 1 FROM targets t2 CROSS JOIN series s2

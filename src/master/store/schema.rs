@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -163,6 +163,32 @@ const LATER_MIGRATIONS: &[&str] = &[
      DROP TABLE aside;
      ALTER TABLE aside_v6 RENAME TO aside;
      CREATE INDEX aside_by_result ON aside (result);",
+    // 7: on-demand measurements: what was asked, each slave's run, and which stored results
+    // belong to which measurement.
+    "CREATE TABLE measurements (
+        id TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        requested_by TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        flows INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE measurement_runs (
+        measurement TEXT NOT NULL REFERENCES measurements(id),
+        slave TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        results INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        PRIMARY KEY (measurement, slave)
+     ) WITHOUT ROWID;
+     CREATE INDEX runs_by_slave ON measurement_runs (slave, state);
+     CREATE INDEX runs_by_time ON measurement_runs (updated_at);
+     CREATE TABLE measurement_results (
+        measurement TEXT NOT NULL,
+        result INTEGER NOT NULL,
+        PRIMARY KEY (measurement, result)
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database to [`VERSION`]; each step is one transaction.
@@ -360,6 +386,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
             source: None,
             seen_from: None,
             debug: false,
+            measurement: None,
             target_known: row.get(3)?,
             success: row.get(7)?,
             hop_count: row.get(8)?,
@@ -434,7 +461,8 @@ mod tests {
     fn version_6_keeps_results_aside_under_their_series() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
-        // Back to version 5's `aside`, keyed by the ID alone, with one result in it.
+        // Back to version 5's `aside`, keyed by the ID alone, with one result in it (and no
+        // tables of later versions).
         conn.execute_batch(
             "INSERT INTO slaves (name, first_seen, last_seen) VALUES ('s', 0, 0);
              INSERT INTO targets (uuid, name, address) VALUES ('t', 't', 't');
@@ -444,6 +472,9 @@ mod tests {
              CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
              CREATE INDEX aside_by_result ON aside (result);
              INSERT INTO aside VALUES (x'0102', 77);
+             DROP TABLE measurement_results;
+             DROP TABLE measurement_runs;
+             DROP TABLE measurements;
              PRAGMA user_version = 5;",
         )
         .unwrap();

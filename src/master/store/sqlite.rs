@@ -3,6 +3,7 @@
 //! it: two masters on one file would each think they own the series.
 
 use super::ingest::{self, Caches, Job};
+use super::measurements;
 use super::query::{self, Pool};
 use super::retention;
 use super::{
@@ -219,6 +220,39 @@ impl Store for Sqlite {
                 r.get(0)
             })
         })??)
+    }
+
+    fn create_measurement(&self, m: &super::MeasurementRecord) -> anyhow::Result<()> {
+        let m = m.clone();
+        Ok(self.on_writer(move |conn, _| measurements::create(conn, &m))??)
+    }
+
+    fn measurement(&self, id: &str) -> anyhow::Result<Option<super::MeasurementRecord>> {
+        measurements::get(&*self.readers.get()?, id)
+    }
+
+    fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>> {
+        let conn = self.readers.get()?;
+        measurements::results(&conn, &self.readers.caches, id)
+    }
+
+    fn take_jobs(
+        &self,
+        slave: &str,
+        redeliver_before: i64,
+        now: i64,
+    ) -> anyhow::Result<Vec<crate::proto::JobSpec>> {
+        let slave = slave.to_owned();
+        self.on_writer(move |conn, _| measurements::take(conn, &slave, redeliver_before, now))?
+    }
+
+    fn runs_started(&self, slave: &str, ids: &[String], now: i64) -> anyhow::Result<()> {
+        let (slave, ids) = (slave.to_owned(), ids.to_vec());
+        Ok(self.on_writer(move |conn, _| measurements::started(conn, &slave, &ids, now))??)
+    }
+
+    fn queued_since(&self, since: i64) -> anyhow::Result<Vec<String>> {
+        Ok(measurements::queued_since(&*self.readers.get()?, since)?)
     }
 
     fn delete_history_before(&self, cutoff: i64) -> anyhow::Result<(usize, usize)> {

@@ -629,7 +629,7 @@ fn resolve(
             id
         }
     };
-    if !r.target.0.is_empty() && !caches.siblings.contains_key(&series) {
+    if !r.target.0.is_empty() && r.measurement.is_none() && !caches.siblings.contains_key(&series) {
         let st = prepare(
             client,
             statements,
@@ -892,6 +892,28 @@ fn store_all(
         .collect();
     for (i, m, key) in placed {
         let (r, ids) = items[i];
+        // An on-demand result is counted for its measurement and fed to nothing.
+        if let Some(mid) = &r.measurement {
+            let st = prepare(
+                tx,
+                statements,
+                "UPDATE measurement_runs SET results = results + 1, updated_at = $3,
+                    state = CASE WHEN results + 1 >= (SELECT flows FROM measurements WHERE id = $1)
+                                 THEN 'done' ELSE 'running' END
+                 WHERE measurement = $1 AND slave = $2",
+            )?;
+            if tx.execute(&st, &[mid, &r.slave, &r.measures.received_at])? > 0 {
+                let st = prepare(
+                    tx,
+                    statements,
+                    "INSERT INTO measurement_results (measurement, result) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                tx.execute(&st, &[mid, &key])?;
+            }
+            out[i].0 = (Stored::New(key), Vec::new());
+            continue;
+        }
         let own = live
             .get(&ids.series)
             .ok_or_else(|| anyhow::anyhow!("series {} vanished", ids.series))?;

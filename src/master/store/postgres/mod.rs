@@ -120,6 +120,86 @@ impl Postgres {
 }
 
 impl Store for Postgres {
+    fn create_measurement(&self, m: &super::MeasurementRecord) -> anyhow::Result<()> {
+        let mut c = self.reader()?;
+        let mut tx = c.transaction()?;
+        let spec = serde_json::to_string(&m.spec)?;
+        tx.execute(
+            "INSERT INTO measurements (id, created_at, deadline, requested_by, spec, flows)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &m.id,
+                &m.created_at,
+                &m.deadline,
+                &m.requested_by,
+                &spec,
+                &i32::from(m.spec.flows),
+            ],
+        )?;
+        for r in &m.runs {
+            tx.execute(
+                "INSERT INTO measurement_runs (measurement, slave, state, updated_at, reason)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&m.id, &r.slave, &r.state, &r.updated_at, &r.reason],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn measurement(&self, id: &str) -> anyhow::Result<Option<super::MeasurementRecord>> {
+        query::measurement(&mut *self.reader()?, id)
+    }
+
+    fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>> {
+        query::measurement_results(&mut *self.reader()?, &self.caches, id)
+    }
+
+    fn take_jobs(
+        &self,
+        slave: &str,
+        redeliver_before: i64,
+        now: i64,
+    ) -> anyhow::Result<Vec<crate::proto::JobSpec>> {
+        // One statement: of two masters asked at once, each run goes to one of them.
+        let rows = self.reader()?.query(
+            "UPDATE measurement_runs r SET state = 'delivered', updated_at = $3
+             FROM measurements m
+             WHERE m.id = r.measurement AND r.slave = $1 AND m.deadline > $3
+               AND (r.state = 'queued' OR (r.state = 'delivered' AND r.updated_at < $2))
+             RETURNING m.spec, m.created_at",
+            &[&slave, &redeliver_before, &now],
+        )?;
+        let mut specs: Vec<(i64, crate::proto::JobSpec)> = Vec::with_capacity(rows.len());
+        for r in rows {
+            specs.push((r.get(1), serde_json::from_str(r.get::<_, &str>(0))?));
+        }
+        specs.sort_by_key(|s| s.0);
+        Ok(specs.into_iter().map(|s| s.1).collect())
+    }
+
+    fn runs_started(&self, slave: &str, ids: &[String], now: i64) -> anyhow::Result<()> {
+        self.reader()?.execute(
+            "UPDATE measurement_runs SET state = 'running', updated_at = $3
+             WHERE measurement = ANY($1) AND slave = $2 AND state IN ('queued', 'delivered')",
+            &[&ids, &slave, &now],
+        )?;
+        Ok(())
+    }
+
+    fn queued_since(&self, since: i64) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .reader()?
+            .query(
+                "SELECT DISTINCT slave FROM measurement_runs
+                 WHERE state = 'queued' AND updated_at >= $1",
+                &[&since],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     fn submit(&self, results: Vec<NewResult>) -> Ticket {
         super::ingest::submit(&self.queue, results, |p, tx| self.send(Job::Insert(p, tx)))
     }

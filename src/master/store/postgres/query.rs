@@ -165,6 +165,8 @@ pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Ve
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
            AND ($3::BIGINT IS NULL OR se.flow = $3)
+           -- On-demand results form series of their own that no query of paths shows.
+           AND t.uuid <> 'on-demand'
            AND (t.uuid = '' OR NOT EXISTS (
                 SELECT 1 FROM targets t2 JOIN series s2 ON s2.target_id = t2.id
                 WHERE t2.uuid = t.uuid AND t2.id <> t.id
@@ -282,4 +284,62 @@ pub fn events(c: &mut impl GenericClient, q: &EventQuery) -> anyhow::Result<Vec<
             }
         })
         .collect())
+}
+
+/// The stored results of measurement `id`, oldest first.
+pub fn measurement_results(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    id: &str,
+) -> anyhow::Result<Vec<StoredResult>> {
+    let rows = c.query(
+        "SELECT r.id, r.series_id, r.route_id, r.data FROM measurement_results mr
+         JOIN results r ON r.id = mr.result WHERE mr.measurement = $1 ORDER BY r.id",
+        &[&id],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let route = route(c, caches, r.get(2))?;
+        let series = series_ident(c, caches, r.get(1))?;
+        out.push(unpack_with(&route, &series, r.get(0), r.get(3))?);
+    }
+    Ok(out)
+}
+
+/// The measurement `id` with its runs.
+pub fn measurement(
+    c: &mut impl GenericClient,
+    id: &str,
+) -> anyhow::Result<Option<super::super::MeasurementRecord>> {
+    let Some(head) = c.query_opt(
+        "SELECT created_at, deadline, requested_by, spec FROM measurements WHERE id = $1",
+        &[&id],
+    )?
+    else {
+        return Ok(None);
+    };
+    let spec: String = head.get(3);
+    let runs = c
+        .query(
+            "SELECT slave, state, updated_at, results, reason FROM measurement_runs
+             WHERE measurement = $1 ORDER BY slave",
+            &[&id],
+        )?
+        .iter()
+        .map(|r| super::super::RunRecord {
+            slave: r.get(0),
+            state: r.get(1),
+            updated_at: r.get(2),
+            results: i64::from(r.get::<_, i32>(3)),
+            reason: r.get(4),
+        })
+        .collect();
+    Ok(Some(super::super::MeasurementRecord {
+        id: id.to_owned(),
+        created_at: head.get(0),
+        deadline: head.get(1),
+        requested_by: head.get(2),
+        spec: serde_json::from_str(&spec)?,
+        runs,
+    }))
 }

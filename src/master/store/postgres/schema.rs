@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -137,6 +137,32 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE aside ALTER COLUMN series_id SET NOT NULL;
      ALTER TABLE aside DROP CONSTRAINT aside_pkey;
      ALTER TABLE aside ADD PRIMARY KEY (uid, series_id);",
+    // 5: on-demand measurements: what was asked, each slave's run, and which stored results
+    // belong to which measurement.
+    "CREATE TABLE measurements (
+        id TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        deadline BIGINT NOT NULL,
+        requested_by TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        flows INTEGER NOT NULL
+     );
+     CREATE TABLE measurement_runs (
+        measurement TEXT NOT NULL REFERENCES measurements(id),
+        slave TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        results INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        PRIMARY KEY (measurement, slave)
+     );
+     CREATE INDEX runs_by_slave ON measurement_runs (slave, state);
+     CREATE INDEX runs_by_time ON measurement_runs (updated_at);
+     CREATE TABLE measurement_results (
+        measurement TEXT NOT NULL,
+        result BIGINT NOT NULL,
+        PRIMARY KEY (measurement, result)
+     );",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory

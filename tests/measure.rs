@@ -1,0 +1,314 @@
+//! On-demand measurements through the real HTTP API with real slave processes: three of our
+//! slaves (fake results) hold a job poll, a fourth name is an original Go slave that only
+//! fetches its config. A measurement for `all` gets a result from each of ours at once and
+//! `offline` for the Go one; a slave that went away times out instead of being waited for;
+//! the scheduled series of the same target gets no event from it; who may ask, and for which
+//! targets, is checked.
+
+mod util;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use util::*;
+
+const SLAVES: &str = r#"{"Slaves": [
+    {"Name": "s1", "Password": "p1"},
+    {"Name": "s2", "Password": "p2"},
+    {"Name": "s3", "Password": "p3"},
+    {"Name": "go1", "Password": "p4"}
+]}"#;
+
+const USERS: &str = r#"{"Users": [
+    {"Name": "olga", "Password": "Olga-op-1", "Role": "operator"},
+    {"Name": "vic", "Password": "Vic-view-1", "Role": "viewer"}
+]}"#;
+
+fn post_as(addr: SocketAddr, path: &str, body: &Value, authorization: Option<&str>) -> Answer {
+    let body = body.to_string();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    raw(addr, &bytes).expect("an answer")
+}
+
+/// A reader's login (every read needs one: the master has a users file).
+fn viewer() -> String {
+    basic("vic", "Vic-view-1")
+}
+
+fn our_slave(dir: &std::path::Path, addr: SocketAddr, name: &str, password: &str) -> Proc {
+    let log = format!("-log={name}.log");
+    let spool = format!("-spool={name}.spool");
+    slave(
+        dir,
+        addr,
+        &[
+            &format!("-name={name}"),
+            &format!("-passwd={password}"),
+            &log,
+            &spool,
+            "-interval=3s",
+        ],
+    )
+}
+
+/// The status of measurement `id` once `done` says so (or after `limit`).
+fn settled(addr: SocketAddr, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let path = format!("/api/v1/measurements/{id}");
+    wait_for(limit, || {
+        let v = get_as(addr, &path, &viewer()).json();
+        done(&v).then_some(v)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "measurement {id} never settled: {}",
+            get_as(addr, &path, &viewer()).text()
+        )
+    })
+}
+
+fn states(v: &Value) -> Vec<(String, String)> {
+    v["slaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_measurement_reaches_every_connected_slave_at_once() {
+    let dir = Scratch::with_seed_config("measure");
+    dir.write("dt-slaves.json", SLAVES);
+    dir.write("dt-users.json", USERS);
+    let master = Proc::master(&dir.0, &["-measure-allow=192.0.2.0/24"]);
+    let addr = master.addr();
+    let _s1 = our_slave(&dir.0, addr, "s1", "p1");
+    let _s2 = our_slave(&dir.0, addr, "s2", "p2");
+    let mut s3 = our_slave(&dir.0, addr, "s3", "p3");
+    // An original Go slave only fetches its config (no Agent, no job poll).
+    let go = post(addr, "/config/", br#"{"Name":"go1","Password":"p4"}"#);
+    assert_eq!(go.status, 200, "{}", go.text());
+    let ours_seen = || {
+        let slaves = get_as(addr, "/api/v1/slaves", &viewer()).json();
+        let seen = slaves["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["version"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("dist-traceroute"))
+            })
+            .count();
+        (seen == 3).then_some(())
+    };
+    wait_for(Duration::from_secs(20), ours_seen).expect("our three slaves polling");
+    // Let the first scheduled results in, so the scheduled series exist before.
+    wait_for(Duration::from_secs(20), || {
+        (results_as(addr, "", &viewer()).len() >= 6).then_some(())
+    })
+    .expect("scheduled results");
+    let events_before = get_as(addr, "/api/v1/events", &viewer()).json()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    let olga = basic("olga", "Olga-op-1");
+    let ask = json!({"target": "Google", "slaves": "all", "protocol": "icmp", "flows": 2});
+    let made = post_as(addr, "/api/v1/measurements", &ask, Some(&olga));
+    assert_eq!(made.status, 202, "{}", made.text());
+    let made = made.json();
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        made["target"], "www.google.at",
+        "a configured target by name"
+    );
+    assert_eq!(made["status"], "running");
+    let go1 = made["slaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "go1")
+        .unwrap()
+        .clone();
+    assert_eq!(go1["state"], "offline", "{made:#}");
+    assert!(
+        go1["reason"].as_str().unwrap().contains("Go slave"),
+        "{go1}"
+    );
+    // The polls are woken: well within one poll's 25 s wait every slave has both flows in.
+    let done = settled(addr, &id, Duration::from_secs(15), |v| {
+        v["status"] == "done"
+    });
+    assert_eq!(
+        states(&done),
+        [
+            ("go1".into(), "offline".into()),
+            ("s1".into(), "done".into()),
+            ("s2".into(), "done".into()),
+            ("s3".into(), "done".into()),
+        ],
+        "{done:#}"
+    );
+    for s in done["slaves"].as_array().unwrap().iter().skip(1) {
+        let results = s["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2, "{s:#}");
+        let mut flows: Vec<i64> = results
+            .iter()
+            .map(|r| r["flow"].as_i64().unwrap())
+            .collect();
+        flows.sort();
+        assert_eq!(flows, [0, 1]);
+        for r in results {
+            assert_eq!(r["measurement"], id.as_str());
+            assert_eq!(r["slave"], s["name"]);
+            assert_eq!(r["protocol"], "icmp");
+            assert_eq!(r["target_address"], "www.google.at");
+        }
+        assert_eq!(s["result"], results[0]);
+    }
+    // Stored like any other result, and marked.
+    let marked: Vec<Value> = results_as(addr, "", &viewer())
+        .into_iter()
+        .filter(|r| r["measurement"] == id.as_str())
+        .collect();
+    assert_eq!(marked.len(), 6);
+    // The scheduled series of Google saw nothing of it: no event, no on-demand series.
+    let events_after = get_as(addr, "/api/v1/events", &viewer()).json()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(events_before, events_after);
+    let current = get_as(addr, "/api/v1/paths/current", &viewer()).json();
+    assert!(
+        current["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["target_id"] != "on-demand"),
+        "{current:#}"
+    );
+
+    // A slave that went away is not waited for: its run times out at the deadline.
+    s3.kill();
+    let ask = json!({"target": "192.0.2.7", "slaves": ["s1", "s3"], "timeout_s": 5});
+    let made = post_as(addr, "/api/v1/measurements", &ask, Some(&olga));
+    assert_eq!(made.status, 202, "{}", made.text());
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    let done = settled(addr, &id, Duration::from_secs(15), |v| {
+        v["status"] == "done"
+    });
+    assert_eq!(
+        states(&done),
+        [
+            ("s1".into(), "done".into()),
+            ("s3".into(), "timed-out".into())
+        ],
+        "{done:#}"
+    );
+    // "N of them": one of the slaves still connected.
+    let made = post_as(
+        addr,
+        "/api/v1/measurements",
+        &json!({"target": "www.google.at", "slaves": 1}),
+        Some(&olga),
+    );
+    assert_eq!(made.status, 202, "{}", made.text());
+    let picked = states(&made.json());
+    assert_eq!(picked.len(), 1);
+    assert!(
+        ["s1", "s2", "s3"].contains(&picked[0].0.as_str()),
+        "{picked:?}"
+    );
+}
+
+#[test]
+fn only_operators_start_measurements_and_only_to_allowed_targets() {
+    let dir = Scratch::with_seed_config("measureauth");
+    dir.write("dt-slaves.json", SLAVES);
+    dir.write("dt-users.json", USERS);
+    let master = Proc::master(
+        &dir.0,
+        &[
+            "-measure-allow=example.net,192.0.2.0/24",
+            "-measure-max-probes=1000",
+        ],
+    );
+    let addr = master.addr();
+    let ask = json!({"target": "Google"});
+    let none = post_as(addr, "/api/v1/measurements", &ask, None);
+    assert_eq!(none.status, 401, "{}", none.text());
+    let wrong = post_as(
+        addr,
+        "/api/v1/measurements",
+        &ask,
+        Some(&basic("olga", "nope")),
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    let as_viewer = post_as(
+        addr,
+        "/api/v1/measurements",
+        &ask,
+        Some(&basic("vic", "Vic-view-1")),
+    );
+    assert_eq!(as_viewer.status, 403, "{}", as_viewer.text());
+    assert!(
+        as_viewer.text().contains("operator"),
+        "{}",
+        as_viewer.text()
+    );
+    let olga = basic("olga", "Olga-op-1");
+    for (body, status, says) in [
+        (json!({"target": "198.51.100.1"}), 400, "-measure-allow"),
+        (json!({"target": "evil.example"}), 400, "-measure-allow"),
+        (json!({"target": "not a host"}), 400, "neither"),
+        (
+            json!({"target": "Google", "slaves": ["nosuch"]}),
+            400,
+            "nosuch",
+        ),
+        (json!({"target": "Google", "flows": 99}), 400, "flows"),
+        (json!({"target": "Google", "protocol": "sctp"}), 400, "sctp"),
+        (json!({"target": "Google", "extra": 1}), 400, "extra"),
+        (json!({"target": "Google", "slaves": "some"}), 400, "all"),
+        (
+            json!({"target": "Google", "flows": 16}),
+            400,
+            "-measure-max-probes",
+        ),
+        (json!({"target": "example.net"}), 202, ""),
+        (json!({"target": "192.0.2.200"}), 202, ""),
+    ] {
+        let a = post_as(addr, "/api/v1/measurements", &body, Some(&olga));
+        assert_eq!(a.status, status, "{body}: {}", a.text());
+        assert!(a.text().contains(says), "{body}: {}", a.text());
+    }
+    let unknown = get_as(addr, "/api/v1/measurements/nosuch", &viewer());
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    // The slaves' endpoint keeps its own check.
+    let poll = post(
+        addr,
+        "/api/v1/jobs",
+        br#"{"Creds":{"Name":"s1","Password":"wrong"},"Wait":0}"#,
+    );
+    assert_eq!(poll.status, 401, "{}", poll.text());
+    let poll = post(addr, "/api/v1/jobs", b"{\"Creds\": 5}");
+    assert_eq!(poll.status, 400, "{}", poll.text());
+    let master_log = std::fs::read_to_string(dir.path("dt-master.log")).unwrap_or_default();
+    assert!(
+        master_log.contains("by olga"),
+        "every measurement is logged with who asked: {master_log}"
+    );
+}
