@@ -106,7 +106,9 @@ pub struct Origin {
     pub seen_from: Option<String>,
     /// A fake result of a slave run with `-zDebugResults`: not a measurement.
     pub debug: bool,
-    /// The on-demand measurement it belongs to (its series is fed to no change detection).
+    /// The on-demand measurement it belongs to (its series is fed to no change detection);
+    /// absent from the JSON of a scheduled result.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
 }
 
