@@ -534,30 +534,16 @@ fn authenticate(
     )
 }
 
-/// The user a write of the API (starting a measurement) comes from, by HTTP Basic or bearer
-/// token, with the failed-login throttle of reads; or the answer why not.
-fn api_user(app: &App, req: &Request) -> Result<(String, super::config::Role), Response> {
-    let Some(users) = app.read.users.get() else {
-        return Err(Response::error(
-            403,
-            format!(
-                "starting measurements needs a user with the role operator or admin, and this                  master has no users file ({}); see `dist-traceroute hash-password`",
-                app.read.users.file().display()
-            ),
-        ));
-    };
-    let credentials = req
-        .authorization
-        .as_ref()
-        .and_then(|h| access::credentials(&h.0));
-    let login = match &credentials {
-        None => {
-            return Err(challenge(Response::error(
-                401,
-                "starting measurements needs a login: HTTP Basic with a user of the master's                  users file, or Authorization: Bearer TOKEN",
-            )));
-        }
-        Some(Credentials::Basic { name, password }) => {
+/// Checks a user's HTTP Basic login or bearer token against the users file, through the
+/// failed-login throttle: the user's name and role, or why not and whom it named.
+fn user_login(
+    app: &App,
+    req: &Request,
+    users: &super::config::Users,
+    credentials: &Credentials,
+) -> Result<(String, super::config::Role), (AuthFail, String)> {
+    match credentials {
+        Credentials::Basic { name, password } => {
             let name = truncate(name, super::config::MAX_USER_NAME);
             throttled(
                 app,
@@ -567,8 +553,9 @@ fn api_user(app: &App, req: &Request) -> Result<(String, super::config::Role), R
                 || {},
             )
             .map(|role| (name.to_owned(), role))
+            .map_err(|fail| (fail, format!("user '{}'", name.escape_debug())))
         }
-        Some(Credentials::Bearer(token)) => throttled(
+        Credentials::Bearer(token) => throttled(
             app,
             req,
             Who::Token,
@@ -578,9 +565,36 @@ fn api_user(app: &App, req: &Request) -> Result<(String, super::config::Role), R
                     .map(|(name, role)| (name.to_owned(), role))
             },
             || {},
-        ),
+        )
+        .map_err(|fail| (fail, "a bearer token".to_owned())),
+    }
+}
+
+/// The user a write of the API (starting a measurement) comes from, by HTTP Basic or bearer
+/// token, with the failed-login throttle of reads; or the answer why not.
+fn api_user(app: &App, req: &Request) -> Result<(String, super::config::Role), Response> {
+    let Some(users) = app.read.users.get() else {
+        return Err(Response::error(
+            403,
+            format!(
+                "starting measurements needs a user with the role operator or admin, and this \
+                 master has no users file ({}); see `dist-traceroute hash-password`",
+                app.read.users.file().display()
+            ),
+        ));
     };
-    login.map_err(|fail| {
+    let Some(credentials) = req
+        .authorization
+        .as_ref()
+        .and_then(|h| access::credentials(&h.0))
+    else {
+        return Err(challenge(Response::error(
+            401,
+            "starting measurements needs a login: HTTP Basic with a user of the master's \
+             users file, or Authorization: Bearer TOKEN",
+        )));
+    };
+    user_login(app, req, &users, &credentials).map_err(|(fail, _)| {
         auth_failed(
             fail,
             challenge(Response::error(401, "wrong name, password or token")),
@@ -655,25 +669,7 @@ fn read_gate(app: &App, req: &Request) -> Option<Response> {
                  or Authorization: Bearer TOKEN",
             )));
         }
-        Some(Credentials::Basic { name, password }) => {
-            let name = truncate(name, super::config::MAX_USER_NAME);
-            throttled(
-                app,
-                req,
-                Who::User(name),
-                || users.check_password(name, password),
-                || {},
-            )
-            .map_err(|fail| (fail, format!("user '{}'", name.escape_debug())))
-        }
-        Some(Credentials::Bearer(token)) => throttled(
-            app,
-            req,
-            Who::Token,
-            || users.check_token(token).map(|(_, role)| role),
-            || {},
-        )
-        .map_err(|fail| (fail, "a bearer token".to_owned())),
+        Some(c) => user_login(app, req, &users, c),
     };
     match login {
         // A viewer is enough for every read today.
