@@ -37,6 +37,9 @@ pub enum Command {
     Slave(SlaveArgs),
     /// Trace one host now and print the path (like traceroute).
     Trace(TraceArgs),
+    /// Ask a master's slaves to trace a host now; print each slave's path and a merged view.
+    #[command(long_about = MEASURE_ABOUT)]
+    Measure(MeasureArgs),
     /// Start a master on the built-in example config and a local slave, to look around.
     Demo(DemoArgs),
     /// Print an Argon2 hash of a password for PasswordHash in dt-slaves.json or dt-users.json
@@ -352,6 +355,67 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 0)]
     pub flow: u16,
     /// Print the result as the JSON a slave sends
+    #[arg(long)]
+    pub json: bool,
+}
+
+const MEASURE_ABOUT: &str = "Ask a master's slaves to trace a host now (an on-demand \
+    measurement, POST /api/v1/measurements) and print each slave's path as it arrives, like \
+    traceroute, then one merged view: per TTL, which addresses which slaves saw.\n\n\
+    The login is a user of the master's dt-users.json with the role operator or admin: \
+    --user NAME with the password from --passwd-file or DT_PASSWORD, or a bearer token from \
+    --token-file or DT_TOKEN. The host must be one of the master's targets (name, address or \
+    UUID) or allowed by its -measure-allow. Only slaves of this program take part; an original \
+    Go slave is shown as offline.\n\n\
+    Exit status: 0 when at least one slave delivered a result, 1 when none did, 2 for a bad \
+    command line.";
+
+/// Flags of `measure`.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// Host name or address to trace (a target of the master, or one its -measure-allow allows)
+    pub host: String,
+    /// The master: host, host:port or an http(s):// URL
+    #[arg(long, value_name = "url", default_value = "127.0.0.1:8990")]
+    pub master: String,
+    /// Which slaves: all, or names separated by commas
+    #[arg(long, value_name = "all|NAMES", default_value = "all")]
+    pub from: String,
+    /// At most this many of them
+    #[arg(long, value_name = "n", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: Option<u32>,
+    /// Probe protocol: udp, icmp or tcp (default: the target's, else udp)
+    #[arg(short = 'P', long = "protocol", value_parser = parse_protocol)]
+    pub protocol: Option<crate::trace::Protocol>,
+    /// Destination port (UDP base port or TCP port)
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// Flows (ECMP branches) each slave traces
+    #[arg(long, value_name = "n", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub flows: u16,
+    /// Probes per hop
+    #[arg(short = 'q', long, value_name = "n", value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub queries: Option<u8>,
+    /// Highest TTL probed
+    #[arg(short = 'm', long = "max-hops", value_name = "n", value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub max_hops: Option<u8>,
+    /// How long slaves have to deliver before they count as timed out
+    #[arg(long, value_name = "duration", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// User of the master's dt-users.json (role operator or admin)
+    #[arg(long, value_name = "name", conflicts_with = "token_file")]
+    pub user: Option<String>,
+    /// File whose first line is the user's password (instead of DT_PASSWORD)
+    #[arg(long = "passwd-file", value_name = "file", requires = "user")]
+    pub passwd_file: Option<PathBuf>,
+    /// File whose first line is a bearer token (instead of DT_TOKEN)
+    #[arg(long = "token-file", value_name = "file")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed an https:// master's certificate (instead of the
+    /// system's roots)
+    #[arg(long, value_name = "file")]
+    pub ca: Option<PathBuf>,
+    /// Print the measurement as the API answers it (JSON) once it is over, nothing else
     #[arg(long)]
     pub json: bool,
 }

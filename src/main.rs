@@ -12,6 +12,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod demo;
 mod loadgen;
+mod measure_cmd;
 mod trace_cmd;
 
 /// Reads a password (without echo on a terminal, asked twice) and prints its Argon2 hash.
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
         Command::Master(a) => dist_traceroute::master::run(a),
         Command::Slave(a) => dist_traceroute::slave::run(a),
         Command::Trace(a) => trace_cmd::run(a),
+        Command::Measure(a) => measure_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::HashPassword => hash_password(),
         Command::NewToken => new_token(),

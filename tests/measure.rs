@@ -201,6 +201,8 @@ fn a_measurement_reaches_every_connected_slave_at_once() {
         "{current:#}"
     );
 
+    the_measure_command_prints_every_path_and_the_merged_view(&dir, addr);
+
     // A slave that went away is not waited for: its run times out at the deadline.
     s3.kill();
     let ask = json!({"target": "192.0.2.7", "slaves": ["s1", "s3"], "timeout_s": 5});
@@ -311,4 +313,102 @@ fn only_operators_start_measurements_and_only_to_allowed_targets() {
         master_log.contains("by olga"),
         "every measurement is logged with who asked: {master_log}"
     );
+}
+
+/// `dist-traceroute measure` against the master of the test above, with s1..s3 connected.
+fn the_measure_command_prints_every_path_and_the_merged_view(dir: &Scratch, addr: SocketAddr) {
+    let measure = |args: &[&str], password: &str| {
+        std::process::Command::new(BIN)
+            .arg("measure")
+            .args(args)
+            .arg(format!("--master={addr}"))
+            .env("DT_PASSWORD", password)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap()
+    };
+    let out = measure(
+        &["Google", "--from", "all", "-P", "icmp", "--user", "olga"],
+        "Olga-op-1",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("measurement "))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no measurement id in {text}"))
+        .to_owned();
+    for s in ["s1", "s2", "s3"] {
+        assert!(
+            text.contains(&format!("\n{s}: traceroute to www.google.at (")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("\ngo1: offline ("), "{text}");
+    let (_, merged) = text
+        .split_once("\nmerged: 3 results from 3 slaves\n")
+        .unwrap_or_else(|| panic!("no merged view: {text}"));
+    // Each address every slave's stored result has at a TTL is on that TTL's lines of the
+    // merged view, with the slave's name.
+    let mut rows: Vec<(u64, String, Vec<String>)> = Vec::new();
+    let mut ttl = 0;
+    for line in merged.lines() {
+        let mut words = line.split_whitespace();
+        if !line.starts_with("    ") {
+            ttl = words.next().unwrap().parse().unwrap();
+        }
+        let address = words.next().unwrap().to_owned();
+        rows.push((ttl, address, words.map(str::to_owned).collect()));
+    }
+    let status = get_as(addr, &format!("/api/v1/measurements/{id}"), &viewer()).json();
+    let mut checked = 0;
+    for s in status["slaves"].as_array().unwrap() {
+        for r in s["results"].as_array().unwrap() {
+            for h in r["hops"].as_array().unwrap() {
+                let (t, a) = (h["ttl"].as_u64().unwrap(), h["address"].as_str().unwrap());
+                let name = s["name"].as_str().unwrap().to_owned();
+                assert!(
+                    rows.iter()
+                        .any(|(rt, ra, who)| *rt == t && ra == a && who.contains(&name)),
+                    "{name} saw {a} at {t}: {merged}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "{status:#}");
+
+    // --json prints the API's answer once it is over; a viewer may not ask (exit 1, why).
+    dir.write("olga.pw", "Olga-op-1\n");
+    let out = measure(
+        &[
+            "www.google.at",
+            "--from=s1,s2",
+            "--json",
+            "--user=olga",
+            "--passwd-file=olga.pw",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["status"], "done");
+    assert_eq!(
+        states(&v),
+        [("s1".into(), "done".into()), ("s2".into(), "done".into())]
+    );
+    let out = measure(&["Google", "--user", "vic"], "Vic-view-1");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the measurement (403)"), "{err}");
 }
