@@ -412,3 +412,218 @@ fn the_measure_command_prints_every_path_and_the_merged_view(dir: &Scratch, addr
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused the measurement (403)"), "{err}");
 }
+
+/// A result of `probe` for Google, `minute` minutes into a script that started an hour ago.
+fn probe_result(minute: i64, hops: &[&str], success: bool) -> Value {
+    let at = chrono::Utc::now() - chrono::Duration::minutes(60) + chrono::Duration::minutes(minute);
+    let last = hops.len();
+    let hops: Vec<Value> = hops
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let ip: std::net::Ipv4Addr = a.parse().unwrap();
+            json!({"Success": true, "Address": ip.octets(), "Host": "", "N": 56,
+                   "ElapsedTime": 2_000_000, "TTL": i + 1, "IP": a,
+                   "Kind": if success && i + 1 == last { "reached" } else { "time-exceeded" }})
+        })
+        .collect();
+    json!({
+        "Creds": {"Name": "probe", "Password": "p5"},
+        "ID": uuid::Uuid::new_v4().to_string(),
+        "DateTime": at.to_rfc3339(),
+        "Target": {"Name": "Google", "Address": "www.google.at"},
+        "TargetID": "76d96640-d357-47b3-ba50-5248a7604bc9",
+        "Success": success, "HopCount": last, "Hops": hops, "Protocol": "udp", "Flow": 0,
+    })
+}
+
+/// A webhook receiver that keeps every body it gets.
+fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let got: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(answer) = parse_answer_request(&buf) {
+                    keep.lock().unwrap().push(answer);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    break;
+                }
+            }
+        }
+    });
+    (url, got)
+}
+
+/// The JSON body of a whole HTTP request in `buf`, once all of it is there.
+fn parse_answer_request(buf: &[u8]) -> Option<Value> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    (buf.len() >= split + 4 + len)
+        .then(|| serde_json::from_slice(&buf[split + 4..split + 4 + len]).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_path_change_is_followed_up_by_every_slave_and_the_answer_attached() {
+    let dir = Scratch::with_seed_config("followup");
+    dir.write(
+        "dt-slaves.json",
+        r#"{"Slaves": [
+            {"Name": "s1", "Password": "p1"},
+            {"Name": "s2", "Password": "p2"},
+            {"Name": "probe", "Password": "p5"}
+        ]}"#,
+    );
+    dir.write("dt-users.json", USERS);
+    let (hook, got) = webhook_sink();
+    let master = Proc::master(
+        &dir.0,
+        &[
+            "-measure-follow-up",
+            "-path-confirm=1",
+            &format!("-alert-webhook={hook}"),
+        ],
+    );
+    let addr = master.addr();
+    let _s1 = our_slave(&dir.0, addr, "s1", "p1");
+    let _s2 = our_slave(&dir.0, addr, "s2", "p2");
+    wait_for(Duration::from_secs(20), || {
+        let slaves = get_as(addr, "/api/v1/slaves", &viewer()).json();
+        let polling = slaves["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["version"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("dist-traceroute"))
+            })
+            .count();
+        (polling == 2).then_some(())
+    })
+    .expect("s1 and s2 polling for jobs");
+
+    // The scripted slave's path to Google changes at hop 2.
+    let send = |r: Value| {
+        let a = post(addr, "/api/v1/results", r.to_string().as_bytes());
+        assert_eq!(a.status, 200, "{}", a.text());
+    };
+    let a = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let b = ["10.0.0.1", "10.0.0.9", "10.0.0.3"];
+    for m in 0..3 {
+        send(probe_result(m, &a, true));
+    }
+    for m in 3..5 {
+        send(probe_result(m, &b, true));
+    }
+    let probe_events = || {
+        get_as(addr, "/api/v1/events?slave=probe", &viewer()).json()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let change = wait_for(Duration::from_secs(10), || {
+        probe_events()
+            .into_iter()
+            .find(|e| e["kind"] == "path-change" && e["follow_up"]["id"].is_string())
+    })
+    .unwrap_or_else(|| panic!("no path-change with a follow-up: {:#?}", probe_events()));
+    let id = change["follow_up"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        change["follow_up"]["url"],
+        format!("/api/v1/measurements/{id}")
+    );
+
+    // Every slave of ours traced Google at once, four flows each; the scripted one is no
+    // slave of ours and is told as such, not waited for.
+    let done = settled(addr, &id, Duration::from_secs(20), |v| {
+        v["status"] == "done"
+    });
+    assert_eq!(done["requested_by"], "follow-up");
+    assert_eq!(done["event_id"], change["id"]);
+    assert_eq!(
+        states(&done),
+        [
+            ("probe".into(), "offline".into()),
+            ("s1".into(), "done".into()),
+            ("s2".into(), "done".into()),
+        ],
+        "{done:#}"
+    );
+    for s in done["slaves"].as_array().unwrap().iter().skip(1) {
+        assert_eq!(s["results"].as_array().unwrap().len(), 4, "{s:#}");
+    }
+    let summary = done["summary"].as_str().unwrap().to_owned();
+    assert!(
+        summary.starts_with("every slave that answered reached www.google.at (2 of 3)"),
+        "{summary}"
+    );
+
+    // The scripted slave's break a minute later joins the follow-up already running.
+    send(probe_result(5, &["10.0.0.1"], false));
+    send(probe_result(6, &["10.0.0.1"], false));
+    let down = wait_for(Duration::from_secs(10), || {
+        probe_events()
+            .into_iter()
+            .find(|e| e["kind"] == "unreachable")
+    })
+    .expect("an unreachable event");
+    assert_eq!(down["follow_up"]["id"], id.as_str(), "{down:#}");
+    assert_eq!(down["follow_up"]["summary"], summary.as_str());
+
+    // The webhook got the change naming its follow-up, then what the follow-up found.
+    let bodies = wait_for(Duration::from_secs(10), || {
+        let g = got.lock().unwrap().clone();
+        g.iter().any(|b| b["kind"] == "follow-up").then_some(g)
+    })
+    .expect("the follow-up reaches the webhook");
+    let alert = bodies
+        .iter()
+        .find(|b| b["kind"] == "path-change" && b["slave"] == "probe")
+        .expect("the path-change alert");
+    assert_eq!(alert["follow_up"]["id"], id.as_str());
+    let told = bodies.iter().find(|b| b["kind"] == "follow-up").unwrap();
+    // It names every event it answers that came before it was told: the change, and the
+    // break when that joined in time.
+    let answered = told["events"].as_array().unwrap();
+    assert_eq!(answered[0], change["id"], "{told:#}");
+    assert!(answered[1..].iter().all(|e| *e == down["id"]), "{told:#}");
+    assert_eq!(told["summary"], summary.as_str());
+    assert_eq!(told["measurement"]["id"], id.as_str());
+    assert_eq!(
+        told["measurement"]["slaves"][1]["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // The dashboard's overview shows it under the event.
+    let page = get_as(addr, "/", &viewer()).text();
+    assert!(
+        page.contains(&format!(
+            "href=\"/api/v1/measurements/{id}\">follow-up</a>: {summary}"
+        )),
+        "{page}"
+    );
+}

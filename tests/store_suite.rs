@@ -496,12 +496,22 @@ fn a_measurement_hands_out_its_jobs_once_and_counts_its_results(engine: Engine) 
             created_at: T0,
             deadline: T0 + 60_000,
             requested_by: "olga".into(),
+            event: Some(41),
             spec: spec.clone(),
             runs: vec![run("slave1", "queued"), run("slave2", "offline")],
         })
         .unwrap();
     assert_eq!(store.queued_since(T0).unwrap(), ["slave1"]);
     assert!(store.queued_since(T0 + 1).unwrap().is_empty());
+    // A follow-up is found from its event, and says which event it follows.
+    assert_eq!(
+        store.follow_ups(&[40, 41]).unwrap(),
+        std::collections::HashMap::from([(41, spec.id.clone())])
+    );
+    assert_eq!(
+        store.measurement(&spec.id).unwrap().unwrap().event,
+        Some(41)
+    );
     // Handed out once; again only when the slave did not confirm it in time.
     assert_eq!(
         store.take_jobs("slave1", T0, T0 + 10).unwrap(),

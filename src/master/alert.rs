@@ -90,7 +90,7 @@ impl Alerts {
 
     /// Logs `e` and queues it for the webhook; an event of a made-up result (`debug`) is
     /// only logged, at info and marked, unless `debug_too`.
-    pub fn send(&self, e: &EventRecord, debug: bool) {
+    pub fn send(&self, e: &EventRecord, debug: bool, follow_up: Option<&str>) {
         if debug && !self.debug_too {
             log::info!("{} (debug result: no alert)", describe(e));
             return;
@@ -104,6 +104,32 @@ impl Alerts {
         let Some(queue) = &self.queue else { return };
         let mut body = serde_json::to_value(e).unwrap_or_default();
         body["message"] = serde_json::Value::String(describe(e));
+        if let Some(id) = follow_up {
+            body["follow_up"] = follow_up_ref(id);
+        }
+        self.push(queue, body);
+    }
+
+    /// Tells the webhook what the follow-up of `events` found: `kind` `follow-up`, the
+    /// events' IDs, the summary and the measurement as `GET /api/v1/measurements/{id}`
+    /// gives it.
+    pub fn follow_up(&self, events: &[EventRecord], measurement: &serde_json::Value) {
+        let Some(queue) = &self.queue else { return };
+        let summary = measurement["summary"].as_str().unwrap_or_default();
+        let first = &events[0];
+        let body = serde_json::json!({
+            "kind": "follow-up",
+            "events": events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            "target_id": first.target_id,
+            "target_name": first.target_name,
+            "message": format!("follow-up of {} on {}: {summary}", first.event.kind(), first.target_name),
+            "summary": summary,
+            "measurement": measurement,
+        });
+        self.push(queue, body);
+    }
+
+    fn push(&self, queue: &Arc<(Mutex<Queue>, Condvar)>, body: serde_json::Value) {
         let (lock, ready) = &**queue;
         let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
         if q.items.len() >= MAX_QUEUE {
@@ -158,4 +184,9 @@ fn deliver(url: &str, queue: &(Mutex<Queue>, Condvar)) {
             }
         }
     }
+}
+
+/// How an event names its follow-up measurement.
+pub fn follow_up_ref(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "url": format!("/api/v1/measurements/{id}")})
 }

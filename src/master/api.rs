@@ -641,9 +641,12 @@ fn events(app: &App, req: &Request) -> Response {
         let next = (rows.len() as i64 == limit)
             .then(|| rows.last().map(|r| r.id.to_string()))
             .flatten();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let follow_ups = super::measure::briefs(app, &app.store.follow_ups(&ids)?)?;
         let events: Vec<serde_json::Value> = rows
             .into_iter()
             .map(|e| {
+                let follow_up = follow_ups.get(&e.id);
                 let (from_id, from_path) = e.from_path.unzip();
                 let (to_id, to_path) = e.to_path.unzip();
                 serde_json::json!({
@@ -654,6 +657,7 @@ fn events(app: &App, req: &Request) -> Response {
                     "to_path_id": to_id, "to_path": to_path,
                     "first_diff_ttl": e.first_diff_ttl,
                     "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default(),
+                    "follow_up": follow_up,
                 })
             })
             .collect();
@@ -678,11 +682,11 @@ fn stream(app: &App, req: &Request) -> Response {
         .split(',')
         .filter(|k| !k.is_empty())
     {
-        if k != "result" && !EVENT_KINDS.contains(&k) {
+        if k != "result" && k != "measurement" && !EVENT_KINDS.contains(&k) {
             return Response::error(
                 400,
                 format!(
-                    "kind '{}' is not one of result, {}",
+                    "kind '{}' is not one of result, measurement, {}",
                     k.chars().take(32).collect::<String>(),
                     EVENT_KINDS.join(", ")
                 ),

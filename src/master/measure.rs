@@ -31,6 +31,14 @@ pub const REDELIVER_MS: i64 = 5_000;
 pub const ONLINE_MS: i64 = 60_000;
 /// Most flows one measurement may ask for.
 pub const MAX_FLOWS: u16 = 16;
+/// Flows every slave traces in a follow-up: the slave that raised the event also shows
+/// whether other ECMP branches still get through.
+pub const FOLLOW_UP_FLOWS: u16 = 4;
+/// One follow-up per target in this long: the events of other slaves in the same incident
+/// attach to the one already running.
+pub const FOLLOW_UP_EVERY: Duration = Duration::from_secs(300);
+/// The name follow-ups are started and counted under.
+pub const FOLLOW_UP_USER: &str = "follow-up";
 
 /// The operator's limits on measurements.
 #[derive(Debug, Clone)]
@@ -44,6 +52,9 @@ pub struct Policy {
     pub fleet_per_minute: u32,
     /// Most probes one measurement may send (slaves × flows × max hops × queries).
     pub max_probes: u64,
+    /// A `path-change` or `unreachable` event starts a follow-up measurement of its target
+    /// from every slave (`-measure-follow-up`).
+    pub follow_up: bool,
 }
 
 impl Default for Policy {
@@ -53,6 +64,7 @@ impl Default for Policy {
             per_user_per_minute: 10,
             fleet_per_minute: 60,
             max_probes: 50_000,
+            follow_up: false,
         }
     }
 }
@@ -197,8 +209,26 @@ pub struct Board {
     started: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// The master is shutting down: polls are answered at once.
     stopping: std::sync::atomic::AtomicBool,
+    /// Measurements this master started that are not over: their states as last told on
+    /// the stream, and the events a follow-up answers.
+    open: Mutex<Vec<Open>>,
+    /// The latest follow-up of each target (target UUID → measurement, when).
+    recent: Mutex<HashMap<String, (String, Instant)>>,
+    /// Events waiting for their follow-up to start (then their alert goes out with it),
+    /// off the request's thread.
+    later: Mutex<VecDeque<super::store::EventRecord>>,
+    later_ready: std::sync::Condvar,
     /// The limits.
     pub policy: Policy,
+}
+
+/// A measurement of this master not over yet.
+struct Open {
+    id: String,
+    /// The states last published.
+    told: Vec<String>,
+    /// The change events it follows up.
+    events: Vec<super::store::EventRecord>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,6 +263,39 @@ impl Board {
                 let _ = tx.send(());
             }
         }
+    }
+
+    /// Notes a measurement just started, to tell its progress on the stream.
+    fn opened(&self, m: &MeasurementRecord, now: i64) {
+        lock(&self.open).push(Open {
+            id: m.id.clone(),
+            told: m
+                .runs
+                .iter()
+                .map(|r| state_at(r, m.deadline, now).to_owned())
+                .collect(),
+            events: Vec::new(),
+        });
+    }
+
+    /// Takes change event `e` for a follow-up when `-measure-follow-up` wants one: it is
+    /// then started, and the event's alert sent with it, on the follow-up thread. False when
+    /// the event gets none (the caller alerts as ever).
+    pub fn hand(&self, e: &super::store::EventRecord, debug: bool) -> bool {
+        use super::analysis::Event;
+        let wanted = self.policy.follow_up
+            && !debug
+            && matches!(
+                e.event,
+                Event::PathChange { .. } | Event::Unreachable { .. }
+            )
+            && !e.target_id.is_empty()
+            && e.target_id != ON_DEMAND;
+        if wanted {
+            lock(&self.later).push_back(e.clone());
+            self.later_ready.notify_one();
+        }
+        wanted
     }
 
     /// Slaves holding a poll now.
@@ -297,6 +360,7 @@ pub fn watch(app: std::sync::Weak<App>) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let Some(app) = app.upgrade() else { return };
+        progress(&app);
         if app.measure.waiting_slaves().is_empty() {
             since = now_ms() - 1_000;
             continue;
@@ -318,6 +382,249 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Tells on the stream each measurement of this master whose states changed; one that is
+/// over is told a last time, with its results, and a follow-up's summary goes to the log and
+/// the webhook with the events it answers.
+fn progress(app: &App) {
+    let ids: Vec<String> = lock(&app.measure.open)
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
+    let now = now_ms();
+    for id in ids {
+        let m = match app.store.measurement(&id) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                lock(&app.measure.open).retain(|o| o.id != id);
+                continue;
+            }
+            Err(e) => {
+                log::warn!("cannot read measurement {id}: {e:#}");
+                continue;
+            }
+        };
+        let states: Vec<String> = m
+            .runs
+            .iter()
+            .map(|r| state_at(r, m.deadline, now).to_owned())
+            .collect();
+        let over = !states
+            .iter()
+            .any(|s| matches!(s.as_str(), "queued" | "delivered" | "running"));
+        let (changed, events) = {
+            let mut open = lock(&app.measure.open);
+            let Some(o) = open.iter_mut().find(|o| o.id == id) else {
+                continue;
+            };
+            let changed = o.told != states;
+            o.told = states;
+            let events = if over {
+                std::mem::take(&mut o.events)
+            } else {
+                Vec::new()
+            };
+            if over {
+                open.retain(|o| o.id != id);
+            }
+            (changed, events)
+        };
+        if !changed && !over {
+            continue;
+        }
+        let results = if over {
+            match app.store.measurement_results(&id) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("cannot read the results of measurement {id}: {e:#}");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let v = view(&m, &results, now);
+        app.stream.measurement(&v);
+        if !events.is_empty() {
+            let summary = v["summary"].as_str().unwrap_or_default().to_owned();
+            log::info!("follow-up {id} of {}: {summary}", m.spec.target);
+            app.alerts.follow_up(&events, &v);
+        }
+    }
+}
+
+/// Starts the follow-ups of the events [`Board::hand`] took and sends their alerts, naming
+/// the follow-up. Ends with the master.
+pub fn follow_ups(app: std::sync::Weak<App>) {
+    loop {
+        let next = {
+            let Some(strong) = app.upgrade() else { return };
+            let board = strong.measure.clone();
+            drop(strong);
+            let mut q = lock(&board.later);
+            if q.is_empty() {
+                q = board
+                    .later_ready
+                    .wait_timeout(q, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            q.pop_front()
+        };
+        let Some(e) = next else { continue };
+        let Some(app) = app.upgrade() else { return };
+        let id = follow_up(&app, &e);
+        app.alerts.send(&e, false, id.as_deref());
+    }
+}
+
+/// Starts (or joins) the follow-up of change event `e`: every slave traces the target now
+/// with [`FOLLOW_UP_FLOWS`] flows. One follow-up per target runs in [`FOLLOW_UP_EVERY`];
+/// the events of other slaves in that time attach to it. Returns the measurement's ID.
+fn follow_up(app: &App, e: &super::store::EventRecord) -> Option<String> {
+    let joined = {
+        let recent = lock(&app.measure.recent);
+        recent
+            .get(&e.target_id)
+            .filter(|(_, at)| at.elapsed() < FOLLOW_UP_EVERY)
+            .map(|(id, _)| id.clone())
+    };
+    if let Some(id) = joined {
+        if let Err(err) = app.store.attach_follow_up(e.id, &id) {
+            log::warn!("cannot attach event {} to follow-up {id}: {err:#}", e.id);
+            return None;
+        }
+        if let Some(o) = lock(&app.measure.open).iter_mut().find(|o| o.id == id) {
+            o.events.push(e.clone());
+        }
+        return Some(id);
+    }
+    let mut ask = Ask {
+        target: e.target_id.clone(),
+        slaves: Some(Selector::All),
+        protocol: None,
+        port: None,
+        flows: Some(FOLLOW_UP_FLOWS),
+        queries: None,
+        max_hops: None,
+        timeout_s: None,
+    };
+    let mut started = start(app, &ask, FOLLOW_UP_USER, "this master", Some(e.id));
+    if started.as_ref().is_err_and(|r| r.status == 400) {
+        // Too many probes for four flows from every slave: one flow each.
+        ask.flows = Some(1);
+        started = start(app, &ask, FOLLOW_UP_USER, "this master", Some(e.id));
+    }
+    match started {
+        Ok(m) => {
+            lock(&app.measure.recent).insert(e.target_id.clone(), (m.id.clone(), Instant::now()));
+            if let Some(o) = lock(&app.measure.open).iter_mut().find(|o| o.id == m.id) {
+                o.events.push(e.clone());
+            }
+            log::info!(
+                "follow-up {} of the {} of {} on {}",
+                m.id,
+                e.event.kind(),
+                e.slave,
+                e.target_name
+            );
+            Some(m.id)
+        }
+        Err(r) => {
+            log::warn!(
+                "no follow-up for the {} of {} on {}: {}",
+                e.event.kind(),
+                e.slave,
+                e.target_name,
+                String::from_utf8_lossy(r.body.as_bytes().unwrap_or_default())
+            );
+            None
+        }
+    }
+}
+
+/// One sentence on what a measurement found: which slaves reached the target (on how many
+/// of their flows) and where the others' answers stopped; for an incident, "only s3 lost
+/// it" or "no slave reached it: all stopped after hop 7".
+fn summary(m: &MeasurementRecord, results: &[super::store::StoredResult]) -> String {
+    let target = &m.spec.target;
+    let mut reached = Vec::new();
+    let mut partly = Vec::new();
+    let mut lost: Vec<(String, i64)> = Vec::new();
+    for run in &m.runs {
+        let mine: Vec<_> = results.iter().filter(|r| r.slave == run.slave).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let ok = mine.iter().filter(|r| r.success).count();
+        if ok == mine.len() {
+            reached.push(run.slave.clone());
+        } else if ok > 0 {
+            partly.push(format!("{} on {ok} of {} flows", run.slave, mine.len()));
+        } else {
+            let last = mine
+                .iter()
+                .flat_map(|r| r.hops.iter().map(|h| h.ttl))
+                .max()
+                .unwrap_or(0);
+            lost.push((run.slave.clone(), last));
+        }
+    }
+    let asked = m.runs.len();
+    let answered = reached.len() + partly.len() + lost.len();
+    if answered == 0 {
+        return format!("no slave delivered a result (of {asked} asked)");
+    }
+    let mut parts = Vec::new();
+    if lost.is_empty() && partly.is_empty() {
+        parts.push(format!(
+            "every slave that answered reached {target} ({answered} of {asked})"
+        ));
+    } else if reached.is_empty() && partly.is_empty() {
+        let first = lost[0].1;
+        if lost.iter().all(|(_, l)| *l == first) {
+            parts.push(format!(
+                "no slave reached {target}: all stopped after hop {first}"
+            ));
+        } else {
+            let at: Vec<String> = lost
+                .iter()
+                .map(|(s, l)| format!("{s} after hop {l}"))
+                .collect();
+            parts.push(format!("no slave reached {target}: {}", at.join(", ")));
+        }
+    } else {
+        if let [(s, l)] = lost.as_slice() {
+            parts.push(format!("only {s} lost {target} (last answer at hop {l})"));
+        } else if !lost.is_empty() {
+            let at: Vec<String> = lost
+                .iter()
+                .map(|(s, l)| format!("{s} after hop {l}"))
+                .collect();
+            parts.push(format!(
+                "{} did not reach {target} ({})",
+                lost.len(),
+                at.join(", ")
+            ));
+        }
+        if !partly.is_empty() {
+            parts.push(format!("reached it on some flows: {}", partly.join(", ")));
+        }
+        if !reached.is_empty() {
+            parts.push(format!("reached it: {}", reached.join(", ")));
+        }
+    }
+    let paths: std::collections::HashSet<&str> =
+        results.iter().map(|r| r.path_id.as_str()).collect();
+    parts.push(format!(
+        "{} distinct path{} in {} result{}",
+        paths.len(),
+        if paths.len() == 1 { "" } else { "s" },
+        results.len(),
+        if results.len() == 1 { "" } else { "s" }
+    ));
+    parts.join("; ")
+}
+
 /// `POST /api/v1/measurements` by `user` (already known to hold `role`).
 pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
     if role == Role::Viewer {
@@ -332,15 +639,34 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
         Ok(a) => a,
         Err(e) => return Response::error(400, format!("body is not a measurement: {e}")),
     };
-    let config = app.config.get();
-    let spec = match job_spec(&ask, &config, &app.measure.policy) {
-        Ok(s) => s,
-        Err(e) => return Response::error(400, e),
+    let record = match start(app, &ask, user, &req.remote.ip().to_string(), None) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
+    let id = &record.id;
+    let mut body = view(&record, &[], now_ms());
+    body["url"] = json!(format!("/api/v1/measurements/{id}"));
+    let mut resp = Response::json(202, &body);
+    resp.headers
+        .push(("Location", format!("/api/v1/measurements/{id}")));
+    resp
+}
+
+/// Checks, stores and announces a measurement of `user` (asking from `from`, for the log),
+/// the follow-up of change event `event` when there is one; `Err` is the refusal.
+fn start(
+    app: &App,
+    ask: &Ask,
+    user: &str,
+    from: &str,
+    event: Option<i64>,
+) -> Result<MeasurementRecord, Response> {
+    let config = app.config.get();
+    let spec = job_spec(ask, &config, &app.measure.policy).map_err(|e| Response::error(400, e))?;
     let now = now_ms();
     let known: HashMap<String, super::store::SlaveRecord> = match app.store.slaves() {
         Ok(list) => list.into_iter().map(|s| (s.name.clone(), s)).collect(),
-        Err(e) => return Response::error(503, format!("storage error: {e:#}")),
+        Err(e) => return Err(Response::error(503, format!("storage error: {e:#}"))),
     };
     let configured: Vec<String> = config
         .slaves
@@ -353,7 +679,7 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
         Selector::Names(names) => {
             let unknown: Vec<&String> = names.iter().filter(|n| !configured.contains(n)).collect();
             if !unknown.is_empty() {
-                return Response::error(
+                return Err(Response::error(
                     400,
                     format!(
                         "slaves: no slave named {} (the slaves are: {})",
@@ -364,7 +690,7 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
                             .join(", "),
                         configured.join(", ")
                     ),
-                );
+                ));
             }
             let mut names = names;
             names.dedup();
@@ -377,7 +703,10 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
                 .cloned()
                 .collect();
             if online.is_empty() {
-                return Response::error(409, "no slave is connected for on-demand jobs now");
+                return Err(Response::error(
+                    409,
+                    "no slave is connected for on-demand jobs now",
+                ));
             }
             fastrand::shuffle(&mut online);
             online.truncate(n);
@@ -390,7 +719,7 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
         * u64::from(spec.max_hops)
         * u64::from(spec.queries);
     if probes > app.measure.policy.max_probes {
-        return Response::error(
+        return Err(Response::error(
             400,
             format!(
                 "this measurement would send up to {probes} probes ({} slaves × {} flows × {} hops × {} queries); the limit is {} (-measure-max-probes)",
@@ -400,12 +729,12 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
                 spec.queries,
                 app.measure.policy.max_probes
             ),
-        );
+        ));
     }
     if let Err(e) = app.measure.admit(user, Instant::now()) {
         let mut r = Response::error(429, format!("too many measurements: {e}"));
         r.headers.push(("Retry-After", "60".into()));
-        return r;
+        return Err(r);
     }
     let timeout_ms = i64::from(ask.timeout_s.unwrap_or(60)) * 1000;
     let runs: Vec<RunRecord> = chosen
@@ -431,16 +760,16 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
         created_at: now,
         deadline: now + timeout_ms,
         requested_by: user.to_owned(),
+        event,
         spec: spec.clone(),
         runs,
     };
     if let Err(e) = app.store.create_measurement(&record) {
-        return Response::error(503, format!("storage error: {e:#}"));
+        return Err(Response::error(503, format!("storage error: {e:#}")));
     }
     log::info!(
-        "measurement {} by {user} from {}: {} {} from {} slaves ({} queued)",
+        "measurement {} by {user} from {from}: {} {} from {} slaves ({} queued)",
         spec.id,
-        req.remote.ip(),
         spec.protocol,
         spec.target,
         record.runs.len(),
@@ -449,12 +778,9 @@ pub fn create(app: &App, req: &Request, user: &str, role: Role) -> Response {
     for r in record.runs.iter().filter(|r| r.state == "queued") {
         app.measure.wake(&r.slave);
     }
-    let mut body = view(&record, &[], now);
-    body["url"] = json!(format!("/api/v1/measurements/{}", spec.id));
-    let mut resp = Response::json(202, &body);
-    resp.headers
-        .push(("Location", format!("/api/v1/measurements/{}", spec.id)));
-    resp
+    app.measure.opened(&record, now);
+    app.stream.measurement(&view(&record, &[], now));
+    Ok(record)
 }
 
 /// Why `slave` cannot take a job now, or `None` when it can.
@@ -602,12 +928,39 @@ fn view(m: &MeasurementRecord, results: &[super::store::StoredResult], now: i64)
         "queries": m.spec.queries,
         "max_hops": m.spec.max_hops,
         "requested_by": m.requested_by,
+        "event_id": m.event,
+        "summary": (!open).then(|| summary(m, results)),
         "created_at": iso(m.created_at),
         "created_at_ms": m.created_at,
         "deadline": iso(m.deadline),
         "deadline_ms": m.deadline,
         "slaves": slaves,
     })
+}
+
+/// The follow-ups of events (event id → measurement id) as the events API shows them:
+/// `id`, `url`, `status` and, once over, `summary`.
+pub fn briefs(app: &App, follow_ups: &HashMap<i64, String>) -> anyhow::Result<HashMap<i64, Value>> {
+    let mut seen: HashMap<&str, Value> = HashMap::new();
+    let now = now_ms();
+    for id in follow_ups.values() {
+        if seen.contains_key(id.as_str()) {
+            continue;
+        }
+        let Some(m) = app.store.measurement(id)? else {
+            continue;
+        };
+        let results = app.store.measurement_results(id)?;
+        let v = view(&m, &results, now);
+        let mut brief = super::alert::follow_up_ref(id);
+        brief["status"] = v["status"].clone();
+        brief["summary"] = v["summary"].clone();
+        seen.insert(id, brief);
+    }
+    Ok(follow_ups
+        .iter()
+        .filter_map(|(e, id)| seen.get(id.as_str()).map(|b| (*e, b.clone())))
+        .collect())
 }
 
 /// `GET /api/v1/measurements/{id}`.
@@ -720,6 +1073,103 @@ mod tests {
         );
         // A minute later the counts start over.
         assert!(board.admit("alice", t + Duration::from_secs(61)).is_ok());
+    }
+
+    #[test]
+    fn a_summary_says_who_lost_the_target_and_where() {
+        use super::super::store::{NewHop, Origin, StoredResult};
+        let result = |slave: &str, flow: i64, last_ttl: i64, success: bool| StoredResult {
+            id: format!("{slave}-{flow}"),
+            slave: slave.into(),
+            target_id: ON_DEMAND.into(),
+            target_name: "t".into(),
+            target_address: "192.0.2.9".into(),
+            target_known: true,
+            date_time: String::new(),
+            measured_at: 0,
+            ordered_at: None,
+            duration_ns: None,
+            received_at: 0,
+            success,
+            hop_count: last_ttl,
+            path_id: format!("p{last_ttl}{success}"),
+            path: String::new(),
+            protocol: None,
+            flow: Some(flow),
+            destination: None,
+            unreachable: None,
+            error: None,
+            origin: Origin::default(),
+            hops: (1..=last_ttl)
+                .map(|ttl| NewHop {
+                    ttl,
+                    address: format!("10.0.0.{ttl}"),
+                    host: String::new(),
+                    rtt_ns: 1,
+                    size: 0,
+                    kind: None,
+                    reply_ttl: None,
+                    replies: None,
+                })
+                .collect(),
+        };
+        let m = |slaves: &[&str]| MeasurementRecord {
+            id: "m".into(),
+            created_at: 0,
+            deadline: 0,
+            requested_by: FOLLOW_UP_USER.into(),
+            event: Some(1),
+            spec: JobSpec {
+                id: "m".into(),
+                target: "192.0.2.9".into(),
+                protocol: "udp".into(),
+                port: None,
+                flows: 2,
+                queries: 3,
+                max_hops: 30,
+                timeout_ms: 1000,
+            },
+            runs: slaves
+                .iter()
+                .map(|s| RunRecord {
+                    slave: (*s).into(),
+                    state: "done".into(),
+                    updated_at: 0,
+                    results: 2,
+                    reason: None,
+                })
+                .collect(),
+        };
+        let three = m(&["s1", "s2", "s3"]);
+        let only_s3 = [
+            result("s1", 0, 5, true),
+            result("s2", 0, 5, true),
+            result("s3", 0, 7, false),
+        ];
+        assert_eq!(
+            summary(&three, &only_s3),
+            "only s3 lost 192.0.2.9 (last answer at hop 7); reached it: s1, s2; \
+             2 distinct paths in 3 results"
+        );
+        let all_lost = [result("s1", 0, 7, false), result("s2", 0, 7, false)];
+        assert_eq!(
+            summary(&three, &all_lost),
+            "no slave reached 192.0.2.9: all stopped after hop 7; 1 distinct path in 2 results"
+        );
+        let branch = [
+            result("s1", 0, 5, true),
+            result("s1", 1, 4, false),
+            result("s2", 0, 5, true),
+        ];
+        assert_eq!(
+            summary(&three, &branch),
+            "reached it on some flows: s1 on 1 of 2 flows; reached it: s2; \
+             2 distinct paths in 3 results"
+        );
+        assert_eq!(
+            summary(&three, &[]),
+            "no slave delivered a result (of 3 asked)"
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl From<&MasterArgs> for Settings {
                 per_user_per_minute: a.measure_rate,
                 fleet_per_minute: a.measure_fleet_rate,
                 max_probes: a.measure_max_probes,
+                follow_up: a.measure_follow_up,
             },
             retention: a.retention.0,
             retention_paths: a.retention_paths.0,
@@ -177,6 +178,13 @@ impl Master {
                 move || measure::watch(app)
             })
             .context("cannot start the measurement watcher")?;
+        std::thread::Builder::new()
+            .name("follow-ups".into())
+            .spawn({
+                let app = Arc::downgrade(&app);
+                move || measure::follow_ups(app)
+            })
+            .context("cannot start the follow-up thread")?;
         Ok(Master {
             app,
             listener,

@@ -979,7 +979,9 @@ fn stored_one(
                 None => app.stream.skip(),
             }
             for e in &events {
-                app.alerts.send(e, debug);
+                if !app.measure.hand(e, debug) {
+                    app.alerts.send(e, debug, None);
+                }
                 app.stream.event(e);
             }
             bump(&app.counters.results_stored);
@@ -1370,7 +1372,9 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
                         }
                     }
                     for e in &events {
-                        app.alerts.send(e, debug[n]);
+                        if !app.measure.hand(e, debug[n]) {
+                            app.alerts.send(e, debug[n], None);
+                        }
                         app.stream.event(e);
                     }
                     items[slot].status = match s {

@@ -174,6 +174,22 @@ impl Hub {
         );
     }
 
+    /// Publishes the state of an on-demand measurement (`GET /api/v1/measurements/{id}`'s
+    /// JSON), as kind `measurement`.
+    pub fn measurement(&self, view: &serde_json::Value) {
+        if !self.wanted() {
+            return self.skip();
+        }
+        self.publish(
+            "measurement",
+            "",
+            crate::master::measure::ON_DEMAND,
+            view["target"].as_str().unwrap_or_default(),
+            "measurement",
+            &view.to_string(),
+        );
+    }
+
     /// Publishes a change event.
     pub fn event(&self, e: &EventRecord) {
         if !self.wanted() {

@@ -29,6 +29,9 @@ pub fn create(conn: &Connection, m: &MeasurementRecord) -> rusqlite::Result<()> 
     for r in &m.runs {
         run.execute(params![m.id, r.slave, r.state, r.updated_at, r.reason])?;
     }
+    if let Some(event) = m.event {
+        attach(conn, event, &m.id)?;
+    }
     Ok(())
 }
 
@@ -36,7 +39,9 @@ pub fn create(conn: &Connection, m: &MeasurementRecord) -> rusqlite::Result<()> 
 pub fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<MeasurementRecord>> {
     let head = conn
         .prepare_cached(
-            "SELECT created_at, deadline, requested_by, spec FROM measurements WHERE id = ?1",
+            "SELECT created_at, deadline, requested_by, spec,
+                    (SELECT event_id FROM follow_ups WHERE measurement = ?1)
+             FROM measurements WHERE id = ?1",
         )?
         .query_row([id], |r| {
             Ok((
@@ -44,10 +49,11 @@ pub fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<MeasurementReco
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })
         .optional()?;
-    let Some((created_at, deadline, requested_by, spec)) = head else {
+    let Some((created_at, deadline, requested_by, spec, event)) = head else {
         return Ok(None);
     };
     let spec: JobSpec = serde_json::from_str(&spec)?;
@@ -71,6 +77,7 @@ pub fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<MeasurementReco
         created_at,
         deadline,
         requested_by,
+        event,
         spec,
         runs,
     }))
@@ -168,5 +175,29 @@ pub fn result_stored(
         )?
         .execute(params![id, key])?;
     }
+    Ok(())
+}
+
+/// The follow-up measurements of these events.
+pub fn follow_ups(
+    conn: &Connection,
+    events: &[i64],
+) -> rusqlite::Result<std::collections::HashMap<i64, String>> {
+    let mut out = std::collections::HashMap::new();
+    let mut stmt = conn.prepare_cached("SELECT measurement FROM follow_ups WHERE event_id = ?1")?;
+    for &e in events {
+        if let Some(m) = stmt.query_row([e], |r| r.get::<_, String>(0)).optional()? {
+            out.insert(e, m);
+        }
+    }
+    Ok(out)
+}
+
+/// Records that `event` is answered by follow-up `measurement`.
+pub fn attach(conn: &Connection, event: i64, measurement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO follow_ups (event_id, measurement) VALUES (?1, ?2)",
+    )?
+    .execute(params![event, measurement])?;
     Ok(())
 }

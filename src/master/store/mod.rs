@@ -560,8 +560,10 @@ pub struct MeasurementRecord {
     pub created_at: i64,
     /// When unfinished runs time out, Unix ms.
     pub deadline: i64,
-    /// The user who asked.
+    /// The user who asked (`follow-up` for one the master started itself).
     pub requested_by: String,
+    /// The change event that started it, for a follow-up.
+    pub event: Option<i64>,
     /// The job the slaves get.
     pub spec: crate::proto::JobSpec,
     /// One per slave asked.
@@ -653,6 +655,12 @@ pub trait Store: Send + Sync {
 
     /// The measurement `id` with its runs.
     fn measurement(&self, id: &str) -> anyhow::Result<Option<MeasurementRecord>>;
+
+    /// Records that change event `event` is answered by the follow-up `measurement`.
+    fn attach_follow_up(&self, event: i64, measurement: &str) -> anyhow::Result<()>;
+
+    /// The follow-up measurements these change events started: event id → measurement id.
+    fn follow_ups(&self, events: &[i64]) -> anyhow::Result<std::collections::HashMap<i64, String>>;
 
     /// The stored results of measurement `id`, oldest first.
     fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>>;

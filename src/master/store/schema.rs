@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -189,6 +189,12 @@ const LATER_MIGRATIONS: &[&str] = &[
         result INTEGER NOT NULL,
         PRIMARY KEY (measurement, result)
      ) WITHOUT ROWID;",
+    // 8: the follow-up measurement a change event started.
+    "CREATE TABLE follow_ups (
+        event_id INTEGER PRIMARY KEY,
+        measurement TEXT NOT NULL
+     );
+     CREATE INDEX follow_ups_by_measurement ON follow_ups (measurement);",
 ];
 
 /// Brings the database to [`VERSION`]; each step is one transaction.
@@ -472,6 +478,7 @@ mod tests {
              CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
              CREATE INDEX aside_by_result ON aside (result);
              INSERT INTO aside VALUES (x'0102', 77);
+             DROP TABLE follow_ups;
              DROP TABLE measurement_results;
              DROP TABLE measurement_runs;
              DROP TABLE measurements;

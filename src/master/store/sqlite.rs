@@ -231,6 +231,15 @@ impl Store for Sqlite {
         measurements::get(&*self.readers.get()?, id)
     }
 
+    fn attach_follow_up(&self, event: i64, measurement: &str) -> anyhow::Result<()> {
+        let m = measurement.to_owned();
+        Ok(self.on_writer(move |conn, _| measurements::attach(conn, event, &m))??)
+    }
+
+    fn follow_ups(&self, events: &[i64]) -> anyhow::Result<std::collections::HashMap<i64, String>> {
+        Ok(measurements::follow_ups(&*self.readers.get()?, events)?)
+    }
+
     fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>> {
         let conn = self.readers.get()?;
         measurements::results(&conn, &self.readers.caches, id)

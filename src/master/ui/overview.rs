@@ -41,6 +41,8 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
         limit: EVENTS,
         ..EventQuery::default()
     })?;
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let follow_ups = crate::master::measure::briefs(app, &app.store.follow_ups(&ids)?)?;
     let body = html! {
         div.overview {
             section.matrix-wrap {
@@ -86,6 +88,13 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
                             b { (e.kind) } " "
                             (e.slave) " → " (e.target_name)
                             @if let Some(ttl) = e.first_diff_ttl { " at hop " (ttl) }
+                            @if let Some(f) = follow_ups.get(&e.id) {
+                                br;
+                                small.follow-up {
+                                    a href=(f["url"].as_str().unwrap_or_default()) { "follow-up" } ": "
+                                    (f["summary"].as_str().unwrap_or("the slaves are tracing it now"))
+                                }
+                            }
                         }
                     }
                     @if events.is_empty() { li.none { "No events yet." } }

@@ -143,12 +143,40 @@ impl Store for Postgres {
                 &[&m.id, &r.slave, &r.state, &r.updated_at, &r.reason],
             )?;
         }
+        if let Some(event) = m.event {
+            tx.execute(
+                "INSERT INTO follow_ups (event_id, measurement) VALUES ($1, $2)
+                 ON CONFLICT (event_id) DO UPDATE SET measurement = EXCLUDED.measurement",
+                &[&event, &m.id],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
 
     fn measurement(&self, id: &str) -> anyhow::Result<Option<super::MeasurementRecord>> {
         query::measurement(&mut *self.reader()?, id)
+    }
+
+    fn attach_follow_up(&self, event: i64, measurement: &str) -> anyhow::Result<()> {
+        self.reader()?.execute(
+            "INSERT INTO follow_ups (event_id, measurement) VALUES ($1, $2)
+             ON CONFLICT (event_id) DO UPDATE SET measurement = EXCLUDED.measurement",
+            &[&event, &measurement],
+        )?;
+        Ok(())
+    }
+
+    fn follow_ups(&self, events: &[i64]) -> anyhow::Result<std::collections::HashMap<i64, String>> {
+        Ok(self
+            .reader()?
+            .query(
+                "SELECT event_id, measurement FROM follow_ups WHERE event_id = ANY($1)",
+                &[&events],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     fn measurement_results(&self, id: &str) -> anyhow::Result<Vec<StoredResult>> {

@@ -312,7 +312,9 @@ pub fn measurement(
     id: &str,
 ) -> anyhow::Result<Option<super::super::MeasurementRecord>> {
     let Some(head) = c.query_opt(
-        "SELECT created_at, deadline, requested_by, spec FROM measurements WHERE id = $1",
+        "SELECT created_at, deadline, requested_by, spec,
+                (SELECT event_id FROM follow_ups WHERE measurement = $1)
+         FROM measurements WHERE id = $1",
         &[&id],
     )?
     else {
@@ -339,6 +341,7 @@ pub fn measurement(
         created_at: head.get(0),
         deadline: head.get(1),
         requested_by: head.get(2),
+        event: head.get(4),
         spec: serde_json::from_str(&spec)?,
         runs,
     }))

@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 5;
+pub const VERSION: i32 = 6;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -163,6 +163,12 @@ const MIGRATIONS: &[&str] = &[
         result BIGINT NOT NULL,
         PRIMARY KEY (measurement, result)
      );",
+    // 6: the follow-up measurement a change event started.
+    "CREATE TABLE follow_ups (
+        event_id BIGINT PRIMARY KEY,
+        measurement TEXT NOT NULL
+     );
+     CREATE INDEX follow_ups_by_measurement ON follow_ups (measurement);",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
