@@ -523,6 +523,10 @@ fn a_path_change_is_followed_up_by_every_slave_and_the_answer_attached() {
     })
     .expect("s1 and s2 polling for jobs");
 
+    let auth = format!("Authorization: {}", viewer());
+    let mut stream = util::sse::Stream::open(addr, "/api/v1/stream?kind=measurement", &[&auth]);
+    assert_eq!(stream.status, 200, "{}", stream.head);
+
     // The scripted slave's path to Google changes at hop 2.
     let send = |r: Value| {
         let a = post(addr, "/api/v1/results", r.to_string().as_bytes());
@@ -578,6 +582,25 @@ fn a_path_change_is_followed_up_by_every_slave_and_the_answer_attached() {
         summary.starts_with("every slave that answered reached www.google.at (2 of 3)"),
         "{summary}"
     );
+
+    // The live stream told the measurement as it went, ending with what it found.
+    let mut told = Vec::new();
+    while let Some(e) = stream.next(Duration::from_secs(5)) {
+        assert_eq!(e.event, "measurement");
+        let v = e.json();
+        assert_eq!(v["id"], id.as_str());
+        let over = v["status"] == "done";
+        told.push(v);
+        if over {
+            break;
+        }
+    }
+    assert!(told.len() >= 2, "{told:#?}");
+    assert_eq!(told[0]["status"], "running");
+    let last = told.last().unwrap();
+    assert_eq!(last["status"], "done", "{told:#?}");
+    assert_eq!(last["summary"], summary.as_str());
+    assert_eq!(last["slaves"][2]["results"].as_array().unwrap().len(), 4);
 
     // The scripted slave's break a minute later joins the follow-up already running.
     send(probe_result(5, &["10.0.0.1"], false));
