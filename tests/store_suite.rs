@@ -572,6 +572,12 @@ fn a_measurement_hands_out_its_jobs_once_and_counts_its_results(engine: Engine) 
     // No series of it among the current ones.
     assert!(store.series(&SeriesFilter::default()).unwrap().is_empty());
     assert!(store.measurement("nosuch").unwrap().is_none());
+    // Retention takes the measurement with the history before its cutoff.
+    store.delete_history_before(T0).unwrap();
+    assert!(store.measurement(&spec.id).unwrap().is_some());
+    store.delete_history_before(T0 + 1).unwrap();
+    assert!(store.measurement(&spec.id).unwrap().is_none());
+    assert!(store.follow_ups(&[41]).unwrap().is_empty());
 }
 
 fn series_hops_and_path_history_follow_the_series(engine: Engine) {

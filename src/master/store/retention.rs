@@ -8,6 +8,17 @@ use rusqlite::{Connection, params};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// Deletes the measurements made before `$1` (Unix ms), their runs and links; the same SQL
+/// for both engines.
+pub const MEASUREMENTS_BEFORE: &str = "
+    DELETE FROM measurement_results WHERE measurement IN
+        (SELECT id FROM measurements WHERE created_at < $1);
+    DELETE FROM measurement_runs WHERE measurement IN
+        (SELECT id FROM measurements WHERE created_at < $1);
+    DELETE FROM follow_ups WHERE measurement IN
+        (SELECT id FROM measurements WHERE created_at < $1);
+    DELETE FROM measurements WHERE created_at < $1;";
+
 /// Rows deleted per retention step.
 pub const BATCH: i64 = 500;
 
@@ -49,6 +60,9 @@ pub fn delete_history(
     top: i64,
 ) -> rusqlite::Result<(usize, usize)> {
     let events = conn.execute("DELETE FROM events WHERE at < ?1", [cutoff])?;
+    // Measurements made before the cutoff, with their runs and links (their results go
+    // with the results).
+    conn.execute_batch(&MEASUREMENTS_BEFORE.replace("$1", &cutoff.to_string()))?;
     used.extend(caches.routes_used.take().unwrap_or_default());
     let mut unused = Vec::new();
     {

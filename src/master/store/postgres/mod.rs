@@ -360,6 +360,9 @@ impl Store for Postgres {
             return Ok((0, 0));
         }
         let events = tx.execute("DELETE FROM events WHERE at < $1", &[&cutoff])?;
+        tx.batch_execute(
+            &super::retention::MEASUREMENTS_BEFORE.replace("$1", &cutoff.to_string()),
+        )?;
         // A route no result uses and no master has used for an hour: every master that
         // might still hold its id would have refreshed `last_used` before using it.
         let idle = now_ms() - ROUTE_IDLE_MS;
