@@ -76,9 +76,11 @@ pub enum Command {
 /// `dist-traceroute db ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum DbCommand {
-    /// Copy an SQLite history (results, paths, series, events, slaves) into PostgreSQL.
+    /// Copy an SQLite history (results, paths, series, events, slaves, measurements) into
+    /// PostgreSQL.
     #[command(
-        long_about = "Copy an SQLite history (results, paths, series, events, slaves) \
+        long_about = "Copy an SQLite history (results, paths, series, events, slaves, \
+        on-demand measurements) \
         into a PostgreSQL database, creating its schema when new. Results keep their IDs, \
         times and order (cursors stay valid); a result already there is not copied twice. \
         Each batch commits with a note of how far it got: a copy that stopped goes on from \

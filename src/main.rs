@@ -74,12 +74,13 @@ fn db_copy(a: &cli::DbCopyArgs) -> anyhow::Result<()> {
     })?;
     eprintln!(
         "done in {:.1} s: {} results copied now, {} by an earlier run, {} stored at the next free key \
-         (theirs was taken), {} events",
+         (theirs was taken), {} events, {} measurements",
         started.elapsed().as_secs_f64(),
         done.copied,
         done.before,
         done.moved,
-        done.events
+        done.events,
+        done.measurements
     );
     Ok(())
 }

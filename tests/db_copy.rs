@@ -172,6 +172,30 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("in use by another master"), "{out}");
     sqlite.kill();
+    // An on-demand measurement holding one of the results, the follow-up of the first event.
+    const MEASUREMENT: &str = "5b0c8d2e-1f3a-4e6b-9c7d-8a9b0c1d2e3f";
+    {
+        let c = rusqlite::Connection::open(dir.path("dt-results.db")).unwrap();
+        let one = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        let result = one(
+            "SELECT r.id FROM results r JOIN series s ON s.id = r.series_id
+             JOIN slaves sl ON sl.id = s.slave_id WHERE sl.name = 'slave1'
+             ORDER BY r.id LIMIT 1 OFFSET 7",
+        );
+        let event = one("SELECT id FROM events ORDER BY id LIMIT 1");
+        let spec = json!({"ID": MEASUREMENT, "Target": "192.0.2.1", "Protocol": "udp",
+                          "Port": null, "Flows": 1, "Queries": 3, "MaxHops": 30, "TimeoutMs": 500});
+        c.execute_batch(&format!(
+            "INSERT INTO measurements (id, created_at, deadline, requested_by, spec, flows)
+                VALUES ('{MEASUREMENT}', {start}, {start} + 60000, 'follow-up', '{spec}', 1);
+             INSERT INTO measurement_runs (measurement, slave, state, updated_at, results, reason)
+                VALUES ('{MEASUREMENT}', 'slave1', 'done', {start}, 1, NULL),
+                       ('{MEASUREMENT}', 'slave2', 'offline', {start}, 0, 'never seen by the master');
+             INSERT INTO measurement_results (measurement, result) VALUES ('{MEASUREMENT}', {result});
+             INSERT INTO follow_ups (event_id, measurement) VALUES ({event}, '{MEASUREMENT}');"
+        ))
+        .unwrap();
+    }
 
     // A master on PostgreSQL already stores a result in a millisecond the history used:
     // that key is taken, so the copy stores the other result at the next free one.
@@ -196,9 +220,27 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("12000 results copied now"), "{out}");
     assert!(out.contains("1 stored at the next free key"), "{out}");
+    assert!(out.contains(", 1 measurements"), "{out}");
 
     let sqlite = Proc::master(&dir.0, &["-path-confirm", "2"]);
     let master = Proc::master(&pg_dir.0, &pg_args);
+    // The measurement reads the same from both, its result included; its event names it.
+    let path = format!("/api/v1/measurements/{MEASUREMENT}");
+    let (here, there) = (get(sqlite.addr(), &path), get(master.addr(), &path));
+    assert_eq!(here.status, 200, "{}", here.text());
+    assert_eq!(here.json(), there.json());
+    assert_eq!(
+        here.json()["slaves"][0]["results"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let before = view(sqlite.addr());
+    assert_eq!(
+        before[1].1["events"].as_array().unwrap().last().unwrap()["follow_up"]["id"],
+        MEASUREMENT
+    );
     let mut after = view(master.addr());
     // Apart from the PostgreSQL master's own result, every query answers the same.
     let results = after[0].1.as_array_mut().unwrap();

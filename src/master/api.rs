@@ -649,7 +649,7 @@ fn events(app: &App, req: &Request) -> Response {
                 let follow_up = follow_ups.get(&e.id);
                 let (from_id, from_path) = e.from_path.unzip();
                 let (to_id, to_path) = e.to_path.unzip();
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "id": e.id, "at": iso(e.at), "kind": e.kind,
                     "slave": e.slave, "target_id": e.target_id,
                     "target_name": e.target_name, "flow": e.flow,
@@ -657,8 +657,12 @@ fn events(app: &App, req: &Request) -> Response {
                     "to_path_id": to_id, "to_path": to_path,
                     "first_diff_ttl": e.first_diff_ttl,
                     "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or_default(),
-                    "follow_up": follow_up,
-                })
+                });
+                // Only an event with a follow-up has the key: the answer is otherwise as before.
+                if let Some(f) = follow_up {
+                    v["follow_up"] = f.clone();
+                }
+                v
             })
             .collect();
         Ok(serde_json::json!({ "events": events, "next_cursor": next }))

@@ -40,7 +40,7 @@ pub fn get(conn: &Connection, id: &str) -> anyhow::Result<Option<MeasurementReco
     let head = conn
         .prepare_cached(
             "SELECT created_at, deadline, requested_by, spec,
-                    (SELECT event_id FROM follow_ups WHERE measurement = ?1)
+                    (SELECT min(event_id) FROM follow_ups WHERE measurement = ?1)
              FROM measurements WHERE id = ?1",
         )?
         .query_row([id], |r| {

@@ -8,8 +8,8 @@ use rusqlite::{Connection, params};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Deletes the measurements made before `$1` (Unix ms), their runs and links; the same SQL
-/// for both engines.
+/// Deletes the measurements made before `$1` (Unix ms), their runs and links, and the links
+/// of events that are gone; the same SQL for both engines.
 pub const MEASUREMENTS_BEFORE: &str = "
     DELETE FROM measurement_results WHERE measurement IN
         (SELECT id FROM measurements WHERE created_at < $1);
@@ -17,7 +17,8 @@ pub const MEASUREMENTS_BEFORE: &str = "
         (SELECT id FROM measurements WHERE created_at < $1);
     DELETE FROM follow_ups WHERE measurement IN
         (SELECT id FROM measurements WHERE created_at < $1);
-    DELETE FROM measurements WHERE created_at < $1;";
+    DELETE FROM measurements WHERE created_at < $1;
+    DELETE FROM follow_ups WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = follow_ups.event_id);";
 
 /// Rows deleted per retention step.
 pub const BATCH: i64 = 500;

@@ -29,6 +29,8 @@ pub struct Copied {
     pub moved: i64,
     /// Events copied by this run.
     pub events: i64,
+    /// On-demand measurements copied by this run.
+    pub measurements: i64,
 }
 
 /// Copies the SQLite database `from` into the PostgreSQL database at `to`, calling
@@ -229,8 +231,10 @@ pub fn copy(
                 &[&uid, &key],
             )?;
         }
+        // Event IDs here → there, for the follow-ups that name them.
+        let mut event_ids: HashMap<i64, i64> = HashMap::new();
         let mut events = src.prepare(
-            "SELECT at, kind, series_id, from_path, to_path, first_diff_ttl, detail FROM events
+            "SELECT at, kind, series_id, from_path, to_path, first_diff_ttl, detail, id FROM events
              ORDER BY id",
         )?;
         for row in events.query_map([], |r| {
@@ -242,18 +246,20 @@ pub fn copy(
                 r.get::<_, Option<i64>>(4)?,
                 r.get::<_, Option<i64>>(5)?,
                 r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })? {
-            let (at, kind, series, from_path, to_path, diff, detail) = row?;
+            let (at, kind, series, from_path, to_path, diff, detail, old_id) = row?;
             let path = |p: Option<i64>| p.and_then(|p| ids.paths.get(&p).copied());
             // An event already there (the same history copied before, from elsewhere) is not
             // copied again.
-            let n = tx.execute(
+            let new_id = tx.query_opt(
                 "INSERT INTO events (at, kind, series_id, from_path, to_path, first_diff_ttl, detail)
                  SELECT $1, $2, $3, $4, $5, $6, $7
                  WHERE NOT EXISTS (SELECT 1 FROM events WHERE series_id = $3 AND at = $1
                                      AND kind = $2 AND from_path IS NOT DISTINCT FROM $4
-                                     AND to_path IS NOT DISTINCT FROM $5)",
+                                     AND to_path IS NOT DISTINCT FROM $5)
+                 RETURNING id",
                 &[
                     &at,
                     &kind,
@@ -264,8 +270,13 @@ pub fn copy(
                     &detail,
                 ],
             )?;
-            done.events += n as i64;
+            if let Some(row) = new_id {
+                event_ids.insert(old_id, row.get::<_, i64>(0));
+                done.events += 1;
+            }
         }
+        drop(events);
+        done.measurements = measurements(&src, &mut tx, &moved, &event_ids)?;
         tx.execute(
             "INSERT INTO copies (source, last_key, copied, done) VALUES ($1, $2, $3, true)
              ON CONFLICT (source) DO UPDATE SET done = true",
@@ -276,6 +287,79 @@ pub fn copy(
     let _ = pg.execute("SELECT pg_advisory_unlock($1)", &[&locks::COPY]);
     let _ = pg.execute("SELECT pg_advisory_unlock($1)", &[&locks::RETENTION]);
     Ok(done)
+}
+
+/// Copies the on-demand measurements, their runs, which results they hold (at the keys
+/// the results were stored at) and the events they follow up (those this run copied);
+/// returns how many measurements were new.
+fn measurements(
+    src: &rusqlite::Connection,
+    tx: &mut postgres::Transaction<'_>,
+    moved: &HashMap<i64, i64>,
+    event_ids: &HashMap<i64, i64>,
+) -> anyhow::Result<i64> {
+    let mut copied = 0;
+    let mut stmt = src
+        .prepare("SELECT id, created_at, deadline, requested_by, spec, flows FROM measurements")?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, i32>(5)?,
+        ))
+    })? {
+        let (id, created, deadline, by, spec, flows) = row?;
+        copied += tx.execute(
+            "INSERT INTO measurements (id, created_at, deadline, requested_by, spec, flows)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            &[&id, &created, &deadline, &by, &spec, &flows],
+        )? as i64;
+    }
+    let mut stmt = src.prepare(
+        "SELECT measurement, slave, state, updated_at, results, reason FROM measurement_runs",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i32>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })? {
+        let (m, slave, state, at, results, reason) = row?;
+        tx.execute(
+            "INSERT INTO measurement_runs (measurement, slave, state, updated_at, results, reason)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (measurement, slave) DO NOTHING",
+            &[&m, &slave, &state, &at, &results, &reason],
+        )?;
+    }
+    let mut stmt = src.prepare("SELECT measurement, result FROM measurement_results")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (m, key) = row?;
+        let key = moved.get(&key).copied().unwrap_or(key);
+        tx.execute(
+            "INSERT INTO measurement_results (measurement, result) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&m, &key],
+        )?;
+    }
+    let mut stmt = src.prepare("SELECT event_id, measurement FROM follow_ups")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+        let (event, m) = row?;
+        if let Some(e) = event_ids.get(&event) {
+            tx.execute(
+                "INSERT INTO follow_ups (event_id, measurement) VALUES ($1, $2)
+                 ON CONFLICT (event_id) DO NOTHING",
+                &[e, &m],
+            )?;
+        }
+    }
+    Ok(copied)
 }
 
 /// The first key after `key` in its millisecond (or a later one) that no result has.

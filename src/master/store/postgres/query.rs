@@ -313,7 +313,7 @@ pub fn measurement(
 ) -> anyhow::Result<Option<super::super::MeasurementRecord>> {
     let Some(head) = c.query_opt(
         "SELECT created_at, deadline, requested_by, spec,
-                (SELECT event_id FROM follow_ups WHERE measurement = $1)
+                (SELECT min(event_id) FROM follow_ups WHERE measurement = $1)
          FROM measurements WHERE id = $1",
         &[&id],
     )?
