@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Route classes for the request-duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    /// `config`, `results`, `batch`, `api`, `metrics` or `other`.
+    /// `config`, `results`, `batch`, `jobs`, `api`, `metrics` or `other`.
     pub route: &'static str,
 }
 
@@ -86,6 +86,10 @@ pub fn route_class(path: &str) -> &'static str {
         "results"
     } else if path == "/api/v1/results:batch" {
         "batch"
+    } else if path == "/api/v1/jobs" {
+        // Held up to 25 s for a job: a class of its own, or the API's latencies would be
+        // the polls' waits.
+        "jobs"
     } else if path.starts_with("/api/") {
         "api"
     } else if path == "/metrics" {
@@ -211,6 +215,14 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
         "dt_http_request_duration_seconds",
         "Time to handle a request (body read to response), by route class",
         app.metrics.durations.clone(),
+    );
+
+    let polls = FGauge::default();
+    polls.set(app.measure.waiting_slaves().len() as f64);
+    reg.register(
+        "dt_job_polls_waiting",
+        "Slaves holding a job poll on this master now (connected for on-demand measurements)",
+        polls,
     );
 
     let storage = FGauge::default();
