@@ -5,9 +5,10 @@
 //! timed from the POST to each slave holding its job, and to every result stored (each slave
 //! answers at once with a fake result, as `-zDebugResults` makes them).
 //!
-//! Part 2: 10,000 slaves each hold a poll on its own connection (raw sockets, nothing read
-//! until the end); the process's resident memory and threads are read before and after, then
-//! one measurement for all of them is timed until every poll has its answer.
+//! Part 2: a master in a child process (this program run again with `--serve N`) has
+//! 10,000 slaves each hold a poll on its own connection (raw sockets, nothing read until the
+//! end); the master's resident memory and threads are read before and after, then one
+//! measurement for all of them is timed until every poll has its answer.
 //!
 //! ```sh
 //! cargo run --release --example measure_bench              # 30 rounds, 10000 polls
@@ -34,14 +35,24 @@ const USERS: &str =
     r#"{"Users": [{"Name": "olga", "Password": "bench-op-1", "Role": "operator"}]}"#;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--serve") {
+        // The child of part 2: a master for N slaves until the parent closes stdin.
+        let n: usize = args.nth(1).unwrap_or_default().parse()?;
+        raise_fd_limit(n as u64 + 1024)?;
+        let (addr, dir) = master("h", n)?;
+        println!("{}", addr.port());
+        let _ = std::io::stdin().read(&mut [0u8; 1]);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(30);
     let polls: usize = args
         .next()
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(10_000);
-    raise_fd_limit(polls as u64 * 2 + 1024)?;
+    raise_fd_limit(polls as u64 + 1024)?;
     delivery(100, rounds)?;
     held_polls(polls)?;
     Ok(())
@@ -247,9 +258,21 @@ fn delivery(slaves: usize, rounds: usize) -> anyhow::Result<()> {
 
 /// Part 2.
 fn held_polls(polls: usize) -> anyhow::Result<()> {
-    let (addr, dir) = master("h", polls)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--serve", &polls.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )?;
+    let port: u16 = line.trim().parse()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
-    let (rss0, threads0) = self_status();
+    let (rss0, threads0) = status_of(pid);
     let started = Instant::now();
     let mut streams = Vec::with_capacity(polls);
     for n in 1..=polls {
@@ -266,7 +289,7 @@ fn held_polls(polls: usize) -> anyhow::Result<()> {
     let opened = started.elapsed();
     // Let the master read, authenticate and park every poll.
     std::thread::sleep(Duration::from_secs(4));
-    let (rss1, threads1) = self_status();
+    let (rss1, threads1) = status_of(pid);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -292,7 +315,9 @@ fn held_polls(polls: usize) -> anyhow::Result<()> {
         }
     }
     let answered = t0.elapsed();
-    println!("{polls} slaves holding a poll, each on its own connection:");
+    println!(
+        "{polls} slaves holding a poll, each on its own connection, to a master in its own process:"
+    );
     println!(
         "  opened in {:.2} s; resident memory {:.1} MiB before, {:.1} MiB with them held \
          ({:.1} KiB per poll); threads {threads0} before, {threads1} with them",
@@ -308,13 +333,14 @@ fn held_polls(polls: usize) -> anyhow::Result<()> {
         answered.as_secs_f64()
     );
     drop(streams);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(child.stdin.take());
+    let _ = child.wait();
     Ok(())
 }
 
-/// This process's resident memory (KiB) and threads.
-fn self_status() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A process's resident memory (KiB) and threads.
+fn status_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
@@ -328,11 +354,12 @@ fn self_status() -> (u64, u64) {
 fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    anyhow::ensure!(
-        hard >= want,
-        "needs {want} open files, the hard limit is {hard} (ulimit -Hn)"
-    );
-    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    // Root may raise the hard limit too (up to fs.nr_open).
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want)).map_err(|e| {
+        anyhow::anyhow!(
+            "needs {want} open files (both ends of each poll), the hard limit is {hard}: {e}"
+        )
+    })?;
     Ok(())
 }
 
