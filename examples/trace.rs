@@ -1,7 +1,7 @@
 //! The trace engine used as a library: trace hosts and print the hops.
 //!
 //! `cargo run --example trace -- [--json] [-p udp|icmp|tcp] [--flows N] [-q N] [-m N]
-//! [--timeout-ms N] [--rate PPS] HOST...` traces every host (on flows 0..N) at once, one
+//! [--retries N] [--timeout-ms N] [--rate PPS] HOST...` traces every host (on flows 0..N) at once, one
 //! thread per trace, all sharing one `Tracer` (and its probe-rate cap, `--rate`), and
 //! prints the hops, or one JSON object per trace with `--json` (what the netns tests
 //! read). Needs root or CAP_NET_RAW for anything but UDP.
@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             "--flows" => flows = val()?.parse()?,
             "-q" => opts.queries = val()?.parse()?,
             "-m" => opts.max_hops = val()?.parse()?,
+            "--retries" => opts.retries = val()?.parse()?,
             "--timeout-ms" => opts.timeout = Duration::from_millis(val()?.parse()?),
             "--rate" => rate = Some(val()?.parse()?),
             _ => hosts.push(resolve(&a, None)?),

@@ -420,3 +420,82 @@ fn unreachable_route_ends_the_path_with_its_code() {
         assert_eq!(out[0]["unreachable"], code, "{proto} {route}");
     }
 }
+
+/// Loss never lengthens a path: router 3 of 5 drops 10% of what it forwards, both ways, and
+/// 100 traces per protocol and family with one probe per hop and no retry round each end at
+/// the destination's real distance (6) or before it, never beyond with a silent hop where the
+/// destination's own answer was lost. UDP places it by the TTL its error quotes, ICMP by
+/// probing the TTL below once more.
+#[test]
+fn loss_never_lengthens_a_path() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("l");
+    let chain = Chain::build(&mut lab, 5, &[], false);
+    let r3 = lab.ns("r3");
+    for rule in [
+        vec!["add", "table", "inet", "loss"],
+        vec![
+            "add",
+            "chain",
+            "inet",
+            "loss",
+            "lossy",
+            "{ type filter hook forward priority 0; }",
+        ],
+        vec![
+            "add",
+            "rule",
+            "inet",
+            "loss",
+            "lossy",
+            "numgen random mod 10 == 0 drop",
+        ],
+    ] {
+        let mut args = vec!["ip", "netns", "exec", r3.as_str(), "nft"];
+        args.extend(rule);
+        netns::run(&args);
+    }
+    for v6 in [false, true] {
+        let target = chain.target(v6);
+        for proto in ["udp", "icmp"] {
+            let out = lab.trace(
+                "h",
+                &[
+                    "-p",
+                    proto,
+                    "-q",
+                    "1",
+                    "--retries",
+                    "0",
+                    "--flows",
+                    "100",
+                    "--timeout-ms",
+                    "300",
+                    &target,
+                ],
+            );
+            assert_eq!(out.len(), 100);
+            let mut reached = 0;
+            for t in &out {
+                let hops = hops(t);
+                assert!(
+                    hops.len() <= 6,
+                    "{proto} v6={v6}: a {}-hop path: {t}",
+                    hops.len()
+                );
+                if t["reached"] == true {
+                    reached += 1;
+                    assert_eq!(hops.len(), 6, "{proto} v6={v6}: {t}");
+                    assert_eq!(hops[5].as_deref(), Some(target.as_str()), "{t}");
+                }
+            }
+            // Most traces get through (each crossing loses 10% of what passes it).
+            assert!(
+                reached >= 60,
+                "{proto} v6={v6}: only {reached} of 100 reached"
+            );
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct Response {
     pub size: u16,
     /// The TTL (hop limit) the reply arrived with, when known.
     pub ttl: Option<u8>,
+    /// The TTL left in the probe as an ICMP error quotes it (not for echo replies or TCP).
+    pub quoted_ttl: Option<u8>,
     /// When it arrived (monotonic clock).
     pub received: Instant,
 }
@@ -67,6 +69,12 @@ const RETRY_PATIENCE: u32 = 10;
 /// router's default ICMP budget (burst 50) in two traces, and then nobody's traces get
 /// answers. Probes within the window are still all in flight together.
 const WINDOW: u8 = 8;
+
+/// A destination that answered at TTL d while d - 1 stayed silent may be at d - 1, its
+/// answer there lost. Without a quoted TTL to tell, d - 1 is probed again: once when
+/// nothing else says where the end is, up to this many times while its reply's TTL says it
+/// is nearer than d, never when that says it is at d.
+const CONFIRM_ROUNDS: usize = 3;
 
 /// What a finished run found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +152,39 @@ pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Resu
             break;
         }
     }
+    // Loss must not lengthen the path (see CONFIRM_ROUNDS).
+    for _ in 0..CONFIRM_ROUNDS {
+        let Some(d) = run.terminal_ttl() else { break };
+        let tried = run.sent.iter().filter(|s| s.ttl == d - 1).count();
+        let by_ttl = run.distance_by_reply_ttl(d);
+        if d <= 1
+            || run.answered(d - 1)
+            || run.end_is_exact(d)
+            || by_ttl.is_some_and(|e| e >= d)
+            || (by_ttl.is_none() && tried >= 2 * usize::from(opts.queries))
+        {
+            break;
+        }
+        for _ in 0..opts.queries {
+            run.send(net, d - 1)?;
+        }
+        run.wait_round(net)?;
+    }
     Ok(run.outcome())
+}
+
+/// Where a reply puts the end of the path: `None` for a router's time exceeded; else the
+/// probe's TTL, or less when the error quotes TTL left over (the probe got to the end with
+/// `q` to spare, so the end is `q - 1` hops nearer: a lower TTL's answer was lost).
+fn end_at(s: &Sent) -> Option<u8> {
+    let r = s.reply?;
+    if r.kind == ReplyKind::TimeExceeded {
+        return None;
+    }
+    match r.quoted_ttl {
+        Some(q) if q > 1 && q <= s.ttl => Some(s.ttl - q + 1),
+        _ => Some(s.ttl),
+    }
 }
 
 impl Run<'_> {
@@ -242,13 +282,38 @@ impl Run<'_> {
         self.sent.iter().any(|s| s.ttl == ttl && s.reply.is_some())
     }
 
-    /// The lowest TTL whose reply ends the path (destination or unreachable).
+    /// The lowest TTL whose reply ends the path (destination or unreachable), placed by the
+    /// quoted TTL where the reply has one.
     fn terminal_ttl(&self) -> Option<u8> {
+        self.sent.iter().filter_map(end_at).min()
+    }
+
+    /// How far the end is by the TTL its reply at `d` arrived with: the hops it crossed back
+    /// (from the nearest usual initial TTL, 64, 128 or 255) plus one. A guess (the way back
+    /// may be shorter or longer than the way there), used to tell whether to look again.
+    fn distance_by_reply_ttl(&self, d: u8) -> Option<u8> {
         self.sent
             .iter()
-            .filter(|s| s.reply.is_some_and(|r| r.kind != ReplyKind::TimeExceeded))
-            .map(|s| s.ttl)
-            .min()
+            .filter(|s| s.ttl == d && end_at(s) == Some(d))
+            .filter_map(|s| s.reply?.ttl)
+            .map(|r| {
+                let initial: u16 = match r {
+                    0..=64 => 64,
+                    65..=128 => 128,
+                    _ => 255,
+                };
+                (initial - u16::from(r) + 1).min(255) as u8
+            })
+            .max()
+    }
+
+    /// True when a reply at `d` quotes exactly one TTL left: the end is at `d`, not nearer.
+    fn end_is_exact(&self, d: u8) -> bool {
+        self.sent.iter().any(|s| {
+            s.ttl == d
+                && s.reply
+                    .is_some_and(|r| r.kind != ReplyKind::TimeExceeded && r.quoted_ttl == Some(1))
+        })
     }
 
     /// The highest TTL that has to be settled before the trace can end.
@@ -315,36 +380,60 @@ impl Run<'_> {
     }
 
     fn outcome(&self) -> Outcome {
-        let last = self.horizon();
-        let reached = self
+        let mut last = self.horizon();
+        let mut moved_from = None;
+        // Still silent below an end that the reply's TTL puts nearer: the end's answer there
+        // was lost (a router silent just before the destination would have to be on a way
+        // back shorter than the way there).
+        if self.terminal_ttl() == Some(last)
+            && last > 1
+            && !self.answered(last - 1)
+            && !self.end_is_exact(last)
+            && self.distance_by_reply_ttl(last).is_some_and(|e| e < last)
+        {
+            moved_from = Some(last);
+            last -= 1;
+        }
+        let probe = |s: &Sent| match s.reply {
+            Some(r) => Probe {
+                // On a fast path the reply can be stamped a hair before the send time was
+                // read; that is an RTT of zero, not an error.
+                rtt: Some(r.received.saturating_duration_since(s.sent)),
+                from: Some(r.from),
+                size: r.size,
+                reply_ttl: r.ttl,
+                kind: Some(r.kind),
+            },
+            None => Probe {
+                rtt: None,
+                from: None,
+                size: 0,
+                reply_ttl: None,
+                kind: None,
+            },
+        };
+        // Probes sent with a higher TTL that the quote places at the end: they answer for
+        // the end's own lost probes.
+        let mut stand_ins = self
             .sent
             .iter()
-            .any(|s| s.ttl == last && s.reply.is_some_and(|r| r.kind == ReplyKind::Reached));
-        let hops = (1..=last)
+            .filter(|s| s.ttl > last && (end_at(s) == Some(last) || end_at(s) == moved_from))
+            .map(probe);
+        let hops: Vec<Hop> = (1..=last)
             .map(|ttl| {
-                let probes: Vec<Probe> = self
+                let mut probes: Vec<Probe> = self
                     .sent
                     .iter()
                     .filter(|s| s.ttl == ttl)
-                    .map(|s| match s.reply {
-                        Some(r) => Probe {
-                            // On a fast path the reply can be stamped a hair before the
-                            // send time was read; that is an RTT of zero, not an error.
-                            rtt: Some(r.received.saturating_duration_since(s.sent)),
-                            from: Some(r.from),
-                            size: r.size,
-                            reply_ttl: r.ttl,
-                            kind: Some(r.kind),
-                        },
-                        None => Probe {
-                            rtt: None,
-                            from: None,
-                            size: 0,
-                            reply_ttl: None,
-                            kind: None,
-                        },
-                    })
+                    .map(probe)
                     .collect();
+                if ttl == last {
+                    for p in probes.iter_mut().filter(|p| p.from.is_none()) {
+                        if let Some(x) = stand_ins.next() {
+                            *p = x;
+                        }
+                    }
+                }
                 Hop {
                     ttl,
                     addr: probes.iter().find_map(|p| p.from),
@@ -353,6 +442,9 @@ impl Run<'_> {
                 }
             })
             .collect();
+        let reached = hops
+            .last()
+            .is_some_and(|h| h.probes.iter().any(|p| p.kind == Some(ReplyKind::Reached)));
         Outcome { hops, reached }
     }
 }
@@ -386,6 +478,14 @@ mod tests {
         /// Replies a receive thread still holds: `recv` sees them only after `settle`.
         held: Vec<(Duration, Response)>,
         settled: usize,
+        /// How far the destination really is (its replies' TTL is 64 less the routers on
+        /// the way back); `None`: as far as each probe's TTL.
+        end: Option<u8>,
+        /// The destination's errors quote the TTL left, as a real one's do for UDP (not for
+        /// ICMP echo or TCP).
+        quotes: bool,
+        /// Replies carry the TTL they arrived with (not in the error-queue mode).
+        reply_ttls: bool,
     }
 
     impl Fake {
@@ -404,6 +504,9 @@ mod tests {
                 send_cost: Duration::from_micros(1),
                 held: Vec::new(),
                 settled: 0,
+                end: None,
+                quotes: false,
+                reply_ttls: true,
             }
         }
 
@@ -421,6 +524,7 @@ mod tests {
             for (t, a) in script {
                 f.script.insert(t, VecDeque::from(vec![a; 8]));
             }
+            f.end = Some(n + 1);
             f
         }
 
@@ -454,7 +558,14 @@ mod tests {
                     from: addr(x),
                     kind,
                     size: 56,
-                    ttl: Some(64 - ttl.0),
+                    ttl: self.reply_ttls.then(|| match kind {
+                        ReplyKind::TimeExceeded => 65 - ttl.0,
+                        _ => 65 - self.end.unwrap_or(ttl.0),
+                    }),
+                    quoted_ttl: match kind {
+                        ReplyKind::TimeExceeded => Some(1),
+                        _ => self.quotes.then(|| ttl.0 + 1 - self.end.unwrap_or(ttl.0)),
+                    },
                     received: self.start + at,
                 };
                 self.queue.push((at, r));
@@ -525,6 +636,82 @@ mod tests {
             (1..=8).collect::<Vec<u8>>(),
             "the first window goes out at once"
         );
+    }
+
+    /// A chain of 6 routers and the destination at 7 whose answer to every TTL-7 probe is
+    /// lost; the TTL-8 probes reach it, one TTL to spare.
+    fn lossy_end(quoting: bool) -> Fake {
+        let mut net = Fake::chain(6);
+        let dest = Answer::From(100, 700, ReplyKind::Reached);
+        net.script
+            .insert(7, VecDeque::from(vec![Answer::Silent, dest, dest]));
+        net.quotes = quoting;
+        net
+    }
+
+    #[test]
+    fn a_lost_answer_of_the_destination_does_not_lengthen_the_path() {
+        let no_retry = TraceOptions {
+            retries: 0,
+            ..opts()
+        };
+        // The quote says where the destination is: its row gets the TTL-8 answer, no more
+        // probes go out for it.
+        let mut net = lossy_end(true);
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7, "{:?}", addrs(&o));
+        assert_eq!(o.hops[6].addr, Some(addr(100)));
+        assert_eq!(o.hops[6].probes.len(), 1);
+        assert_eq!(o.hops[6].probes[0].kind, Some(ReplyKind::Reached));
+        assert_eq!(net.sent.iter().filter(|s| s.0 == 7).count(), 1);
+        // Without a quote (ICMP echo, TCP) TTL 7 is probed once more and answers.
+        let mut net = lossy_end(false);
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7, "{:?}", addrs(&o));
+        assert_eq!(o.hops[6].addr, Some(addr(100)));
+        assert_eq!(net.sent.iter().filter(|s| s.0 == 7).count(), 2);
+        // Every answer at 7 lost: probed three more times, then placed by its reply's TTL.
+        let mut net = lossy_end(false);
+        net.script
+            .insert(7, VecDeque::from(vec![Answer::Silent; 8]));
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7, "{:?}", addrs(&o));
+        assert_eq!(o.hops[6].addr, Some(addr(100)));
+        assert_eq!(
+            net.sent.iter().filter(|s| s.0 == 7).count(),
+            1 + CONFIRM_ROUNDS
+        );
+        // A router before the destination that never answers, the destination's reply TTL
+        // saying it is at 7: no more probes, the silent hop stays.
+        let mut net = Fake::chain(6);
+        net.script
+            .insert(6, VecDeque::from(vec![Answer::Silent; 8]));
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 7);
+        assert_eq!(o.hops[5].addr, None);
+        assert_eq!(net.sent.iter().filter(|s| s.0 == 6).count(), 1);
+        // Without reply TTLs (the error-queue mode) it is probed once more, then left silent.
+        let mut net = Fake::chain(6);
+        net.reply_ttls = false;
+        net.script
+            .insert(6, VecDeque::from(vec![Answer::Silent; 8]));
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert_eq!(o.hops.len(), 7);
+        assert_eq!(o.hops[5].addr, None);
+        assert_eq!(net.sent.iter().filter(|s| s.0 == 6).count(), 2);
+        took_under(&net, 20);
+        // A quote of exactly one TTL left settles it: no second probe for the silent router.
+        let mut net = Fake::chain(6);
+        net.quotes = true;
+        net.script
+            .insert(6, VecDeque::from(vec![Answer::Silent; 8]));
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert_eq!(o.hops.len(), 7);
+        assert_eq!(net.sent.iter().filter(|s| s.0 == 6).count(), 1);
     }
 
     #[test]
@@ -619,6 +806,7 @@ mod tests {
                 kind: ReplyKind::TimeExceeded,
                 size: 56,
                 ttl: None,
+                quoted_ttl: None,
                 received: net.start + Duration::from_millis(2),
             },
         )];
@@ -762,6 +950,7 @@ mod tests {
             kind: ReplyKind::Reached,
             size: 1,
             ttl: None,
+            quoted_ttl: None,
             received: t + Duration::from_micros(us),
         };
         // A sequence we never sent, and a second answer to TTL 1's probe (seq 1) from

@@ -492,6 +492,7 @@ fn route(shared: &Shared, bytes: &[u8], rx: &socket::Received, v6: bool, t: Tran
         kind: r.kind,
         size: r.size,
         ttl: rx.ttl,
+        quoted_ttl: r.quoted_ttl,
         received: rx.at,
     };
     let routes = lock(&shared.routes);
@@ -608,6 +609,7 @@ impl Network for DgramNet<'_> {
                 kind,
                 size: 0,
                 ttl: None,
+                quoted_ttl: None,
                 received: e.at,
             }));
         }

@@ -31,6 +31,10 @@ pub struct Reply {
     pub probe: ProbeId,
     /// Its size: the whole IPv4 packet, or the IPv6 payload.
     pub size: u16,
+    /// The TTL (hop limit) left in the probe as the error quotes it: how far it got. The
+    /// destination's error quoting more than 1 says the probe reached it with TTL to spare,
+    /// so the destination is nearer than the probe's TTL. `None` for echo replies and TCP.
+    pub quoted_ttl: Option<u8>,
 }
 
 /// Parses a whole IPv4 packet from a raw ICMP or TCP socket.
@@ -70,6 +74,7 @@ fn parse_icmpv4(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
             kind: ReplyKind::Reached,
             probe,
             size,
+            quoted_ttl: None,
         }));
     }
     if !matches!(
@@ -98,6 +103,7 @@ fn parse_icmpv4(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
         kind,
         probe,
         size,
+        quoted_ttl: Some(inner.ttl()),
     }))
 }
 
@@ -121,6 +127,7 @@ pub fn parse_icmpv6(from: Ipv6Addr, body: &[u8]) -> Result<Option<Reply>> {
             kind: ReplyKind::Reached,
             probe,
             size,
+            quoted_ttl: None,
         }));
     }
     if !matches!(
@@ -147,6 +154,7 @@ pub fn parse_icmpv6(from: Ipv6Addr, body: &[u8]) -> Result<Option<Reply>> {
         kind,
         probe,
         size,
+        quoted_ttl: Some(inner.hop_limit()),
     }))
 }
 
@@ -220,6 +228,7 @@ fn parse_tcp(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
         kind: ReplyKind::Reached,
         probe,
         size,
+        quoted_ttl: None,
     }))
 }
 
@@ -418,6 +427,12 @@ mod tests {
         }
     }
 
+    /// Every captured probe was sent with just the TTL it needed, so an error quotes 1 left;
+    /// echo replies and TCP answers quote nothing.
+    fn quoted(kind: ReplyKind, probe: ProbeId) -> Option<u8> {
+        (kind == ReplyKind::TimeExceeded || probe.protocol == Protocol::Udp).then_some(1)
+    }
+
     #[test]
     fn parse_ipv4_table() {
         let dst = v4("10.99.1.2");
@@ -473,7 +488,8 @@ mod tests {
                     from: v4(from),
                     kind,
                     probe,
-                    size: bytes.len() as u16
+                    size: bytes.len() as u16,
+                    quoted_ttl: quoted(kind, probe),
                 }
             );
         }
@@ -516,7 +532,8 @@ mod tests {
                     from: IpAddr::V6(v6(from)),
                     kind,
                     probe,
-                    size: bytes.len() as u16
+                    size: bytes.len() as u16,
+                    quoted_ttl: quoted(kind, probe),
                 }
             );
         }
