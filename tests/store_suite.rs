@@ -72,6 +72,7 @@ suite!(
     a_secret_is_kept_once_and_the_first_one_wins,
     a_target_whose_address_changes_keeps_one_current_series,
     a_measurement_hands_out_its_jobs_once_and_counts_its_results,
+    the_current_path_is_filled_in_by_later_answers,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -578,6 +579,37 @@ fn a_measurement_hands_out_its_jobs_once_and_counts_its_results(engine: Engine) 
     store.delete_history_before(T0 + 1).unwrap();
     assert!(store.measurement(&spec.id).unwrap().is_none());
     assert!(store.follow_ups(&[41]).unwrap().is_empty());
+}
+
+/// The first result of a series lost hop 2's reply; the next has it: that fuller variant of
+/// the same route becomes the current path, without an event and keeping its `since`; a hole
+/// again does not undo it.
+fn the_current_path_is_filled_in_by_later_answers(engine: Engine) {
+    let store = open(engine, 2);
+    let full = |id: u32, at: i64| {
+        let mut r = result(id, at);
+        r.hops.insert(1, util::stored::hop(2, "10.0.0.2", 2_000));
+        r.path = NetPath::from_hops(
+            [
+                (1, "10.0.0.1".parse().unwrap()),
+                (2, "10.0.0.2".parse().unwrap()),
+                (3, "10.0.0.3".parse().unwrap()),
+            ],
+            Terminal::Reached,
+        );
+        r
+    };
+    let mut events = store.insert(&result(1, 0)).unwrap().1;
+    events.extend(store.insert(&full(2, 1_000)).unwrap().1);
+    events.extend(store.insert(&result(3, 2_000)).unwrap().1);
+    assert!(events.is_empty(), "{events:?}");
+    let series = store.series(&SeriesFilter::default()).unwrap();
+    assert_eq!(
+        series[0].current_path.as_ref().map(|p| p.1.as_str()),
+        Some("10.0.0.1 10.0.0.2 10.0.0.3 | reached")
+    );
+    assert_eq!(series[0].current_since, Some(T0));
+    assert_eq!(series[0].changes_total, 0);
 }
 
 fn series_hops_and_path_history_follow_the_series(engine: Engine) {

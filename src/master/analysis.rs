@@ -121,6 +121,11 @@ impl Event {
     }
 }
 
+/// Hops of `p` that answered.
+fn answering(p: &Path) -> usize {
+    p.hops.iter().filter(|h| h.is_some()).count()
+}
+
 /// True when the two paths differ at most where one of them has a silent hop.
 pub fn same_route(a: &Path, b: &Path) -> bool {
     a.terminal == b.terminal && first_difference(a, b).is_none()
@@ -158,7 +163,15 @@ pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event>
     let reached = obs.path.terminal == Terminal::Reached;
     match &state.current {
         None => state.current = Some((obs.path_id, obs.path.clone())),
-        Some((_, current)) if same_route(current, &obs.path) => state.candidate = None,
+        // The same route: silent-only differences are no change, and a variant where more
+        // of its hops answered becomes the current one (the best-known picture of the route,
+        // not the first one seen, which a lost reply may have left with a hole).
+        Some((_, current)) if same_route(current, &obs.path) => {
+            if answering(&obs.path) > answering(current) {
+                state.current = Some((obs.path_id, obs.path.clone()));
+            }
+            state.candidate = None;
+        }
         // A break in reachability is not a new route: the reachability events tell it, and
         // the route before the break stays the one the next reached result is compared with.
         Some((_, current)) if current.terminal == Terminal::Reached && !reached => {}
@@ -347,6 +360,51 @@ mod tests {
             ));
         }
         assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn the_current_path_becomes_the_variant_with_most_answers() {
+        // The first result lost hop 2's reply; later ones of the same route have it.
+        let mut s = State::default();
+        let holed = path("1 * 3 4", Terminal::Reached);
+        let mut events = observe(&mut s, &obs(1, &holed, 0), 2);
+        events.extend(observe(
+            &mut s,
+            &obs(2, &path("1 2 * 4", Terminal::Reached), 1),
+            2,
+        ));
+        assert_eq!(s.current.as_ref().unwrap().0, 1, "as many answers: no swap");
+        events.extend(observe(
+            &mut s,
+            &obs(3, &path("1 2 3 4", Terminal::Reached), 2),
+            2,
+        ));
+        assert_eq!(s.current.as_ref().unwrap().0, 3);
+        events.extend(observe(&mut s, &obs(1, &holed, 3), 2));
+        assert_eq!(
+            s.current.as_ref().unwrap().0,
+            3,
+            "a hole again keeps the full one"
+        );
+        assert!(events.is_empty(), "{events:?}");
+        // A change is still judged against it.
+        for at in 4..6 {
+            events.extend(observe(
+                &mut s,
+                &obs(4, &path("1 9 3 4", Terminal::Reached), at),
+                2,
+            ));
+        }
+        assert_eq!(events.len(), 1);
+        assert!(matches!(
+            events[0],
+            Event::PathChange {
+                from_path: 3,
+                to_path: 4,
+                first_diff_ttl: 2,
+                ..
+            }
+        ));
     }
 
     #[test]

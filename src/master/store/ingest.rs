@@ -735,6 +735,7 @@ fn track(
         mut events,
         changes,
         since,
+        filled,
     } = advance(&mut s.state, r, path_id, at, confirm);
     if !head.is_empty() {
         head.append(&mut events);
@@ -745,7 +746,7 @@ fn track(
     conn.prepare_cached(
         "UPDATE series SET
             current_path = ?2,
-            current_since = CASE WHEN current_path IS ?2 THEN current_since ELSE ?3 END,
+            current_since = CASE WHEN current_path IS ?2 OR ?17 THEN current_since ELSE ?3 END,
             candidate_path = ?4, candidate_count = ?5, candidate_since = ?6,
             last_measured = ?7, last_result = ?8,
             unreached_streak = ?9, ever_reached = ?10, unreachable_alerted = ?11,
@@ -769,7 +770,8 @@ fn track(
         state.rtt_alerted,
         changes,
         r.success,
-        r.destination_rtt_ns
+        r.destination_rtt_ns,
+        filled
     ])?;
     let mut records = Vec::with_capacity(events.len());
     for event in events {
@@ -869,6 +871,9 @@ pub(super) struct Advance {
     pub changes: i64,
     /// Since when the current path holds, should it be new (the result's time otherwise).
     pub since: i64,
+    /// The current path was swapped for a variant of the same route with more hops
+    /// answering: no change, its `since` stays.
+    pub filled: bool,
 }
 
 /// Feeds result `r` (on path row `path_id`) to a series' state: the step both engines share.
@@ -880,6 +885,7 @@ pub(super) fn advance(
     at: i64,
     confirm: u32,
 ) -> Advance {
+    let before = state.current.clone();
     let events = analysis::observe(
         state,
         &Observation {
@@ -904,10 +910,14 @@ pub(super) fn advance(
     } else {
         at
     };
+    let filled = changes == 0
+        && matches!((&before, &state.current), (Some((a, pa)), Some((b, pb)))
+            if a != b && analysis::same_route(pa, pb));
     Advance {
         events,
         changes,
         since,
+        filled,
     }
 }
 

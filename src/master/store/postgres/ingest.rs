@@ -980,7 +980,7 @@ fn feed(
     if let Some(e) = head {
         step.events.insert(0, e);
     }
-    if s.state.current.as_ref().map(|c| c.0) != old_current {
+    if s.state.current.as_ref().map(|c| c.0) != old_current && !step.filled {
         s.current_since = Some(step.since);
     }
     s.last_ordered = Some(at);
