@@ -206,6 +206,9 @@ pub struct TargetSpec {
     /// (humantime); the slave's `-interval` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Extension: how many flows (ECMP branches, flow numbers 0..N) are traced each round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u16>,
 }
 
 /// The target a result belongs to, as the original sends it (name and address only).

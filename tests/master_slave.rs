@@ -234,3 +234,37 @@ fn real_traces_without_the_debug_flag() {
     );
     assert_eq!(nowhere["path"], "| error");
 }
+
+/// A target's `Flows` makes our slave trace that many flows of it each round, each flow its
+/// own result and its own series on the master; a target without it stays at flow 0.
+#[test]
+fn a_target_of_several_flows_is_traced_on_each() {
+    let dir = Scratch::with_seed_config("flows");
+    dir.write(
+        "dt-targets.json",
+        &TARGETS.replace("\"lkml.org\"", "\"lkml.org\", \"Flows\": 3"),
+    );
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let _slave = slave(&dir.0, addr, &[]);
+    let flows_of = |name: &str, rs: &[serde_json::Value]| {
+        let mut f: Vec<i64> = rs
+            .iter()
+            .filter(|r| r["target_name"] == name)
+            .map(|r| r["flow"].as_i64().unwrap())
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    let got = wait_for(Duration::from_secs(20), || {
+        let rs = results(addr, "");
+        (flows_of("LKML", &rs) == [0, 1, 2]
+            && rs.iter().filter(|r| r["target_name"] == "LKML").count() >= 6)
+            .then_some(rs)
+    })
+    .expect("flows 0, 1 and 2 of LKML, twice");
+    assert_eq!(flows_of("Google", &got), [0]);
+    let current = get(addr, "/api/v1/paths/current?target=LKML").json();
+    assert_eq!(current["paths"].as_array().unwrap().len(), 3, "{current:#}");
+}

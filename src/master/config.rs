@@ -217,6 +217,13 @@ pub struct TargetConf {
     /// Extension: trace this target this often (`30s`, `5m`; 1s..1d) instead of every minute.
     #[serde(default, deserialize_with = "interval")]
     pub interval: Option<String>,
+    /// Extension: trace this many flows (ECMP branches) each round, 1..16 (default 1).
+    #[serde(default, deserialize_with = "flows")]
+    pub flows: Option<u16>,
+}
+
+fn flows<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    ranged(d, "Flows", 1, 16).map(|v| Some(v as u16))
 }
 
 fn rtt_alert_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -1233,6 +1240,12 @@ mod tests {
         assert!(e.to_string().starts_with("t.json:9:"), "{e}");
         let e = targets_err(&TARGETS.replace("\"Retries\": 1", "\"Retries\": 11"));
         assert_eq!((e.line, e.column), (7, 20), "{e}");
+        let flows =
+            |n: &str| TARGETS.replace("\"lkml.org\"", &format!("\"lkml.org\", \"Flows\": {n}"));
+        let e = targets_err(&flows("17"));
+        assert!(e.message.contains("Flows: 17 is out of range 1..16"), "{e}");
+        let t = parse_targets(Path::new("t"), flows("4").as_bytes()).unwrap();
+        assert!(t.targets.values().any(|t| t.flows == Some(4)));
     }
 
     #[test]

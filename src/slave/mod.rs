@@ -181,12 +181,15 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// One trace to run: a configured target's (`id` is its UUID) or an on-demand job's flow.
+#[derive(Clone)]
 struct Job {
     id: String,
     target: TargetRef,
     options: TraceOptions,
     /// The on-demand measurement it is for.
     measurement: Option<String>,
+    /// Flows traced, 0..flows, each its own result (a configured target's `Flows`).
+    flows: u16,
 }
 
 /// `dist-traceroute slave`.
@@ -266,11 +269,34 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
                 let Ok(job) = locked(&job_rx).recv() else {
                     return;
                 };
-                let mut result = measure(tracer.as_deref(), &job, &creds);
-                // The password is added when the result is sent: it has no place in the spool.
-                result.creds.password.clear();
-                stats.traced.fetch_add(1, Ordering::Relaxed);
-                keep(&spool, &stats, &result);
+                // A target of several flows: each flow traced at once, one result each.
+                let flows: Vec<Job> = (0..job.flows.max(1))
+                    .map(|flow| Job {
+                        options: TraceOptions {
+                            flow,
+                            ..job.options.clone()
+                        },
+                        ..job.clone()
+                    })
+                    .collect();
+                std::thread::scope(|scope| {
+                    for one in &flows {
+                        let (tracer, creds, spool, stats) = (&tracer, &creds, &spool, &stats);
+                        let run = move || {
+                            let mut result = measure(tracer.as_deref(), one, creds);
+                            // The password is added when the result is sent: it has no
+                            // place in the spool.
+                            result.creds.password.clear();
+                            stats.traced.fetch_add(1, Ordering::Relaxed);
+                            keep(spool, stats, &result);
+                        };
+                        if flows.len() == 1 {
+                            run();
+                        } else {
+                            scope.spawn(run);
+                        }
+                    }
+                });
                 locked(&busy).remove(&job.id);
             }
         })?);
@@ -579,7 +605,14 @@ fn schedule(
                         .min(Duration::from_millis(250));
                 }
                 Next::Run(id) => {
-                    if !bucket.take(schedule::probe_cost(&current), Instant::now()) {
+                    let flows = current
+                        .targets
+                        .get(&id)
+                        .and_then(|t| t.flows)
+                        .unwrap_or(1)
+                        .clamp(1, 16);
+                    let cost = schedule::probe_cost(&current) * f64::from(flows);
+                    if !bucket.take(cost, Instant::now()) {
                         plan.retry_now(&id, Instant::now());
                         break Duration::from_millis(20);
                     }
@@ -595,6 +628,7 @@ fn schedule(
                         },
                         options: options_for(&current, spec),
                         measurement: None,
+                        flows,
                     };
                     if jobs.send(job).is_err() {
                         return;
@@ -636,6 +670,7 @@ mod tests {
             protocol: Some("tcp".into()),
             port: Some(443),
             interval: None,
+            flows: None,
         };
         let o = options_for(&doc, &spec);
         assert_eq!(

@@ -194,6 +194,7 @@ mod tests {
                     protocol: None,
                     port: None,
                     interval: interval.map(str::to_owned),
+                    flows: None,
                 },
             );
         }
