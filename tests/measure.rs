@@ -100,21 +100,7 @@ fn a_measurement_reaches_every_connected_slave_at_once() {
     // An original Go slave only fetches its config (no Agent, no job poll).
     let go = post(addr, "/config/", br#"{"Name":"go1","Password":"p4"}"#);
     assert_eq!(go.status, 200, "{}", go.text());
-    let ours_seen = || {
-        let slaves = get_as(addr, "/api/v1/slaves", &viewer()).json();
-        let seen = slaves["slaves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| {
-                s["version"]
-                    .as_str()
-                    .is_some_and(|v| v.starts_with("dist-traceroute"))
-            })
-            .count();
-        (seen == 3).then_some(())
-    };
-    wait_for(Duration::from_secs(20), ours_seen).expect("our three slaves polling");
+    wait_for_our_slaves(addr, &viewer(), 3);
     // The metrics count the polls held.
     wait_for(Duration::from_secs(10), || {
         let m = get_as(addr, "/metrics", &viewer()).text();
@@ -456,52 +442,6 @@ fn probe_result(minute: i64, hops: &[&str], success: bool) -> Value {
     })
 }
 
-/// A webhook receiver that keeps every body it gets.
-fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let got: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
-    let keep = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            while let Ok(n) = s.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(answer) = parse_answer_request(&buf) {
-                    keep.lock().unwrap().push(answer);
-                    let _ = s.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
-                    break;
-                }
-            }
-        }
-    });
-    (url, got)
-}
-
-/// The JSON body of a whole HTTP request in `buf`, once all of it is there.
-fn parse_answer_request(buf: &[u8]) -> Option<Value> {
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    (buf.len() >= split + 4 + len)
-        .then(|| serde_json::from_slice(&buf[split + 4..split + 4 + len]).unwrap_or(Value::Null))
-}
-
 #[test]
 fn a_path_change_is_followed_up_by_every_slave_and_the_answer_attached() {
     let dir = Scratch::with_seed_config("followup");
@@ -526,21 +466,7 @@ fn a_path_change_is_followed_up_by_every_slave_and_the_answer_attached() {
     let addr = master.addr();
     let _s1 = our_slave(&dir.0, addr, "s1", "p1");
     let _s2 = our_slave(&dir.0, addr, "s2", "p2");
-    wait_for(Duration::from_secs(20), || {
-        let slaves = get_as(addr, "/api/v1/slaves", &viewer()).json();
-        let polling = slaves["slaves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| {
-                s["version"]
-                    .as_str()
-                    .is_some_and(|v| v.starts_with("dist-traceroute"))
-            })
-            .count();
-        (polling == 2).then_some(())
-    })
-    .expect("s1 and s2 polling for jobs");
+    wait_for_our_slaves(addr, &viewer(), 2);
 
     let auth = format!("Authorization: {}", viewer());
     let mut stream = util::sse::Stream::open(addr, "/api/v1/stream?kind=measurement", &[&auth]);

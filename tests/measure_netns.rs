@@ -84,20 +84,7 @@ fn a_measurement_traced_for_real_through_routers() {
         })
         .collect();
     let olga = basic("olga", "Olga-op-1");
-    wait_for(Duration::from_secs(20), || {
-        let v = get_as(addr, "/api/v1/slaves", &olga).json();
-        let ours = v["slaves"]
-            .as_array()?
-            .iter()
-            .filter(|s| {
-                s["version"]
-                    .as_str()
-                    .is_some_and(|v| v.starts_with("dist-traceroute"))
-            })
-            .count();
-        (ours == 3).then_some(())
-    })
-    .expect("three slaves polling for jobs from the namespace");
+    wait_for_our_slaves(addr, &olga, 3);
 
     let body = json!({"target": "Chain", "slaves": "all", "flows": 2}).to_string();
     let head = format!(

@@ -7,8 +7,7 @@
 mod util;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 use util::*;
@@ -115,50 +114,6 @@ fn events(addr: SocketAddr, slave: &str) -> Vec<(String, String, i64, Value, Val
     out
 }
 
-/// A webhook receiver that answers 200 and keeps every alert.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let keep = seen.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = s.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= split + 4 + len {
-                    let body = &buf[split + 4..split + 4 + len];
-                    keep.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(body).unwrap_or(Value::Null));
-                    let _ = s.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
-                    break;
-                }
-            }
-        }
-    });
-    (url, seen)
-}
-
 /// A master on `db` (PostgreSQL URL, password in a file) in a config folder of its own.
 fn master(name: &str, url: &str, extra: &[&str]) -> (Scratch, Proc) {
     let dir = Scratch::with_seed_config(name);
@@ -174,7 +129,7 @@ fn two_masters_on_one_database_give_the_events_of_one() {
     let pg = util::pg::server();
     let db = pg.create_db("two_masters");
     let url = format!("postgres://{}@127.0.0.1:{}/{db}", util::pg::USER, pg.port);
-    let (hook, alerts) = webhook();
+    let (hook, alerts) = webhook_sink();
     let common = ["-path-confirm", "2", "-alert-webhook", hook.as_str()];
     let (_a_dir, a) = master("mm-a", &url, &common);
     let (_b_dir, b) = master("mm-b", &url, &common);

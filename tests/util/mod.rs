@@ -554,3 +554,72 @@ pub fn pipe(program: &std::ffi::OsStr, args: &[&str], input: &[u8]) -> (i32, Str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A webhook receiver that answers 200 and keeps every body it gets, as JSON.
+pub fn webhook_sink() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= split + 4 + len {
+                    let body = &buf[split + 4..split + 4 + len];
+                    keep.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(body).unwrap_or(serde_json::Value::Null));
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    break;
+                }
+            }
+        }
+    });
+    (url, seen)
+}
+
+/// Waits (up to 20 s) until `n` slaves of ours (a `dist-traceroute` version) are known to
+/// the master at `addr`, read with `authorization`: they poll for on-demand jobs.
+pub fn wait_for_our_slaves(addr: SocketAddr, authorization: &str, n: usize) {
+    let seen = || {
+        let v = get_as(addr, "/api/v1/slaves", authorization).json();
+        v["slaves"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter(|s| {
+                        s["version"]
+                            .as_str()
+                            .is_some_and(|v| v.starts_with("dist-traceroute"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(20), || (seen() == n).then_some(()))
+        .unwrap_or_else(|| panic!("{} of {n} slaves of ours seen", seen()));
+}
