@@ -358,8 +358,15 @@ pub struct TraceArgs {
     #[arg(short = 'n')]
     pub numeric: bool,
     /// Flow number (chooses one ECMP branch)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "mda")]
     pub flow: u16,
+    /// Find every load-balanced branch (MDA stopping rule, 95% confidence): per TTL every
+    /// address, the links between TTLs and the flows that took them
+    #[arg(long)]
+    pub mda: bool,
+    /// With --mda: most flows traced
+    #[arg(long = "max-flows", value_name = "n", default_value_t = 64, requires = "mda", value_parser = clap::value_parser!(u16).range(6..=1024))]
+    pub max_flows: u16,
     /// Print the result as the JSON a slave sends
     #[arg(long)]
     pub json: bool,

@@ -32,6 +32,14 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         flow: a.flow,
         ..TraceOptions::default()
     };
+    if a.mda {
+        let g = trace::mda::discover(&tracer, dest, &opts, MDA_CONFIDENCE, a.max_flows)?;
+        return if a.json {
+            emit(&format!("{}\n", serde_json::to_string_pretty(&g)?))
+        } else {
+            emit(&diamonds(&a.host, &g, opts.protocol))
+        };
+    }
     let mut t = tracer.trace(dest, &opts)?;
     if !a.numeric {
         t.fill_hosts(Duration::from_millis(500));
@@ -55,6 +63,82 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     } else {
         emit(&human(&a.host, &t, a.max_hops))
     }
+}
+
+/// The confidence `--mda` asks for.
+const MDA_CONFIDENCE: f64 = 0.95;
+
+/// The branches found, like scamper's and Dublin traceroute's output: per TTL each address
+/// with the flows that saw it and its median RTT, and the addresses one TTL nearer that lead
+/// to it.
+pub fn diamonds(host: &str, g: &trace::mda::Graph, protocol: trace::Protocol) -> String {
+    let mut out = format!(
+        "multipath to {host} ({}), {protocol} probes: {} flows, {} probes, {}\n",
+        g.destination,
+        g.flows,
+        g.probes,
+        if g.complete {
+            format!(
+                "every branch found at {:.0}% confidence",
+                g.confidence * 100.0
+            )
+        } else {
+            format!(
+                "flow budget spent before {:.0}% confidence (--max-flows)",
+                g.confidence * 100.0
+            )
+        }
+    );
+    let last = g.nodes.iter().map(|n| n.ttl).max().unwrap_or(0);
+    let width = g
+        .nodes
+        .iter()
+        .map(|n| n.addr.to_string().len())
+        .max()
+        .unwrap_or(15);
+    for ttl in 1..=last {
+        let here: Vec<&trace::mda::Node> = g.nodes.iter().filter(|n| n.ttl == ttl).collect();
+        if here.is_empty() {
+            let _ = writeln!(out, "{ttl:2}  *");
+            continue;
+        }
+        for (i, n) in here.iter().enumerate() {
+            let head = if i == 0 {
+                format!("{ttl:2}")
+            } else {
+                "  ".into()
+            };
+            let mut rtts = n.rtt_ms.clone();
+            rtts.sort_by(f64::total_cmp);
+            let median = rtts.get(rtts.len() / 2).copied();
+            let from: Vec<String> = g
+                .links
+                .iter()
+                .filter(|l| l.to == n.addr && l.ttl + 1 == ttl)
+                .map(|l| l.from.to_string())
+                .collect();
+            let _ = write!(
+                out,
+                "{head}  {:<width$}  {:>3} flows",
+                n.addr.to_string(),
+                n.flows.len()
+            );
+            if let Some(ms) = median {
+                let _ = write!(out, "  {ms:.3} ms");
+            }
+            if !from.is_empty() {
+                let _ = write!(out, "  <- {}", from.join(", "));
+            }
+            out.push('\n');
+        }
+        if g.silent_ttls.contains(&ttl) {
+            out.push_str("    *  (some flows had no answer here)\n");
+        }
+    }
+    if !g.reached {
+        out.push_str("    the destination did not answer\n");
+    }
+    out
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

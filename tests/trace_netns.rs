@@ -499,3 +499,129 @@ fn loss_never_lengthens_a_path() {
         }
     }
 }
+
+/// `dist-traceroute trace --mda` finds both branches of the diamond (h - r1 - a|b - r4 - t)
+/// and links each to r1 and to r4, at 95% confidence, for UDP and TCP in both families; it
+/// stops far below its flow budget, and prints its probe count beside a fixed 16 flows.
+#[test]
+fn mda_finds_both_branches_of_a_diamond() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("d");
+    ecmp_lab(&mut lab);
+    let bin = env!("CARGO_BIN_EXE_dist-traceroute");
+    for (v6, proto) in [(false, "udp"), (false, "tcp"), (true, "udp"), (true, "tcp")] {
+        let (r1, a, b, dest) = if v6 {
+            ("fd00:99::2", "fd00:98:1::2", "fd00:98:2::2", "fd00:98:5::2")
+        } else {
+            ("10.99.0.2", "10.98.1.2", "10.98.2.2", "10.98.5.2")
+        };
+        // An IPv4 router answers from its interface on the route back, an IPv6 one from
+        // the interface the probe came in on: r4 is one address in IPv4, two in IPv6.
+        let r4: &[&str] = if v6 {
+            &["fd00:98:3::2", "fd00:98:4::2"]
+        } else {
+            &["10.98.3.2"]
+        };
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("h"),
+                bin,
+                "trace",
+                "--mda",
+                "-n",
+                "--json",
+            ])
+            .args(["-P", proto, "-q", "1", dest])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let at = |ttl: u64| -> Vec<String> {
+            g["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["ttl"] == ttl)
+                .map(|n| n["addr"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(at(1), [r1], "{proto} v6={v6}: {g:#}");
+        assert_eq!(at(2), [a, b], "{proto} v6={v6}: {g:#}");
+        assert_eq!(at(3), r4, "{proto} v6={v6}: {g:#}");
+        assert_eq!(at(4), [dest]);
+        let links: BTreeSet<(String, String)> = g["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["from"].as_str().unwrap().to_owned(),
+                    l["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        for branch in [a, b] {
+            assert!(
+                links.contains(&(r1.to_owned(), branch.to_owned())),
+                "{links:?}"
+            );
+            assert!(
+                links
+                    .iter()
+                    .any(|(f, t)| f == branch && r4.contains(&t.as_str())),
+                "{links:?}"
+            );
+        }
+        // No false link: every link joins a node to one at the next TTL it really follows.
+        assert_eq!(links.len(), 2 + 2 + r4.len(), "{links:?}");
+        assert_eq!(g["complete"], true);
+        assert_eq!(g["reached"], true);
+        let flows = g["flows"].as_u64().unwrap();
+        assert!((11..=64).contains(&flows), "{flows} flows");
+        eprintln!(
+            "mda {proto} v6={v6}: {flows} flows, {} probes (16 fixed flows: {} probes)",
+            g["probes"],
+            16 * 4
+        );
+    }
+    // The text: each branch under TTL 2, led to from r1.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("h"),
+            bin,
+            "trace",
+            "--mda",
+            "-n",
+            "10.98.5.2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(
+        text.contains("every branch found at 95% confidence"),
+        "{text}"
+    );
+    for branch in ["10.98.1.2", "10.98.2.2"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(branch) && l.ends_with("<- 10.99.0.2")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(" 3  10.98.3.2") && l.ends_with("<- 10.98.1.2, 10.98.2.2")),
+        "{text}"
+    );
+}

@@ -15,6 +15,7 @@
 mod dns;
 pub mod engine;
 mod error;
+pub mod mda;
 mod pace;
 mod socket;
 mod tracer;
