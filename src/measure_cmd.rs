@@ -1,6 +1,7 @@
 //! `dist-traceroute measure HOST --from …`: an on-demand measurement through a master's API,
 //! each slave's path printed as it arrives (like traceroute), then one merged view.
 
+use crate::trace_cmd::emit;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use dist_traceroute::cli::MeasureArgs;
@@ -107,16 +108,9 @@ pub fn run(a: &MeasureArgs) -> anyhow::Result<()> {
 /// The `Authorization` header: a bearer token from --token-file or DT_TOKEN, or Basic for
 /// --user with its password from --passwd-file, DT_PASSWORD or a prompt on a terminal.
 fn authorization(a: &MeasureArgs) -> anyhow::Result<Option<String>> {
-    let first_line = |file: &std::path::Path| -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let line = text.lines().next().unwrap_or_default().trim().to_owned();
-        anyhow::ensure!(!line.is_empty(), "{} is empty", file.display());
-        Ok(line)
-    };
     if let Some(user) = &a.user {
         let password = match &a.passwd_file {
-            Some(f) => first_line(f)?,
+            Some(f) => dist_traceroute::secret_from_file(f, "--passwd-file")?,
             None => match std::env::var("DT_PASSWORD") {
                 Ok(p) if !p.is_empty() => p,
                 _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
@@ -129,7 +123,7 @@ fn authorization(a: &MeasureArgs) -> anyhow::Result<Option<String>> {
         return Ok(Some(format!("Basic {pair}")));
     }
     let token = match &a.token_file {
-        Some(f) => Some(first_line(f)?),
+        Some(f) => Some(dist_traceroute::secret_from_file(f, "--token-file")?),
         None => std::env::var("DT_TOKEN").ok().filter(|t| !t.is_empty()),
     };
     Ok(token.map(|t| format!("Bearer {t}")))
@@ -364,16 +358,6 @@ fn merged(results: &[Value], with_flow: bool) -> String {
         }
     }
     out
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn emit(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 #[cfg(test)]

@@ -141,10 +141,12 @@ pub fn diamonds(host: &str, g: &trace::mda::Graph, protocol: trace::Protocol) ->
     out
 }
 
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn emit(text: &str) -> anyhow::Result<()> {
+/// Writes to stdout at once (`measure` prints as results arrive); a closed pipe (`| head`)
+/// is not an error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    match std::io::stdout().write_all(text.as_bytes()) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }

@@ -126,13 +126,7 @@ fn secret(a: &SlaveArgs) -> anyhow::Result<String> {
         return Ok(p.to_owned());
     }
     if let Some(file) = &a.passwd_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read -passwd-file {}", file.display()))?;
-        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if line.is_empty() {
-            bail!("-passwd-file {} is empty", file.display());
-        }
-        return Ok(line.to_owned());
+        return crate::secret_from_file(file, "-passwd-file");
     }
     match std::env::var("DT_PASSWD") {
         Ok(p) if !p.is_empty() => Ok(p),

@@ -83,13 +83,7 @@ pub fn target(url: &str, passwd_file: Option<&Path>) -> anyhow::Result<Target> {
                     "-db: the URL has a password and -db-passwd-file gives one: keep only the file"
                 );
             }
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("-db-passwd-file: cannot read {}", file.display()))?;
-            let pw = text.lines().next().unwrap_or("").trim_end_matches('\r');
-            if pw.is_empty() {
-                anyhow::bail!("-db-passwd-file: {} is empty", file.display());
-            }
-            config.password(pw);
+            config.password(crate::secret_from_file(file, "-db-passwd-file")?);
         }
         None if in_url => log::warn!(
             "-db: the password is in the URL, where other users of this machine can see it (ps); use PGPASSWORD or -db-passwd-file"
