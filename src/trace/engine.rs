@@ -385,15 +385,17 @@ impl Run<'_> {
         // Still silent below an end that the reply's TTL puts nearer: the end's answer there
         // was lost (a router silent just before the destination would have to be on a way
         // back shorter than the way there).
-        if self.terminal_ttl() == Some(last)
-            && last > 1
-            && !self.answered(last - 1)
-            && !self.end_is_exact(last)
-            && self.distance_by_reply_ttl(last).is_some_and(|e| e < last)
-        {
-            moved_from = Some(last);
-            last -= 1;
+        // As far down as that TTL says, over every TTL still silent: a late answer to a
+        // re-probe leaves more than one of them.
+        if self.terminal_ttl() == Some(last) && !self.end_is_exact(last) {
+            let end = last;
+            let by_ttl = self.distance_by_reply_ttl(end);
+            while last > 1 && !self.answered(last - 1) && by_ttl.is_some_and(|e| e < last) {
+                moved_from = Some(end);
+                last -= 1;
+            }
         }
+        let upto = moved_from.unwrap_or(last);
         let probe = |s: &Sent| match s.reply {
             Some(r) => Probe {
                 // On a fast path the reply can be stamped a hair before the send time was
@@ -417,7 +419,7 @@ impl Run<'_> {
         let mut stand_ins = self
             .sent
             .iter()
-            .filter(|s| s.ttl > last && (end_at(s) == Some(last) || end_at(s) == moved_from))
+            .filter(|s| s.ttl > last && end_at(s).is_some_and(|e| e >= last && e <= upto))
             .map(probe);
         let hops: Vec<Hop> = (1..=last)
             .map(|ttl| {
@@ -712,6 +714,26 @@ mod tests {
         let o = run(&mut net, &no_retry, 1).unwrap();
         assert_eq!(o.hops.len(), 7);
         assert_eq!(net.sent.iter().filter(|s| s.0 == 6).count(), 1);
+    }
+
+    /// The destination at 6 whose answers at 6 and 7 are all lost (a re-probe's answer can
+    /// come too late to count): its TTL-8 answer's reply TTL puts it back at 6, not at 7.
+    #[test]
+    fn an_end_two_ttls_too_far_moves_all_the_way_back() {
+        let no_retry = TraceOptions {
+            retries: 0,
+            ..opts()
+        };
+        let mut net = Fake::chain(5);
+        for ttl in [6, 7] {
+            net.script
+                .insert(ttl, VecDeque::from(vec![Answer::Silent; 8]));
+        }
+        let o = run(&mut net, &no_retry, 1).unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.len(), 6, "{:?}", addrs(&o));
+        assert_eq!(o.hops[5].addr, Some(addr(100)));
+        assert!(o.hops[..5].iter().all(|h| h.addr.is_some()));
     }
 
     #[test]
