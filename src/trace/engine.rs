@@ -380,22 +380,18 @@ impl Run<'_> {
     }
 
     fn outcome(&self) -> Outcome {
-        let mut last = self.horizon();
-        let mut moved_from = None;
-        // Still silent below an end that the reply's TTL puts nearer: the end's answer there
-        // was lost (a router silent just before the destination would have to be on a way
-        // back shorter than the way there).
-        // As far down as that TTL says, over every TTL still silent: a late answer to a
-        // re-probe leaves more than one of them.
-        if self.terminal_ttl() == Some(last) && !self.end_is_exact(last) {
-            let end = last;
-            let by_ttl = self.distance_by_reply_ttl(end);
+        // Where the replies put the end; the end moves down from there while the TTL below
+        // is still silent and the end's reply TTL puts it nearer: the end's answers there
+        // were lost, or a re-probe's came too late (a router silent just before the
+        // destination would have to be on a way back shorter than the way there).
+        let upto = self.horizon();
+        let mut last = upto;
+        if self.terminal_ttl() == Some(upto) && !self.end_is_exact(upto) {
+            let by_ttl = self.distance_by_reply_ttl(upto);
             while last > 1 && !self.answered(last - 1) && by_ttl.is_some_and(|e| e < last) {
-                moved_from = Some(end);
                 last -= 1;
             }
         }
-        let upto = moved_from.unwrap_or(last);
         let probe = |s: &Sent| match s.reply {
             Some(r) => Probe {
                 // On a fast path the reply can be stamped a hair before the send time was
