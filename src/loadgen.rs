@@ -368,6 +368,7 @@ fn make_result(
         source_address: None,
         debug: false,
         measurement: None,
+        multipath: None,
     }
 }
 

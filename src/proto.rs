@@ -189,7 +189,7 @@ fn default_timeout_ms() -> u32 {
 }
 
 /// One target of the targets document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TargetSpec {
     /// Display name (alphanumeric in the original).
@@ -209,6 +209,13 @@ pub struct TargetSpec {
     /// Extension: how many flows (ECMP branches, flow numbers 0..N) are traced each round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<u16>,
+    /// Extension: `"mda"` discovers every load-balanced branch each round (one result with
+    /// the graph) instead of tracing fixed flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath: Option<String>,
+    /// Extension: the confidence of that discovery, percent (default 95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 /// The target a result belongs to, as the original sends it (name and address only).
@@ -282,6 +289,65 @@ pub struct TraceResult {
     /// Extension: the on-demand measurement this result belongs to (no `TargetID` then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
+    /// Extension: the branches a multipath discovery found this round (the result's own hops
+    /// are flow 0's path, which an original master reads as the one path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath: Option<Multipath>,
+}
+
+/// The graph of one multipath discovery: every address answering at each TTL over the flows
+/// traced, and which led to which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Multipath {
+    /// The confidence asked for, 0..1.
+    pub confidence: f64,
+    /// Flows traced (flow numbers 0..Flows).
+    pub flows: u16,
+    /// Probes sent over all of them.
+    pub probes: u64,
+    /// True when the stopping rule was met at every node (false: the flow budget ran out).
+    pub complete: bool,
+    /// The nodes, by TTL then address.
+    #[serde(default)]
+    pub nodes: Vec<MultipathNode>,
+    /// The links between nodes at consecutive TTLs.
+    #[serde(default)]
+    pub links: Vec<MultipathLink>,
+}
+
+/// One address answering at one TTL of a multipath graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultipathNode {
+    /// The TTL.
+    #[serde(rename = "TTL")]
+    pub ttl: u8,
+    /// The address.
+    #[serde(rename = "IP")]
+    pub ip: String,
+    /// The flows that found it there.
+    #[serde(default)]
+    pub flows: Vec<u16>,
+    /// Its RTTs over those flows, nanoseconds.
+    #[serde(rename = "RTTs", default)]
+    pub rtts: Vec<i64>,
+}
+
+/// Two nodes at consecutive TTLs one or more flows went through one after the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MultipathLink {
+    /// The TTL of `From`.
+    #[serde(rename = "TTL")]
+    pub ttl: u8,
+    /// The nearer address.
+    pub from: String,
+    /// The next one.
+    pub to: String,
+    /// The flows that took it.
+    #[serde(default)]
+    pub flows: Vec<u16>,
 }
 
 /// One answering hop of a result.

@@ -198,7 +198,7 @@ pub fn is_host_or_ip(s: &str) -> bool {
 }
 
 /// One target.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct TargetConf {
     /// Display name.
@@ -220,6 +220,35 @@ pub struct TargetConf {
     /// Extension: trace this many flows (ECMP branches) each round, 1..16 (default 1).
     #[serde(default, deserialize_with = "flows")]
     pub flows: Option<u16>,
+    /// Extension: `"mda"` discovers every load-balanced branch each round (not with `Flows`).
+    #[serde(default, deserialize_with = "multipath")]
+    pub multipath: Option<String>,
+    /// Extension: the confidence of that discovery, percent (50..99.9, default 95).
+    #[serde(default, deserialize_with = "confidence")]
+    pub confidence: Option<f64>,
+}
+
+fn multipath<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "mda" {
+        Ok(Some(s))
+    } else {
+        Err(de::Error::custom(format!(
+            "Multipath: '{s}' is not \"mda\" (for a fixed number of flows use Flows)"
+        )))
+    }
+}
+
+fn confidence<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = f64::deserialize(d)
+        .map_err(|e| de::Error::custom(format!("Confidence: must be a number ({e})")))?;
+    if (50.0..=99.9).contains(&v) {
+        Ok(Some(v))
+    } else {
+        Err(de::Error::custom(format!(
+            "Confidence: {v} is out of range 50..99.9 (percent)"
+        )))
+    }
 }
 
 fn flows<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
@@ -276,7 +305,7 @@ fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// `dt-targets.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct TargetsFile {
     /// Kept for the original slave; ours posts to the master it was given.
@@ -360,7 +389,35 @@ pub fn parse_slaves(file: &Path, text: &[u8]) -> Result<SlavesFile, ConfigError>
 
 /// Parses and checks a targets file's text.
 pub fn parse_targets(file: &Path, text: &[u8]) -> Result<TargetsFile, ConfigError> {
-    parse_json(file, text)
+    let parsed: TargetsFile = parse_json(file, text)?;
+    for (id, t) in &parsed.targets {
+        let why = match (&t.multipath, t.flows, t.confidence) {
+            (Some(_), Some(_), _) => {
+                "Multipath and Flows exclude each other: MDA picks its own flows"
+            }
+            (None, _, Some(_)) => "Confidence needs \"Multipath\": \"mda\"",
+            _ => continue,
+        };
+        // Point at the target's key, where its fields begin.
+        let at = find(text, format!("\"{}\"", id.0).as_bytes()).unwrap_or(0);
+        let line = 1 + text[..at].iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + at
+            - text[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+        return Err(ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: format!("Targets: {}: {why}", id.0),
+        });
+    }
+    Ok(parsed)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Everything the master serves and checks against, from one good read of both files.
@@ -1246,6 +1303,37 @@ mod tests {
         assert!(e.message.contains("Flows: 17 is out of range 1..16"), "{e}");
         let t = parse_targets(Path::new("t"), flows("4").as_bytes()).unwrap();
         assert!(t.targets.values().any(|t| t.flows == Some(4)));
+    }
+
+    #[test]
+    fn multipath_takes_mda_and_a_confidence_and_excludes_flows() {
+        let with = |extra: &str| TARGETS.replace("\"lkml.org\"", &format!("\"lkml.org\", {extra}"));
+        let t = parse_targets(
+            Path::new("t"),
+            with(r#""Multipath": "mda", "Confidence": 99"#).as_bytes(),
+        )
+        .unwrap();
+        let lkml = t.targets.values().find(|t| t.name.0 == "LKML").unwrap();
+        assert_eq!(
+            (lkml.multipath.as_deref(), lkml.confidence),
+            (Some("mda"), Some(99.0))
+        );
+        let e = targets_err(&with(r#""Multipath": "paris""#));
+        assert!(
+            e.message.contains("Multipath: 'paris' is not \"mda\""),
+            "{e}"
+        );
+        let e = targets_err(&with(r#""Multipath": "mda", "Confidence": 100"#));
+        assert!(e.message.contains("Confidence: 100 is out of range"), "{e}");
+        let e = targets_err(&with(r#""Multipath": "mda", "Flows": 4"#));
+        assert!(
+            e.message.contains("Multipath and Flows exclude each other"),
+            "{e}"
+        );
+        // The error points at the target's key.
+        assert_eq!((e.line, e.column), (5, 17), "{e}");
+        let e = targets_err(&with(r#""Confidence": 90"#));
+        assert!(e.message.contains("Confidence needs"), "{e}");
     }
 
     #[test]

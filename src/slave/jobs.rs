@@ -46,6 +46,7 @@ pub(super) fn traces(spec: &JobSpec) -> Vec<Job> {
             options: options(spec, flow),
             measurement: Some(spec.id.clone()),
             flows: 1,
+            multipath: None,
         })
         .collect()
 }

@@ -184,7 +184,16 @@ struct Job {
     measurement: Option<String>,
     /// Flows traced, 0..flows, each its own result (a configured target's `Flows`).
     flows: u16,
+    /// Multipath discovery to this confidence (0..1) instead: one result with the graph.
+    multipath: Option<f64>,
 }
+
+/// Most flows one multipath discovery traces: enough for a 4-way split at 95% (27 flows)
+/// with a margin, within a round's probe budget.
+pub const MDA_MAX_FLOWS: u16 = 32;
+
+/// The confidence of a multipath discovery when the target names none.
+pub const MDA_CONFIDENCE: f64 = 0.95;
 
 /// `dist-traceroute slave`.
 pub fn run(args: &SlaveArgs) -> anyhow::Result<()> {
@@ -263,8 +272,14 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
                 let Ok(job) = locked(&job_rx).recv() else {
                     return;
                 };
-                // A target of several flows: each flow traced at once, one result each.
-                let flows: Vec<Job> = (0..job.flows.max(1))
+                // A target of several flows: each flow traced at once, one result each (a
+                // multipath one is one discovery, one result).
+                let n = if job.multipath.is_some() {
+                    1
+                } else {
+                    job.flows.max(1)
+                };
+                let flows: Vec<Job> = (0..n)
                     .map(|flow| Job {
                         options: TraceOptions {
                             flow,
@@ -469,6 +484,25 @@ fn poll_config(client: &Client, doc: &Doc, spool: &Spool, stop: &Stop, every: Du
 }
 
 /// The trace options for one target under a targets document.
+/// The confidence (0..1) of a target's multipath discovery, `None` when it has none (a
+/// `Multipath` this slave does not know is traced as one flow, with a warning).
+fn multipath_of(t: &crate::proto::TargetSpec) -> Option<f64> {
+    match t.multipath.as_deref()? {
+        "mda" => Some(
+            t.confidence
+                .filter(|c| (50.0..=99.9).contains(c))
+                .map_or(MDA_CONFIDENCE, |c| c / 100.0),
+        ),
+        other => {
+            log::warn!(
+                "{}: Multipath '{other}' is not known here; tracing one flow",
+                t.name
+            );
+            None
+        }
+    }
+}
+
 pub fn options_for(doc: &TargetsDoc, target: &crate::proto::TargetSpec) -> TraceOptions {
     TraceOptions {
         protocol: target
@@ -502,6 +536,9 @@ fn trace_job(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
         r.debug = true;
         return r;
     };
+    if let Some(confidence) = job.multipath {
+        return discover(tracer, job, creds, confidence, started);
+    }
     let outcome = crate::trace::resolve(&job.target.address, None)
         .map_err(|e| (e.to_string(), None))
         .and_then(|addr| {
@@ -513,6 +550,46 @@ fn trace_job(tracer: Option<&Tracer>, job: &Job, creds: &Creds) -> TraceResult {
         Ok(mut trace) => {
             trace.fill_hosts(Duration::from_millis(300));
             report::from_trace(&trace, creds, &job.id, &job.target)
+        }
+        Err((e, resolved)) => {
+            log::warn!("{}: {e}", job.target.name);
+            report::from_error(&e, resolved, started, creds, &job.id, &job.target)
+        }
+    }
+}
+
+/// One multipath discovery: flow 0's path as the result's hops, the graph beside them.
+fn discover(
+    tracer: &Tracer,
+    job: &Job,
+    creds: &Creds,
+    confidence: f64,
+    started: std::time::SystemTime,
+) -> TraceResult {
+    let outcome = crate::trace::resolve(&job.target.address, None)
+        .map_err(|e| (e.to_string(), None))
+        .and_then(|addr| {
+            crate::trace::mda::discover_with_traces(
+                tracer,
+                addr,
+                &job.options,
+                confidence,
+                MDA_MAX_FLOWS,
+            )
+            .map_err(|e| {
+                (
+                    format!("multipath discovery to {addr} failed: {e}"),
+                    Some(addr),
+                )
+            })
+        });
+    match outcome {
+        Ok((graph, mut traces)) => {
+            let mut first = traces.swap_remove(0);
+            first.fill_hosts(Duration::from_millis(300));
+            let mut r = report::from_trace(&first, creds, &job.id, &job.target);
+            r.multipath = Some(report::multipath(&graph));
+            r
         }
         Err((e, resolved)) => {
             log::warn!("{}: {e}", job.target.name);
@@ -599,13 +676,17 @@ fn schedule(
                         .min(Duration::from_millis(250));
                 }
                 Next::Run(id) => {
-                    let flows = current
-                        .targets
-                        .get(&id)
-                        .and_then(|t| t.flows)
-                        .unwrap_or(1)
-                        .clamp(1, 16);
-                    let cost = schedule::probe_cost(&current) * f64::from(flows);
+                    let spec = current.targets.get(&id);
+                    let multipath = spec.and_then(multipath_of);
+                    let flows = spec.and_then(|t| t.flows).unwrap_or(1).clamp(1, 16);
+                    // A discovery costs at least its first round of flows up front; the
+                    // tracer's pacer holds any more it adds to the same cap.
+                    let charged = if multipath.is_some() {
+                        crate::trace::mda::flows_for(1, multipath.unwrap_or(MDA_CONFIDENCE)) as u16
+                    } else {
+                        flows
+                    };
+                    let cost = schedule::probe_cost(&current) * f64::from(charged);
                     if !bucket.take(cost, Instant::now()) {
                         plan.retry_now(&id, Instant::now());
                         break Duration::from_millis(20);
@@ -623,6 +704,7 @@ fn schedule(
                         options: options_for(&current, spec),
                         measurement: None,
                         flows,
+                        multipath,
                     };
                     if jobs.send(job).is_err() {
                         return;
@@ -665,6 +747,8 @@ mod tests {
             port: Some(443),
             interval: None,
             flows: None,
+            multipath: None,
+            confidence: None,
         };
         let o = options_for(&doc, &spec);
         assert_eq!(

@@ -1,7 +1,9 @@
 //! Turns a finished trace into the result a slave posts: the original fields, with our
 //! additions in new fields only.
 
-use crate::proto::{Creds, HopResult, TargetRef, TraceResult};
+use crate::proto::{
+    Creds, HopResult, Multipath, MultipathLink, MultipathNode, TargetRef, TraceResult,
+};
 use crate::trace::{ReplyKind, Trace};
 use std::net::IpAddr;
 
@@ -84,6 +86,41 @@ pub fn from_trace(
         source_address: trace.source.map(|a| a.to_string()),
         debug: false,
         measurement: None,
+        multipath: None,
+    }
+}
+
+/// The multipath graph of a discovery in its wire form, RTTs rounded like a hop's.
+pub fn multipath(g: &crate::trace::mda::Graph) -> Multipath {
+    Multipath {
+        confidence: g.confidence,
+        flows: g.flows,
+        probes: g.probes,
+        complete: g.complete,
+        nodes: g
+            .nodes
+            .iter()
+            .map(|n| MultipathNode {
+                ttl: n.ttl,
+                ip: n.addr.to_string(),
+                flows: n.flows.clone(),
+                rtts: n
+                    .rtt_ms
+                    .iter()
+                    .map(|ms| nanos(std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3)))
+                    .collect(),
+            })
+            .collect(),
+        links: g
+            .links
+            .iter()
+            .map(|l| MultipathLink {
+                ttl: l.ttl,
+                from: l.from.to_string(),
+                to: l.to.to_string(),
+                flows: l.flows.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -118,6 +155,7 @@ pub fn from_error(
         source_address: None,
         debug: false,
         measurement: None,
+        multipath: None,
     }
 }
 

@@ -195,6 +195,8 @@ mod tests {
                     port: None,
                     interval: interval.map(str::to_owned),
                     flows: None,
+                    multipath: None,
+                    confidence: None,
                 },
             );
         }

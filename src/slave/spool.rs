@@ -404,6 +404,7 @@ mod tests {
             source_address: None,
             debug: false,
             measurement: None,
+            multipath: None,
         }
     }
 

@@ -93,6 +93,17 @@ pub fn discover(
     confidence: f64,
     max_flows: u16,
 ) -> Result<Graph, Error> {
+    discover_with_traces(tracer, dest, opts, confidence, max_flows).map(|(g, _)| g)
+}
+
+/// [`discover`], also giving the traces of every flow, in flow order (flow 0 first).
+pub fn discover_with_traces(
+    tracer: &Tracer,
+    dest: IpAddr,
+    opts: &TraceOptions,
+    confidence: f64,
+    max_flows: u16,
+) -> Result<(Graph, Vec<Trace>), Error> {
     let mut traces: Vec<Trace> = Vec::new();
     let mut want = flows_for(1, confidence).min(usize::from(max_flows)) as u16;
     loop {
@@ -117,7 +128,8 @@ pub fn discover(
         }
         let short = flows_short(&traces, dest, confidence);
         if short == 0 || want >= max_flows {
-            return Ok(graph(&traces, dest, confidence, short == 0));
+            let g = graph(&traces, dest, confidence, short == 0);
+            return Ok((g, traces));
         }
         want = (usize::from(want) + short).min(usize::from(max_flows)) as u16;
     }
