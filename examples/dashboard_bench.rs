@@ -103,6 +103,7 @@ fn result(n: usize, slave: usize, target: usize, round: usize, at: i64) -> NewRe
         rtt_alert_ns: None,
         origin: Default::default(),
         hops,
+        multipath: None,
     }
 }
 

@@ -73,6 +73,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
         rtt_alert_ns: None,
         origin: Default::default(),
         hops,
+        multipath: None,
     }
 }
 

@@ -42,6 +42,34 @@ fn result(slave: &str, flow: i64, route: &[&str], at_ms: i64) -> Value {
     })
 }
 
+/// `r` as a multipath result: flow 0 on its own route, flow 1 on the other branch of the
+/// 10.1.0.1 → {10.1.0.2, 10.2.0.2} → 192.0.2.1 diamond.
+fn with_graph(mut r: Value, at_ms: i64) -> Value {
+    let mine = r["Hops"][1]["IP"].as_str().unwrap().to_owned();
+    let other = if mine == "10.1.0.2" {
+        "10.2.0.2"
+    } else {
+        "10.1.0.2"
+    };
+    let rtt = 1_000_000 + at_ms % 977 * 1000;
+    r["Multipath"] = json!({
+        "Confidence": 0.95, "Flows": 2, "Probes": 7, "Complete": at_ms % 2 == 0,
+        "Nodes": [
+            {"TTL": 1, "IP": "10.1.0.1", "Flows": [0, 1], "RTTs": [rtt, rtt + 3000]},
+            {"TTL": 2, "IP": mine, "Flows": [0], "RTTs": [rtt * 2]},
+            {"TTL": 2, "IP": other, "Flows": [1], "RTTs": [rtt * 2 + 5000]},
+            {"TTL": 3, "IP": "192.0.2.1", "Flows": [0, 1], "RTTs": [rtt * 3, rtt * 3]},
+        ],
+        "Links": [
+            {"TTL": 1, "From": "10.1.0.1", "To": mine, "Flows": [0]},
+            {"TTL": 1, "From": "10.1.0.1", "To": other, "Flows": [1]},
+            {"TTL": 2, "From": mine, "To": "192.0.2.1", "Flows": [0]},
+            {"TTL": 2, "From": other, "To": "192.0.2.1", "Flows": [1]},
+        ],
+    });
+    r
+}
+
 fn batch(addr: SocketAddr, slave: &str, results: &[Value]) {
     let body = json!({
         "Creds": {"Name": slave, "Password": password(slave)},
@@ -157,7 +185,12 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
                     // Every result to the same millisecond as the one before it on another flow.
                     let at = start + (n / 4) * 200;
                     let route = if (n / 400) % 2 == 0 { &a } else { &b };
-                    result(slave, flow, route, at)
+                    // slave2's flow 0 is a multipath series in part of the history.
+                    if slave == "slave2" && flow == 0 && chunk < 2 {
+                        with_graph(result(slave, flow, route, at), at)
+                    } else {
+                        result(slave, flow, route, at)
+                    }
                 })
                 .collect();
             batch(sqlite.addr(), slave, &results);
@@ -165,6 +198,13 @@ fn an_sqlite_history_copied_into_postgresql_reads_the_same() {
     }
     let before = view(sqlite.addr());
     assert_eq!(before[0].1.as_array().unwrap().len(), 12_000);
+    let graphs = before[0]
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("multipath").is_some());
+    assert_eq!(graphs.count(), 500);
     let events = before[1].1["events"].as_array().unwrap().len();
     assert!(events >= 16, "only {events} events");
     // The copy refuses the file while its master runs.

@@ -73,6 +73,7 @@ suite!(
     a_target_whose_address_changes_keeps_one_current_series,
     a_measurement_hands_out_its_jobs_once_and_counts_its_results,
     the_current_path_is_filled_in_by_later_answers,
+    a_multipath_series_tells_lost_and_new_branches_and_no_rehash,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -851,4 +852,133 @@ fn postgres_two_masters_fill_the_same_milliseconds() {
     assert!(moved >= 200 - codec::PER_MS as usize, "{moved}");
     // Each master sees them all.
     assert_eq!(all(&*stores[1]).len(), 200);
+}
+
+/// Result `id` at `at` whose flows `paths` took the second hop of each (`0` = 10.0.1.1,
+/// `1` = 10.0.2.1) of a diamond 10.0.0.1 → {10.0.1.1, 10.0.2.1} → 10.0.0.3; flow 0's path
+/// is the result's own.
+fn multipath(id: u32, at: i64, paths: &[usize]) -> NewResult {
+    use dist_traceroute::proto::{Multipath, MultipathLink, MultipathNode};
+    let mids = ["10.0.1.1", "10.0.2.1"];
+    let mut nodes = vec![MultipathNode {
+        ttl: 1,
+        ip: "10.0.0.1".into(),
+        flows: (0..paths.len() as u16).collect(),
+        rtts: paths.iter().map(|_| 1_000_000).collect(),
+    }];
+    let mut links = Vec::new();
+    for (i, mid) in mids.iter().enumerate() {
+        let flows: Vec<u16> = (0..paths.len() as u16)
+            .filter(|f| paths[*f as usize] == i)
+            .collect();
+        if flows.is_empty() {
+            continue;
+        }
+        nodes.push(MultipathNode {
+            ttl: 2,
+            ip: (*mid).into(),
+            flows: flows.clone(),
+            rtts: flows
+                .iter()
+                .map(|f| 2_000_000 + i64::from(*f) * 1000)
+                .collect(),
+        });
+        links.push(MultipathLink {
+            ttl: 1,
+            from: "10.0.0.1".into(),
+            to: (*mid).into(),
+            flows: flows.clone(),
+        });
+        links.push(MultipathLink {
+            ttl: 2,
+            from: (*mid).into(),
+            to: "10.0.0.3".into(),
+            flows,
+        });
+    }
+    nodes.push(MultipathNode {
+        ttl: 3,
+        ip: "10.0.0.3".into(),
+        flows: (0..paths.len() as u16).collect(),
+        rtts: paths.iter().map(|_| 3_000_000).collect(),
+    });
+    let wire = Multipath {
+        confidence: 0.95,
+        flows: paths.len() as u16,
+        probes: 3 * paths.len() as u64,
+        complete: true,
+        nodes,
+        links,
+    };
+    let mut r = via(result(id, at), mids[paths[0]]);
+    r.multipath = Some(dist_traceroute::master::store::graph::Graph::from_wire(&wire).unwrap());
+    r
+}
+
+fn a_multipath_series_tells_lost_and_new_branches_and_no_rehash(engine: Engine) {
+    let store = open(engine, 2);
+    let mut id = 0;
+    let mut feed = |paths: &[usize]| {
+        id += 1;
+        let r = multipath(id, i64::from(id) * 1000, paths);
+        let (_, events) = store.insert(&r).unwrap();
+        (r, events.into_iter().map(|e| e.event).collect::<Vec<_>>())
+    };
+    let both = [0, 1, 0, 1, 1, 0];
+    let (first, events) = feed(&both);
+    assert!(events.is_empty(), "{events:?}");
+    // Flows re-hash: flow 0 takes the other branch, twice in a row (which for a single
+    // path would be a confirmed change), and the others move about. No event.
+    for paths in [[1, 0, 1, 0, 0, 1], [1, 1, 0, 0, 1, 0], [0, 1, 1, 0, 1, 0]] {
+        let (_, events) = feed(&paths);
+        assert!(events.is_empty(), "{paths:?}: {events:?}");
+    }
+    // One branch gone: one event after two results without it, none after.
+    let (_, events) = feed(&[0; 6]);
+    assert!(events.is_empty(), "{events:?}");
+    let (_, events) = feed(&[0; 6]);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind(), "branch-lost");
+    let text = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(
+        text["branches"],
+        serde_json::json!(["1 10.0.0.1>10.0.2.1", "2 10.0.2.1", "2 10.0.2.1>10.0.0.3"])
+    );
+    let (_, events) = feed(&[0; 6]);
+    assert!(events.is_empty(), "{events:?}");
+    // It comes back: one event.
+    let (_, events) = feed(&both);
+    assert!(events.is_empty(), "{events:?}");
+    let (_, events) = feed(&both);
+    assert_eq!(
+        events.iter().map(|e| e.kind()).collect::<Vec<_>>(),
+        ["branch-new"]
+    );
+    let (_, events) = feed(&both);
+    assert!(events.is_empty(), "{events:?}");
+    // The stored events, and each result's graph read back as it was sent.
+    let kinds: Vec<String> = store
+        .events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["branch-new", "branch-lost"]);
+    let results = all(&*store);
+    assert_eq!(results.len(), 10);
+    let oldest = results.last().unwrap();
+    assert_eq!(oldest.multipath, first.multipath);
+    assert!(results.iter().all(|r| r.multipath.is_some()));
+    let json = serde_json::to_value(oldest).unwrap();
+    assert_eq!(json["multipath"]["nodes"][1]["address"], "10.0.1.1");
+    assert_eq!(
+        json["multipath"]["nodes"][2]["rtts_ns"],
+        serde_json::json!([2_001_000, 2_003_000, 2_004_000])
+    );
+    // A result without a graph reads back without one.
+    store.insert(&result(99, 99_000)).unwrap();
+    assert!(all(&*store)[0].multipath.is_none());
 }

@@ -59,6 +59,10 @@ pub fn describe(e: &EventRecord) -> String {
         } => {
             format!("target changed from {from_name} ({from_address}) to {to_name} ({to_address})")
         }
+        Event::BranchLost { branches } => {
+            format!("branches gone: {}", branches.join(", "))
+        }
+        Event::BranchNew { branches } => format!("new branches: {}", branches.join(", ")),
     };
     format!(
         "slave {} target {} flow {}: {what}",

@@ -9,6 +9,7 @@
 //! is compared with that one.
 
 use super::path::{Path, Terminal};
+use super::store::graph::Branches;
 use serde::Serialize;
 
 /// What the detector remembers of one series between results.
@@ -28,6 +29,8 @@ pub struct State {
     pub rtt_high_streak: u32,
     /// An "rtt-high" alert is standing.
     pub rtt_alerted: bool,
+    /// The set of branches of a multipath target.
+    pub branches: Branches,
 }
 
 /// A path waiting for confirmation.
@@ -105,6 +108,17 @@ pub enum Event {
         /// The address now.
         to_address: String,
     },
+    /// Branches of a multipath target are gone (or silent): missing from every flow of
+    /// `confirm` complete discoveries in a row.
+    BranchLost {
+        /// The nodes (`"TTL address"`) and links (`"TTL from>to"`) gone.
+        branches: Vec<String>,
+    },
+    /// A multipath target has new branches, seen in `confirm` discoveries in a row.
+    BranchNew {
+        /// The nodes and links that are new.
+        branches: Vec<String>,
+    },
 }
 
 impl Event {
@@ -117,6 +131,8 @@ impl Event {
             Event::RttHigh { .. } => "rtt-high",
             Event::RttNormal { .. } => "rtt-normal",
             Event::TargetChange { .. } => "target-change",
+            Event::BranchLost { .. } => "branch-lost",
+            Event::BranchNew { .. } => "branch-new",
         }
     }
 }

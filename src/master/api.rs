@@ -602,6 +602,8 @@ pub const EVENT_KINDS: &[&str] = &[
     "rtt-high",
     "rtt-normal",
     "target-change",
+    "branch-lost",
+    "branch-new",
 ];
 
 fn events(app: &App, req: &Request) -> Response {

@@ -643,6 +643,7 @@ mod tests {
                 debug: false,
                 measurement: None,
             },
+            multipath: None,
             hops: vec![
                 hop(
                     1,
@@ -712,6 +713,7 @@ mod tests {
             unreachable: None,
             error: Some("cannot resolve \"x\"".into()),
             origin: Default::default(),
+            multipath: None,
             hops: vec![],
         };
         let text = String::from_utf8(csv(std::slice::from_ref(&r), true).unwrap()).unwrap();
@@ -772,6 +774,7 @@ mod tests {
                 hop(1, "10.0.0.1", 1_000_000, None),
                 hop(2, "192.0.2.1", 2_000_000, None),
             ],
+            multipath: None,
         }
     }
 

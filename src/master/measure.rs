@@ -1100,6 +1100,7 @@ mod tests {
             unreachable: None,
             error: None,
             origin: Origin::default(),
+            multipath: None,
             hops: (1..=last_ttl)
                 .map(|ttl| NewHop {
                     ttl,

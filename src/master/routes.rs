@@ -1161,6 +1161,11 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         Terminal::GaveUp
     };
     let path = NetPath::from_hops(addrs, terminal);
+    let multipath = r
+        .multipath
+        .as_ref()
+        .map(super::store::graph::Graph::from_wire)
+        .transpose()?;
     let rtt_alert_ns = config
         .target(&target_uuid)
         .and_then(|t| t.rtt_alert_ms)
@@ -1193,6 +1198,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             measurement,
         },
         hops,
+        multipath,
     })
 }
 

@@ -59,6 +59,7 @@ pub fn result(id: u32, at: i64) -> NewResult {
         rtt_alert_ns: None,
         origin: Default::default(),
         hops: vec![first, last],
+        multipath: None,
     }
 }
 

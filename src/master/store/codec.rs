@@ -34,6 +34,8 @@ pub struct Route {
     pub debug: bool,
     /// The on-demand measurement it belongs to.
     pub measurement: Option<String>,
+    /// A multipath result: its graph is in `result_graphs`.
+    pub multipath: bool,
     /// Answering hops, in the order the slave sent them.
     pub hops: Vec<RouteHop>,
 }
@@ -74,6 +76,7 @@ impl Route {
             seen_from: r.origin.seen_from.clone(),
             debug: r.origin.debug,
             measurement: r.origin.measurement.clone(),
+            multipath: r.multipath.is_some(),
             hops: r
                 .hops
                 .iter()
@@ -109,7 +112,8 @@ impl Route {
             | u64::from(self.success) << 1
             | u64::from(self.has_flow) << 2
             | u64::from(self.debug) << DEBUG_BIT
-            | u64::from(self.measurement.is_some()) << MEASUREMENT_BIT;
+            | u64::from(self.measurement.is_some()) << MEASUREMENT_BIT
+            | u64::from(self.multipath) << MULTIPATH_BIT;
         for (i, t) in texts.iter().enumerate() {
             if t.is_some() {
                 flags |= 1 << (3 + i);
@@ -242,6 +246,7 @@ impl Route {
             seen_from,
             debug: flags & (1 << DEBUG_BIT) != 0,
             measurement,
+            multipath: flags & (1 << MULTIPATH_BIT) != 0,
             hops,
         })
     }
@@ -352,7 +357,7 @@ pub struct Measures {
     pub hops: Vec<(i64, Option<Vec<Option<i64>>>)>,
 }
 
-fn put(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -384,6 +389,8 @@ const ROUTE_FORMAT: u8 = 1;
 const DEBUG_BIT: u32 = 10;
 /// The flag bit of [`Route::measurement`] (its text follows the seven others).
 const MEASUREMENT_BIT: u32 = 11;
+/// The flag bit of [`Route::multipath`].
+const MULTIPATH_BIT: u32 = 12;
 
 /// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
 /// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
@@ -412,7 +419,7 @@ fn put_ns(out: &mut Vec<u8>, ns: i64) {
 /// An RTT: whole microseconds as the difference from the RTT before it (`last_us`: RTTs of
 /// one path rise slowly and the replies of one hop lie close, so most take one or two
 /// bytes); anything else as its nanoseconds behind a flag bit.
-fn rtt_code(ns: i64, last_us: &mut i64) -> u64 {
+pub(super) fn rtt_code(ns: i64, last_us: &mut i64) -> u64 {
     let ns = ns.max(0);
     if ns % 1000 == 0 {
         let us = ns / 1000;
@@ -425,7 +432,7 @@ fn rtt_code(ns: i64, last_us: &mut i64) -> u64 {
     }
 }
 
-fn code_rtt(code: u64, last_us: &mut i64) -> Option<i64> {
+pub(super) fn code_rtt(code: u64, last_us: &mut i64) -> Option<i64> {
     if code & 1 == 0 {
         let us = last_us.checked_add(unzigzag(code >> 1))?;
         *last_us = us;
@@ -437,10 +444,10 @@ fn code_rtt(code: u64, last_us: &mut i64) -> Option<i64> {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl Reader<'_> {
-    fn get(&mut self) -> Option<u64> {
+    pub(super) fn get(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let (&b, rest) = self.0.split_first()?;
@@ -457,13 +464,13 @@ impl Reader<'_> {
         self.get().map(unzigzag)
     }
 
-    fn byte(&mut self) -> Option<u8> {
+    pub(super) fn byte(&mut self) -> Option<u8> {
         let (&b, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(b)
     }
 
-    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+    pub(super) fn bytes(&mut self, n: usize) -> Option<&[u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -711,6 +718,7 @@ mod tests {
             seen_from: None,
             debug: false,
             measurement: None,
+            multipath: false,
             hops: replies
                 .iter()
                 .enumerate()

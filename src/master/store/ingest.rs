@@ -4,6 +4,7 @@
 //! in its own savepoint, so one that fails leaves the others of its group stored.
 
 use super::codec::{self, Measures, Route, SlaveTime};
+use super::graph::{Branches, Graph};
 use super::schema;
 use super::{EventRecord, NewResult, Outcome, Stored};
 /// Where a submission's answer goes.
@@ -176,6 +177,28 @@ pub struct Prepared {
     pub(super) rtt_alert_ns: Option<i64>,
     /// The on-demand measurement it belongs to: counted there, fed to no change detection.
     pub(super) measurement: Option<String>,
+    /// A multipath result's graph, with its stored parts.
+    pub(super) graph: Option<PreparedGraph>,
+}
+
+/// A graph made ready to store: its shape (stored once, by hash) and its numbers.
+pub struct PreparedGraph {
+    pub(super) graph: Graph,
+    pub(super) shape: Vec<u8>,
+    pub(super) hash: [u8; 16],
+    pub(super) data: Vec<u8>,
+}
+
+impl PreparedGraph {
+    fn new(graph: Graph) -> PreparedGraph {
+        let shape = graph.shape();
+        PreparedGraph {
+            hash: Route::hash(&shape),
+            data: graph.data(),
+            shape,
+            graph,
+        }
+    }
 }
 
 impl Prepared {
@@ -184,6 +207,7 @@ impl Prepared {
         let time = SlaveTime::parse(&r.date_time).ok_or("DateTime is not RFC 3339")?;
         let route_body = Route::of(&r).body();
         let measurement = r.origin.measurement.clone();
+        let graph = r.multipath.clone().map(PreparedGraph::new);
         let destination_rtt_ns = r.destination_rtt_ns();
         let path_text = r.path.canonical();
         let measures = Measures {
@@ -195,6 +219,7 @@ impl Prepared {
         };
         Ok(Prepared {
             measurement,
+            graph,
             uid: schema::uid_bytes(&r.result_id),
             slave: r.slave,
             target: (r.target_uuid, r.target_name, r.target_address),
@@ -230,6 +255,7 @@ pub struct Caches {
     /// The next free counter of each recent millisecond (only the writer inserts results).
     keys: HashMap<i64, i64>,
     routes: HashMap<[u8; 16], i64>,
+    graphs: HashMap<[u8; 16], i64>,
     series: HashMap<(i64, i64, i64), Series>,
     /// The other target rows with a series' target UUID (a target whose address or name
     /// changed), by series key; forgotten whenever a series is made.
@@ -249,6 +275,7 @@ impl Caches {
     fn trim(&mut self) {
         if self.paths.len() > MAX_CACHED
             || self.routes.len() > MAX_CACHED
+            || self.graphs.len() > MAX_CACHED
             || self.series.len() > MAX_CACHED
             || self.targets.len() > MAX_CACHED
             || self.keys.len() > MAX_CACHED
@@ -562,7 +589,7 @@ fn series<'c>(
             .prepare_cached(
                 "SELECT id, last_measured, current_path, candidate_path, candidate_count,
                         candidate_since, unreached_streak, ever_reached, unreachable_alerted,
-                        rtt_high_streak, rtt_alerted
+                        rtt_high_streak, rtt_alerted, branches
                  FROM series WHERE slave_id = ?1 AND target_id = ?2 AND flow = ?3",
             )?
             .query_row(params![key.0, key.1, key.2], |r| {
@@ -578,6 +605,7 @@ fn series<'c>(
                     r.get::<_, bool>(8)?,
                     r.get::<_, u32>(9)?,
                     r.get::<_, bool>(10)?,
+                    r.get::<_, Option<String>>(11)?,
                 ))
             })?;
         let current = path_by_id(conn, caches, row.2)?;
@@ -600,11 +628,24 @@ fn series<'c>(
                     unreachable_alerted: row.8,
                     rtt_high_streak: row.9,
                     rtt_alerted: row.10,
+                    branches: branches_of(row.11.as_deref()),
                 },
             },
         );
     }
     Ok(caches.series.get_mut(&key).expect("inserted above"))
+}
+
+/// A series' stored set of branches (none: no multipath result yet, or unreadable, which
+/// only starts the set over).
+pub(super) fn branches_of(text: Option<&str>) -> Branches {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// The stored form of a series' set of branches: NULL while it has none.
+pub(super) fn branches_text(b: &Branches) -> Option<String> {
+    (*b != Branches::default()).then(|| serde_json::to_string(b).unwrap_or_default())
 }
 
 /// Is a result with this ID already stored? A resend has the same series and time, so the
@@ -666,6 +707,20 @@ fn insert(
     )?;
     if let Some(m) = &p.measurement {
         super::measurements::result_stored(conn, m, &p.slave, key, now)?;
+    }
+    if let Some(g) = &p.graph {
+        let id = match caches.graphs.get(&g.hash) {
+            Some(id) => *id,
+            None => {
+                let id = schema::graph_row(conn, &g.shape, &g.hash)?;
+                caches.graphs.insert(g.hash, id);
+                id
+            }
+        };
+        conn.prepare_cached(
+            "INSERT INTO result_graphs (result, graph_id, data) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, id, &g.data])?;
     }
     let events = track(
         conn,
@@ -751,7 +806,7 @@ fn track(
             last_measured = ?7, last_result = ?8,
             unreached_streak = ?9, ever_reached = ?10, unreachable_alerted = ?11,
             rtt_high_streak = ?12, rtt_alerted = ?13, changes_total = changes_total + ?14,
-            last_success = ?15, last_rtt_ns = ?16
+            last_success = ?15, last_rtt_ns = ?16, branches = ?18
          WHERE id = ?1",
     )?
     .execute(params![
@@ -771,7 +826,8 @@ fn track(
         changes,
         r.success,
         r.destination_rtt_ns,
-        filled
+        filled,
+        branches_text(&state.branches)
     ])?;
     let mut records = Vec::with_capacity(events.len());
     for event in events {
@@ -886,7 +942,7 @@ pub(super) fn advance(
     confirm: u32,
 ) -> Advance {
     let before = state.current.clone();
-    let events = analysis::observe(
+    let mut events = analysis::observe(
         state,
         &Observation {
             path_id,
@@ -897,8 +953,30 @@ pub(super) fn advance(
         },
         confirm,
     );
-    let changes = events.iter().filter(|e| e.kind() == "path-change").count() as i64;
+    let mut changes = events.iter().filter(|e| e.kind() == "path-change").count() as i64;
     let current_changed = changes > 0 || state.current.as_ref().is_some_and(|c| c.0 == path_id);
+    if let Some(g) = &r.graph {
+        // A multipath target's route is its set of branches: flow 0 moving to another
+        // branch of it is no change, a branch gone or new is. A round that did not reach
+        // the destination is told by `unreachable`, not by every branch beyond the break.
+        events.retain(|e| !matches!(e, Event::PathChange { .. }));
+        changes = 0;
+        if r.success {
+            let change = state.branches.observe(&g.graph, confirm);
+            if !change.lost.is_empty() {
+                events.push(Event::BranchLost {
+                    branches: change.lost,
+                });
+                changes += 1;
+            }
+            if !change.new.is_empty() {
+                events.push(Event::BranchNew {
+                    branches: change.new,
+                });
+                changes += 1;
+            }
+        }
+    }
     let since = if current_changed {
         events
             .iter()

@@ -4,6 +4,7 @@
 //! any number of masters).
 
 pub mod codec;
+pub mod graph;
 mod ingest;
 mod measurements;
 pub mod postgres;
@@ -90,6 +91,8 @@ pub struct NewResult {
     pub origin: Origin,
     /// Answering hops.
     pub hops: Vec<NewHop>,
+    /// A multipath result's graph.
+    pub multipath: Option<graph::Graph>,
 }
 
 /// Where a result came from: the probes' source address as the slave reported it, the
@@ -294,6 +297,8 @@ pub struct StoredResult {
     pub origin: Origin,
     /// Answering hops.
     pub hops: Vec<NewHop>,
+    /// A multipath result's graph.
+    pub multipath: Option<graph::Graph>,
 }
 
 /// Unix ms as the API writes every time: RFC 3339 in UTC with milliseconds and `Z`.
@@ -334,6 +339,8 @@ struct StoredResultJson<'a> {
     #[serde(flatten)]
     origin: &'a Origin,
     hops: &'a [NewHop],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multipath: &'a Option<graph::Graph>,
 }
 
 impl Serialize for StoredResult {
@@ -363,6 +370,7 @@ impl Serialize for StoredResult {
             error: &self.error,
             origin: &self.origin,
             hops: &self.hops,
+            multipath: &self.multipath,
         }
         .serialize(s)
     }
@@ -397,6 +405,7 @@ impl StoredResult {
             error: r.error.clone(),
             origin: r.origin.clone(),
             hops: r.hops.clone(),
+            multipath: r.multipath.clone(),
         }
     }
 }

@@ -3,11 +3,12 @@
 //! they name (both are never changed once written).
 
 use super::codec::{self, Route};
+use super::graph::Graph;
 use super::{
     Cursor, EventQuery, EventView, NewHop, PathSeen, ResultQuery, SeriesFilter, SeriesRow,
     SlaveRecord, StoredResult, StoredTarget,
 };
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -99,6 +100,8 @@ pub struct SeriesIdent {
 pub struct ReadCaches {
     pub(super) routes: RwLock<HashMap<i64, Arc<RouteInfo>>>,
     pub(super) series: RwLock<HashMap<i64, Arc<SeriesIdent>>>,
+    /// Graph shapes by id.
+    pub(super) graphs: RwLock<HashMap<i64, Arc<Vec<u8>>>>,
 }
 
 /// Most entries a read cache keeps before it starts over.
@@ -141,6 +144,25 @@ impl ReadCaches {
         })
     }
 
+    /// The graph of the multipath result at `key` (`None` when it has none stored).
+    fn graph(&self, conn: &Connection, key: i64) -> anyhow::Result<Option<Graph>> {
+        let Some((graph_id, data)): Option<(i64, Vec<u8>)> = conn
+            .prepare_cached("SELECT graph_id, data FROM result_graphs WHERE result = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let shape = cached(&self.graphs, graph_id, || {
+            Ok(conn
+                .prepare_cached("SELECT body FROM graphs WHERE id = ?1")?
+                .query_row([graph_id], |r| r.get(0))?)
+        })?;
+        Graph::decode(&shape, &data)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("the graph of result {key} does not decode"))
+    }
+
     fn series(&self, conn: &Connection, id: i64) -> anyhow::Result<Arc<SeriesIdent>> {
         cached(&self.series, id, || {
             Ok(conn
@@ -170,7 +192,11 @@ pub(super) fn unpack(
 ) -> anyhow::Result<StoredResult> {
     let route = caches.route(conn, route_id)?;
     let series = caches.series(conn, series_id)?;
-    unpack_with(&route, &series, key, &data)
+    let mut r = unpack_with(&route, &series, key, &data)?;
+    if route.route.multipath {
+        r.multipath = caches.graph(conn, key)?;
+    }
+    Ok(r)
 }
 
 /// A stored row (`key`, `data`) of a series on a route, as the API shows it.
@@ -212,6 +238,7 @@ pub(super) fn unpack_with(
             measurement: r.measurement.clone(),
         },
         hops: m.hops(r),
+        multipath: None,
     })
 }
 

@@ -20,6 +20,14 @@ pub const MEASUREMENTS_BEFORE: &str = "
     DELETE FROM measurements WHERE created_at < $1;
     DELETE FROM follow_ups WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = follow_ups.event_id);";
 
+/// Deletes the graph numbers of results gone below `?1`.
+const RESULT_GRAPHS_GONE_SQLITE: &str = "DELETE FROM result_graphs WHERE result < ?1
+       AND NOT EXISTS (SELECT 1 FROM results WHERE id = result_graphs.result)";
+
+/// The same for PostgreSQL.
+pub const RESULT_GRAPHS_GONE: &str = "DELETE FROM result_graphs WHERE result < $1
+       AND NOT EXISTS (SELECT 1 FROM results WHERE id = result_graphs.result)";
+
 /// Rows deleted per retention step.
 pub const BATCH: i64 = 500;
 
@@ -37,6 +45,7 @@ pub fn delete_results(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize>
            AND NOT EXISTS (SELECT 1 FROM results WHERE id = aside.result)",
         [below],
     )?;
+    conn.execute(RESULT_GRAPHS_GONE_SQLITE, [below])?;
     Ok(n)
 }
 
@@ -81,6 +90,12 @@ pub fn delete_history(
             del.execute([id])?;
         }
     }
+    // Graph shapes no result uses (the writer runs this, so none is being written).
+    let graphs = conn.execute(
+        "DELETE FROM graphs WHERE NOT EXISTS
+            (SELECT 1 FROM result_graphs WHERE graph_id = graphs.id)",
+        [],
+    )?;
     let paths = conn.execute(
         "DELETE FROM paths WHERE first_seen < ?1
            AND NOT EXISTS (SELECT 1 FROM routes WHERE path_id = paths.id)
@@ -88,7 +103,7 @@ pub fn delete_history(
            AND NOT EXISTS (SELECT 1 FROM events WHERE from_path = paths.id OR to_path = paths.id)",
         [cutoff],
     )?;
-    if !unused.is_empty() || paths > 0 {
+    if !unused.is_empty() || paths > 0 || graphs > 0 {
         caches.clear();
     }
     Ok((events, paths))

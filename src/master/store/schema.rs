@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -195,6 +195,20 @@ const LATER_MIGRATIONS: &[&str] = &[
         measurement TEXT NOT NULL
      );
      CREATE INDEX follow_ups_by_measurement ON follow_ups (measurement);",
+    // 9: multipath graphs: each distinct shape once, each result's numbers by the result's
+    // key, and a series' set of branches.
+    "CREATE TABLE graphs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash BLOB NOT NULL UNIQUE,
+        body BLOB NOT NULL
+     );
+     CREATE TABLE result_graphs (
+        result INTEGER PRIMARY KEY,
+        graph_id INTEGER NOT NULL,
+        data BLOB NOT NULL
+     );
+     CREATE INDEX result_graphs_by_graph ON result_graphs (graph_id);
+     ALTER TABLE series ADD COLUMN branches TEXT;",
 ];
 
 /// Brings the database to [`VERSION`]; each step is one transaction.
@@ -309,6 +323,20 @@ pub fn route_row(
     Ok(conn.last_insert_rowid())
 }
 
+/// The row of a graph shape, made when new.
+pub fn graph_row(conn: &Connection, body: &[u8], hash: &[u8; 16]) -> rusqlite::Result<i64> {
+    if let Some(id) = conn
+        .prepare_cached("SELECT id FROM graphs WHERE hash = ?1")?
+        .query_row([&hash[..]], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO graphs (hash, body) VALUES (?1, ?2)")?
+        .execute(params![&hash[..], body])?;
+    Ok(conn.last_insert_rowid())
+}
+
 /// Where a result is ordered: its own time, unless that is ahead of when it arrived by more
 /// than the allowance (a slave's clock is wrong), then its arrival.
 pub fn ordered_at(measured_ms: i64, received_ms: i64) -> i64 {
@@ -393,6 +421,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
             seen_from: None,
             debug: false,
             measurement: None,
+            multipath: false,
             target_known: row.get(3)?,
             success: row.get(7)?,
             hop_count: row.get(8)?,
@@ -478,6 +507,9 @@ mod tests {
              CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
              CREATE INDEX aside_by_result ON aside (result);
              INSERT INTO aside VALUES (x'0102', 77);
+             DROP TABLE result_graphs;
+             DROP TABLE graphs;
+             ALTER TABLE series DROP COLUMN branches;
              DROP TABLE follow_ups;
              DROP TABLE measurement_results;
              DROP TABLE measurement_runs;

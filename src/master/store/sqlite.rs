@@ -336,6 +336,7 @@ mod tests {
                     reply_ttl: Some(61),
                 },
             ],
+            multipath: None,
         }
     }
 

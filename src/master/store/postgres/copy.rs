@@ -136,6 +136,8 @@ pub fn copy(
             .map(|r| r.get(0))
             .collect();
         let mut skipped = 0;
+        // Results found there already (their graphs came with them).
+        let mut already = std::collections::HashSet::new();
         for i in 0..keys.len() {
             if inserted.contains(&keys[i]) {
                 continue;
@@ -159,6 +161,7 @@ pub fn copy(
                 .is_empty();
             if there {
                 skipped += 1;
+                already.insert(keys[i]);
                 continue;
             }
             // By another: store this one at the next free key (repacked when that is in a
@@ -196,6 +199,42 @@ pub fn copy(
             )?;
             moved.insert(keys[i], new);
             done.moved += 1;
+        }
+        // The graphs of multipath results: each shape once (matched by its hash), the numbers
+        // at the key the result landed on.
+        let first = keys.first().copied().unwrap_or(i64::MIN);
+        let mut with_graphs = src.prepare_cached(
+            "SELECT rg.result, rg.data, g.hash, g.body FROM result_graphs rg
+             JOIN graphs g ON g.id = rg.graph_id WHERE rg.result BETWEEN ?1 AND ?2",
+        )?;
+        let found = with_graphs
+            .query_map(rusqlite::params![first, batch_last], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        for (key, data, hash, body) in found {
+            if already.contains(&key) {
+                continue;
+            }
+            let graph: i64 = tx
+                .query_one(
+                    "INSERT INTO graphs (hash, body, last_used) VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO UPDATE SET last_used = GREATEST(graphs.last_used, EXCLUDED.last_used)
+                     RETURNING id",
+                    &[&hash, &body, &chrono::Utc::now().timestamp_millis()],
+                )?
+                .get(0);
+            let key = moved.get(&key).copied().unwrap_or(key);
+            tx.execute(
+                "INSERT INTO result_graphs (result, graph_id, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (result) DO NOTHING",
+                &[&key, &graph, &data],
+            )?;
         }
         done.before += skipped;
         done.copied -= skipped;
@@ -408,6 +447,7 @@ struct SeriesState {
     changes: i64,
     success: Option<bool>,
     rtt: Option<i64>,
+    branches: Option<String>,
 }
 
 /// Finds or makes, in PostgreSQL, every slave, target, path, route and series of the file.
@@ -530,7 +570,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
         "SELECT id, slave_id, target_id, flow, current_path, current_since, candidate_path,
                 candidate_count, candidate_since, last_measured, last_result, unreached_streak,
                 ever_reached, unreachable_alerted, rtt_high_streak, rtt_alerted, changes_total,
-                last_success, last_rtt_ns
+                last_success, last_rtt_ns, branches
          FROM series",
     )?;
     let rows: Vec<SeriesState> = stmt
@@ -555,6 +595,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                 changes: r.get(16)?,
                 success: r.get(17)?,
                 rtt: r.get(18)?,
+                branches: r.get(19)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -567,8 +608,9 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                                  candidate_path, candidate_count, candidate_since, last_measured,
                                  last_result, unreached_streak, ever_reached, unreachable_alerted,
                                  rtt_high_streak, rtt_alerted, changes_total, last_success,
-                                 last_rtt_ns)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                                 last_rtt_ns, branches)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                     $19)
              ON CONFLICT (slave_id, target_id, flow) DO NOTHING",
             &[
                 &slave,
@@ -589,6 +631,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                 &s.changes,
                 &s.success,
                 &s.rtt,
+                &s.branches,
             ],
         )?;
         let pg_id: i64 = tx

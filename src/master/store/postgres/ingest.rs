@@ -15,7 +15,8 @@
 
 use super::super::codec;
 use super::super::ingest::{
-    Prepared, Queue, Reply, Status, Takeover, Touch, advance, event_paths, gather, takeover,
+    Prepared, PreparedGraph, Queue, Reply, Status, Takeover, Touch, advance, event_paths, gather,
+    takeover,
 };
 use super::super::{EventRecord, Outcome, Stored};
 use crate::master::analysis::{Candidate, Event, State};
@@ -69,6 +70,8 @@ struct Caches {
     path_text: HashMap<i64, NetPath>,
     /// Route id and the `last_used` this master last wrote.
     routes: HashMap<[u8; 16], (i64, i64)>,
+    /// Graph shape id and the `last_used` this master last wrote.
+    graphs: HashMap<[u8; 16], (i64, i64)>,
     series: HashMap<(i64, i64, i64), i64>,
     /// The other series of a series' target UUID for the same slave and flow (a target whose
     /// address or name changed), by series id; forgotten whenever a series is looked up.
@@ -79,6 +82,7 @@ impl Caches {
     fn trim(&mut self) {
         if self.paths.len() > MAX_CACHED
             || self.routes.len() > MAX_CACHED
+            || self.graphs.len() > MAX_CACHED
             || self.series.len() > MAX_CACHED
             || self.targets.len() > MAX_CACHED
         {
@@ -107,6 +111,8 @@ struct Ids {
     series: i64,
     path: i64,
     route: i64,
+    /// A multipath result's graph shape.
+    graph: Option<i64>,
 }
 
 /// A series while a group holds its row lock.
@@ -282,7 +288,7 @@ impl Writer {
                         se.candidate_count, se.candidate_since, se.unreached_streak,
                         se.ever_reached, se.unreachable_alerted, se.rtt_high_streak,
                         se.rtt_alerted, se.current_since, se.last_result, se.last_success,
-                        se.last_rtt_ns, t.name, t.address
+                        se.last_rtt_ns, t.name, t.address, se.branches
                  FROM series se JOIN targets t ON t.id = se.target_id
                  WHERE se.id = ANY($1) ORDER BY se.id FOR UPDATE OF se",
             )?;
@@ -310,6 +316,9 @@ impl Writer {
                             unreachable_alerted: r.get(8),
                             rtt_high_streak: r.get::<_, i64>(9) as u32,
                             rtt_alerted: r.get(10),
+                            branches: super::super::ingest::branches_of(
+                                r.get::<_, Option<String>>(17).as_deref(),
+                            ),
                         },
                         last_ordered: r.get(1),
                         current_since: r.get(11),
@@ -424,6 +433,10 @@ fn update_series(
     let unreachable = flag(&|s| Some(s.state.unreachable_alerted));
     let rtt_alerted = flag(&|s| Some(s.state.rtt_alerted));
     let success = flag(&|s| s.last_success);
+    let branches: Vec<Option<String>> = dirty
+        .iter()
+        .map(|(_, s)| super::super::ingest::branches_text(&s.state.branches))
+        .collect();
     let st = prepare(
         tx,
         statements,
@@ -433,12 +446,12 @@ fn update_series(
             last_measured = u.lm, last_result = u.lr,
             unreached_streak = u.us, ever_reached = u.er, unreachable_alerted = u.ua,
             rtt_high_streak = u.rs, rtt_alerted = u.ra, changes_total = s.changes_total + u.ch,
-            last_success = u.ls, last_rtt_ns = u.lt
+            last_success = u.ls, last_rtt_ns = u.lt, branches = u.br
          FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
                      $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BOOLEAN[],
                      $11::BOOLEAN[], $12::BIGINT[], $13::BOOLEAN[], $14::BIGINT[],
-                     $15::BOOLEAN[], $16::BIGINT[])
-              AS u(id, cp, cs, cand, cc, csi, lm, lr, us, er, ua, rs, ra, ch, ls, lt)
+                     $15::BOOLEAN[], $16::BIGINT[], $17::TEXT[])
+              AS u(id, cp, cs, cand, cc, csi, lm, lr, us, er, ua, rs, ra, ch, ls, lt, br)
          WHERE s.id = u.id",
     )?;
     tx.execute(
@@ -460,6 +473,7 @@ fn update_series(
             &changes,
             &success,
             &rtt,
+            &branches,
         ],
     )?;
     Ok(())
@@ -670,12 +684,54 @@ fn resolve(
         }
     };
     let route = route_id(client, statements, caches, r, path, now)?;
+    let graph = match &r.graph {
+        Some(g) => Some(graph_id(client, statements, caches, g, now)?),
+        None => None,
+    };
     Ok(Ids {
         slave,
         series,
         path,
         route,
+        graph,
     })
+}
+
+/// The row of a graph shape, like [`route_id`]: cached, `last_used` refreshed when stale.
+fn graph_id(
+    client: &mut impl GenericClient,
+    statements: &mut HashMap<&'static str, Statement>,
+    caches: &mut Caches,
+    g: &PreparedGraph,
+    now: i64,
+) -> anyhow::Result<i64> {
+    if let Some(&(id, used)) = caches.graphs.get(&g.hash) {
+        if now - used < ROUTE_TOUCH_MS {
+            return Ok(id);
+        }
+        let st = prepare(
+            client,
+            statements,
+            "UPDATE graphs SET last_used = GREATEST(last_used, $2) WHERE id = $1",
+        )?;
+        if client.execute(&st, &[&id, &now])? == 1 {
+            caches.graphs.insert(g.hash, (id, now));
+            return Ok(id);
+        }
+        caches.graphs.remove(&g.hash);
+    }
+    let st = prepare(
+        client,
+        statements,
+        "INSERT INTO graphs (hash, body, last_used) VALUES ($1, $2, $3)
+         ON CONFLICT (hash) DO UPDATE SET last_used = GREATEST(graphs.last_used, EXCLUDED.last_used)
+         RETURNING id",
+    )?;
+    let id: i64 = client
+        .query_one(&st, &[&&g.hash[..], &g.shape, &now])?
+        .get(0);
+    caches.graphs.insert(g.hash, (id, now));
+    Ok(id)
 }
 
 /// The route of a result: cached, with its `last_used` refreshed when stale (a route gone
@@ -884,6 +940,15 @@ fn store_all(
                  ON CONFLICT (uid, series_id) DO UPDATE SET result = EXCLUDED.result",
             )?;
             tx.execute(&st, &[&&items[*i].0.uid[..], &items[*i].1.series, &*key])?;
+        }
+        if let (Some(g), Some(graph)) = (&items[*i].0.graph, items[*i].1.graph) {
+            let st = prepare(
+                tx,
+                statements,
+                "INSERT INTO result_graphs (result, graph_id, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (result) DO NOTHING",
+            )?;
+            tx.execute(&st, &[&*key, &graph, &g.data])?;
         }
     }
     let mut out: Vec<(Outcome, i64)> = items

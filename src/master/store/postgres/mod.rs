@@ -343,6 +343,7 @@ impl Store for Postgres {
                AND NOT EXISTS (SELECT 1 FROM results WHERE id = aside.result)",
             &[&below],
         )?;
+        tx.execute(super::retention::RESULT_GRAPHS_GONE, &[&below])?;
         tx.commit()?;
         Ok(n as usize)
     }
@@ -369,6 +370,12 @@ impl Store for Postgres {
         tx.execute(
             "DELETE FROM routes r WHERE r.last_used < $1
                AND NOT EXISTS (SELECT 1 FROM results WHERE route_id = r.id)",
+            &[&idle],
+        )?;
+        // Graph shapes likewise: unused by any result, and by any master for an hour.
+        tx.execute(
+            "DELETE FROM graphs g WHERE g.last_used < $1
+               AND NOT EXISTS (SELECT 1 FROM result_graphs WHERE graph_id = g.id)",
             &[&idle],
         )?;
         let paths = tx.execute(

@@ -35,6 +35,39 @@ fn route(
     })
 }
 
+/// `r` (stored at `key` on `route`) with its graph, when it is a multipath result.
+fn unpack_graph(
+    c: &mut impl GenericClient,
+    caches: &ReadCaches,
+    route: &RouteInfo,
+    mut r: StoredResult,
+    key: i64,
+) -> anyhow::Result<StoredResult> {
+    if !route.route.multipath {
+        return Ok(r);
+    }
+    let Some(row) = c.query_opt(
+        "SELECT graph_id, data FROM result_graphs WHERE result = $1",
+        &[&key],
+    )?
+    else {
+        return Ok(r);
+    };
+    let graph_id: i64 = row.get(0);
+    let data: Vec<u8> = row.get(1);
+    let shape = cached(&caches.graphs, graph_id, || {
+        Ok(
+            c.query_one("SELECT body FROM graphs WHERE id = $1", &[&graph_id])?
+                .get::<_, Vec<u8>>(0),
+        )
+    })?;
+    r.multipath = Some(
+        super::super::graph::Graph::decode(&shape, &data)
+            .ok_or_else(|| anyhow::anyhow!("the graph of result {key} does not decode"))?,
+    );
+    Ok(r)
+}
+
 fn series_ident(
     c: &mut impl GenericClient,
     caches: &ReadCaches,
@@ -108,7 +141,13 @@ pub fn results(
         let key: i64 = r.get(0);
         let route = route(c, caches, r.get(2))?;
         let series = series_ident(c, caches, r.get(1))?;
-        out.push(unpack_with(&route, &series, key, r.get(3))?);
+        out.push(unpack_graph(
+            c,
+            caches,
+            &route,
+            unpack_with(&route, &series, key, r.get(3))?,
+            key,
+        )?);
     }
     Ok((out, next))
 }
@@ -301,7 +340,14 @@ pub fn measurement_results(
     for r in rows {
         let route = route(c, caches, r.get(2))?;
         let series = series_ident(c, caches, r.get(1))?;
-        out.push(unpack_with(&route, &series, r.get(0), r.get(3))?);
+        let key: i64 = r.get(0);
+        out.push(unpack_graph(
+            c,
+            caches,
+            &route,
+            unpack_with(&route, &series, key, r.get(3))?,
+            key,
+        )?);
     }
     Ok(out)
 }

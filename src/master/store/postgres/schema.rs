@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 6;
+pub const VERSION: i32 = 7;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -169,6 +169,21 @@ const MIGRATIONS: &[&str] = &[
         measurement TEXT NOT NULL
      );
      CREATE INDEX follow_ups_by_measurement ON follow_ups (measurement);",
+    // 7: multipath graphs: each distinct shape once (with when a master last used it, as
+    // for routes), each result's numbers by the result's key, and a series' set of branches.
+    "CREATE TABLE graphs (
+        id BIGSERIAL PRIMARY KEY,
+        hash BYTEA NOT NULL UNIQUE,
+        body BYTEA NOT NULL,
+        last_used BIGINT NOT NULL
+     );
+     CREATE TABLE result_graphs (
+        result BIGINT PRIMARY KEY,
+        graph_id BIGINT NOT NULL,
+        data BYTEA NOT NULL
+     );
+     CREATE INDEX result_graphs_by_graph ON result_graphs (graph_id);
+     ALTER TABLE series ADD COLUMN branches TEXT;",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
