@@ -302,7 +302,8 @@ pub struct TraceResult {
 pub struct Multipath {
     /// The confidence asked for, 0..1.
     pub confidence: f64,
-    /// Flows traced (flow numbers 0..Flows).
+    /// How many flows were traced (flow 0, whose path is the result's, and others whose
+    /// numbers change from round to round).
     pub flows: u16,
     /// Probes sent over all of them.
     pub probes: u64,

@@ -575,6 +575,9 @@ fn discover(
                 &job.options,
                 confidence,
                 MDA_MAX_FLOWS,
+                // Other flows each round beside flow 0: a branch one round's flows missed
+                // is found by the next.
+                fastrand::u16(..),
             )
             .map_err(|e| {
                 (

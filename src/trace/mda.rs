@@ -71,7 +71,7 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Links by TTL.
     pub links: Vec<Link>,
-    /// Flows traced (flow numbers 0..flows).
+    /// Flows traced (how many; their numbers are in the nodes and links).
     pub flows: u16,
     /// Probes sent over all of them.
     pub probes: u64,
@@ -93,16 +93,29 @@ pub fn discover(
     confidence: f64,
     max_flows: u16,
 ) -> Result<Graph, Error> {
-    discover_with_traces(tracer, dest, opts, confidence, max_flows).map(|(g, _)| g)
+    discover_with_traces(tracer, dest, opts, confidence, max_flows, 0).map(|(g, _)| g)
 }
 
-/// [`discover`], also giving the traces of every flow, in flow order (flow 0 first).
+/// The flow number of the `i`-th flow of a discovery: flow 0 first (a monitored series keeps
+/// its one flow), then flows from `rotate` on, so that a discovery repeated with another
+/// `rotate` draws other flows (a branch its flows missed once is not missed every time).
+pub fn flow_number(i: u16, rotate: u16) -> u16 {
+    if i == 0 {
+        return 0;
+    }
+    let span = super::tracer::FLOWS - 1;
+    1 + ((u32::from(rotate) + u32::from(i) - 1) % u32::from(span)) as u16
+}
+
+/// [`discover`], also giving the traces of every flow, flow 0 first; the flows are numbered
+/// by [`flow_number`] with `rotate`.
 pub fn discover_with_traces(
     tracer: &Tracer,
     dest: IpAddr,
     opts: &TraceOptions,
     confidence: f64,
     max_flows: u16,
+    rotate: u16,
 ) -> Result<(Graph, Vec<Trace>), Error> {
     let mut traces: Vec<Trace> = Vec::new();
     let mut want = flows_for(1, confidence).min(usize::from(max_flows)) as u16;
@@ -110,9 +123,9 @@ pub fn discover_with_traces(
         let from = traces.len() as u16;
         let batch: Vec<Result<Trace, Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = (from..want)
-                .map(|flow| {
+                .map(|i| {
                     let opts = TraceOptions {
-                        flow,
+                        flow: flow_number(i, rotate),
                         ..opts.clone()
                     };
                     s.spawn(move || tracer.trace(dest, &opts))
@@ -232,6 +245,18 @@ mod tests {
     use super::*;
     use crate::trace::{Hop, Probe, Protocol, ReplyKind};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn flows_start_at_zero_and_rotate_within_the_tracers_flows() {
+        let plain: Vec<u16> = (0..5).map(|i| flow_number(i, 0)).collect();
+        assert_eq!(plain, [0, 1, 2, 3, 4]);
+        let turned: Vec<u16> = (0..4).map(|i| flow_number(i, 100)).collect();
+        assert_eq!(turned, [0, 101, 102, 103]);
+        let span = crate::trace::tracer::FLOWS - 1;
+        // Past the last flow number it wraps to 1, never to 0 or beyond.
+        assert_eq!(flow_number(2, span - 1), 1);
+        assert!((0..40).all(|i| (1..=span).contains(&flow_number(i + 1, u16::MAX))));
+    }
 
     #[test]
     fn the_stopping_rule_gives_the_mda_table() {
