@@ -464,6 +464,22 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     assert_eq!(union, nodes, "six rounds together see every branch");
     assert!(events().is_empty(), "{:?}", events());
 
+    // The DOT export draws the diamonds (Graphviz draws the DOT): the newest graph's links,
+    // each with its share of the flows.
+    let dot = wait_for(Duration::from_secs(30), || {
+        let dot = get_as(addr, "/api/v1/export/graph.dot?target=Nested", &vera).text();
+        let all = links
+            .iter()
+            .all(|(a, b)| dot.contains(&format!("\"{a}\" -> \"{b}\" [color=")));
+        all.then_some(dot)
+    })
+    .expect("a graph with every link");
+    assert!(dot.contains(" flows\""), "{dot}");
+    assert!(dot.contains("\"slave s1\" -> \"10.97.0.2\""), "{dot}");
+    let (code, svg, err) = pipe("dot".as_ref(), &["-Tsvg"], dot.as_bytes());
+    assert!(code == 0 && err.is_empty(), "Graphviz's dot: {code} {err}");
+    assert!(svg.contains("10.97.5.2"), "{svg}");
+
     // Branch b (and e behind it) taken away at r1: one branch-lost, naming them.
     lab.ip(
         "r1",

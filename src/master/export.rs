@@ -444,6 +444,66 @@ pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
     out
 }
 
+/// The graph of a series' newest result, when it is a multipath one.
+fn newest_graph(app: &App, s: &super::store::SeriesRow) -> Option<super::store::graph::Graph> {
+    let (rows, _) = app
+        .store
+        .results(&ResultQuery {
+            slave: Some(s.slave.clone()),
+            target: Some(s.target_id.clone()).filter(|t| !t.is_empty()),
+            limit: 1,
+            ..Default::default()
+        })
+        .ok()?;
+    let r = rows.into_iter().next()?;
+    (r.flow.unwrap_or(0) == s.flow && r.target_address == s.target_address)
+        .then_some(r.multipath)
+        .flatten()
+}
+
+/// Draws a multipath graph from `start` (the slave) to `end` (the destination) in `colour`:
+/// the slave to every node at the first TTL, every link, and the last TTL's nodes to the end.
+fn draw_graph(
+    g: &super::store::graph::Graph,
+    (start, end, colour): (&str, &str, &str),
+    nodes: &mut BTreeSet<String>,
+    edges: &mut BTreeSet<String>,
+) {
+    let share = |flows: usize| format!("{flows}/{} flows", g.flows);
+    let first = g.nodes.iter().map(|n| n.ttl).min().unwrap_or(1);
+    let last = g.nodes.iter().map(|n| n.ttl).max().unwrap_or(1);
+    for n in &g.nodes {
+        let id = n.address.to_string();
+        if n.ttl == first {
+            edges.insert(format!(
+                "  {} -> {} [color={}, label={}];\n",
+                dot_id(start),
+                dot_id(&id),
+                dot_id(colour),
+                dot_id(&share(n.flows.len()))
+            ));
+        }
+        if n.ttl == last {
+            nodes.insert(format!("  {} [shape=doublecircle];\n", dot_id(end)));
+            edges.insert(format!(
+                "  {} -> {} [color={}];\n",
+                dot_id(&id),
+                dot_id(end),
+                dot_id(colour)
+            ));
+        }
+    }
+    for l in &g.links {
+        edges.insert(format!(
+            "  {} -> {} [color={}, label={}];\n",
+            dot_id(&l.from.to_string()),
+            dot_id(&l.to.to_string()),
+            dot_id(colour),
+            dot_id(&share(l.flows.len()))
+        ));
+    }
+}
+
 fn dot_id(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -541,6 +601,13 @@ fn graph(app: &App, req: &Request) -> Response {
             dot_id(c),
             dot_id(slave)
         ));
+        // A multipath series is drawn as its newest graph: every branch, each link
+        // labelled with the share of the flows that took it.
+        if let Some(g) = newest_graph(app, s) {
+            let end = format!("{} ({})", name, path.terminal.as_text());
+            draw_graph(&g, (&start, &end, c), &mut nodes, &mut edges);
+            continue;
+        }
         let label = if flows_of(slave) > 1 {
             format!("{slave} flow {flow}")
         } else {
