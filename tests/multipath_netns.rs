@@ -479,6 +479,20 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     let (code, svg, err) = pipe("dot".as_ref(), &["-Tsvg"], dot.as_bytes());
     assert!(code == 0 && err.is_empty(), "Graphviz's dot: {code} {err}");
     assert!(svg.contains("10.97.5.2"), "{svg}");
+    // The dashboard's target page draws every branch too.
+    let page = wait_for(Duration::from_secs(30), || {
+        let page = get_as(addr, "/ui/target?id=Nested", &vera).text();
+        nodes
+            .values()
+            .flatten()
+            .all(|a| page.contains(&format!(">{a}<")))
+            .then_some(page)
+    })
+    .expect("a target page with every node");
+    assert!(
+        page.contains("multipath: flows of the newest discovery"),
+        "{page}"
+    );
 
     // Branch b (and e behind it) taken away at r1: one branch-lost, naming them.
     lab.ip(

@@ -445,7 +445,10 @@ pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
 }
 
 /// The graph of a series' newest result, when it is a multipath one.
-fn newest_graph(app: &App, s: &super::store::SeriesRow) -> Option<super::store::graph::Graph> {
+pub(crate) fn newest_graph(
+    app: &App,
+    s: &super::store::SeriesRow,
+) -> Option<super::store::graph::Graph> {
     let (rows, _) = app
         .store
         .results(&ResultQuery {

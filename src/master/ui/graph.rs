@@ -136,6 +136,13 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
             continue;
         };
         let row = slave_rows[&s.slave];
+        // A multipath series: its newest graph, every branch, edges as wide as the flows
+        // that took them.
+        if let Some(g) = crate::master::export::newest_graph(app, s) {
+            add_graph(&mut nodes, &mut edges, &s.slave, row, &g);
+            listed.push((s, hash.clone(), text.clone(), path));
+            continue;
+        }
         let current: Vec<Option<String>> =
             path.hops.iter().map(|h| h.map(|a| a.to_string())).collect();
         let results = app.store.series_hops(s.id, since)?;
@@ -222,7 +229,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     let body = html! {
         p.sub {
             code { (target.address) } " · " (series.len()) " series from " (slave_rows.len()) " slaves · "
-            "edge width: results in the last " (humantime::format_duration(window)) " · node colour: mean RTT"
+            "edge width: results in the last " (humantime::format_duration(window)) " (multipath: flows of the newest discovery) · node colour: mean RTT"
         }
         @if nodes.is_empty() {
             p.empty { "No paths to this target yet." }
@@ -258,6 +265,56 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
         nav: Nav::Targets,
         body,
     })
+}
+
+/// Adds a multipath graph from `slave` (on `row`): its nodes with their RTTs, an edge from
+/// the slave to each first-TTL node and one per link, weighed by their flows.
+fn add_graph(
+    nodes: &mut BTreeMap<String, Node>,
+    edges: &mut BTreeMap<(String, String), i64>,
+    slave: &str,
+    row: usize,
+    g: &crate::master::store::graph::Graph,
+) {
+    let source = format!("s:{slave}");
+    let new_node = |label: String, kind: Kind| Node {
+        label,
+        kind,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        ..Node::default()
+    };
+    let n = nodes
+        .entry(source.clone())
+        .or_insert_with(|| new_node(slave.to_owned(), Kind::Source));
+    n.rows.push(row);
+    n.slaves.insert(slave.to_owned());
+    let first = g.nodes.iter().map(|n| n.ttl).min().unwrap_or(1);
+    for gn in &g.nodes {
+        let key = addr_text(&gn.address);
+        let n = nodes
+            .entry(key.clone())
+            .or_insert_with(|| new_node(key.clone(), Kind::Hop));
+        n.ttls.insert(i64::from(gn.ttl));
+        n.rows.push(row);
+        n.slaves.insert(slave.to_owned());
+        n.sent += gn.rtts_ns.len().max(gn.flows.len()) as i64;
+        n.answered += gn.rtts_ns.len() as i64;
+        for r in &gn.rtts_ns {
+            let ms = *r as f64 / 1e6;
+            n.min = n.min.min(ms);
+            n.max = n.max.max(ms);
+            n.sum += ms;
+        }
+        if gn.ttl == first {
+            *edges.entry((source.clone(), key)).or_default() += gn.flows.len() as i64;
+        }
+    }
+    for l in &g.links {
+        *edges
+            .entry((addr_text(&l.from), addr_text(&l.to)))
+            .or_default() += l.flows.len() as i64;
+    }
 }
 
 /// Lays the nodes out and draws them with their edges.
