@@ -111,6 +111,12 @@ pub fn validate(opts: &TraceOptions) -> Result<(), Error> {
             "max_hops must be at least 1, got 0".into(),
         ));
     }
+    if opts.first_ttl == 0 || opts.first_ttl > opts.max_hops {
+        return Err(Error::InvalidOptions(format!(
+            "first_ttl must be 1..max_hops ({}), got {}",
+            opts.max_hops, opts.first_ttl
+        )));
+    }
     if opts.queries == 0 {
         return Err(Error::InvalidOptions(
             "queries must be at least 1, got 0".into(),
@@ -137,7 +143,7 @@ pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Resu
     };
     // A window of TTLs goes out at once and slides as routers answer (see WINDOW), so
     // the trace takes about one timeout, not one per hop.
-    let mut todo: Vec<u8> = (1..=run.window_end()).collect();
+    let mut todo: Vec<u8> = (opts.first_ttl..=run.window_end()).collect();
     run.sent_up_to = run.window_end();
     for round in 0..=opts.retries {
         run.patience = RETRY_PATIENCE.saturating_pow(u32::from(round));
@@ -157,7 +163,7 @@ pub fn run<N: Network>(net: &mut N, opts: &TraceOptions, first_seq: u16) -> Resu
         let Some(d) = run.terminal_ttl() else { break };
         let tried = run.sent.iter().filter(|s| s.ttl == d - 1).count();
         let by_ttl = run.distance_by_reply_ttl(d);
-        if d <= 1
+        if d <= opts.first_ttl
             || run.answered(d - 1)
             || run.end_is_exact(d)
             || by_ttl.is_some_and(|e| e >= d)
@@ -243,7 +249,7 @@ impl Run<'_> {
             .filter(|s| s.reply.is_some_and(|r| r.kind == ReplyKind::TimeExceeded))
             .map(|s| s.ttl)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(self.opts.first_ttl - 1);
         let end = routers.saturating_add(window).min(self.opts.max_hops);
         match self.terminal_ttl() {
             Some(d) => end.min(d),
@@ -327,7 +333,7 @@ impl Run<'_> {
             .filter(|s| s.reply.is_some())
             .map(|s| s.ttl)
             .max();
-        let last = last.unwrap_or(0);
+        let last = last.unwrap_or(self.opts.first_ttl - 1);
         last.saturating_add(self.opts.gap_limit)
             .min(self.opts.max_hops)
     }
@@ -376,7 +382,9 @@ impl Run<'_> {
             Some(d) => d - 1,
             None => self.horizon(),
         };
-        (1..=limit).filter(|&t| !self.answered(t)).collect()
+        (self.opts.first_ttl..=limit)
+            .filter(|&t| !self.answered(t))
+            .collect()
     }
 
     fn outcome(&self) -> Outcome {
@@ -388,7 +396,10 @@ impl Run<'_> {
         let mut last = upto;
         if self.terminal_ttl() == Some(upto) && !self.end_is_exact(upto) {
             let by_ttl = self.distance_by_reply_ttl(upto);
-            while last > 1 && !self.answered(last - 1) && by_ttl.is_some_and(|e| e < last) {
+            while last > self.opts.first_ttl
+                && !self.answered(last - 1)
+                && by_ttl.is_some_and(|e| e < last)
+            {
                 last -= 1;
             }
         }
@@ -417,7 +428,7 @@ impl Run<'_> {
             .iter()
             .filter(|s| s.ttl > last && end_at(s).is_some_and(|e| e >= last && e <= upto))
             .map(probe);
-        let hops: Vec<Hop> = (1..=last)
+        let hops: Vec<Hop> = (self.opts.first_ttl..=last)
             .map(|ttl| {
                 let mut probes: Vec<Probe> = self
                     .sent
@@ -924,6 +935,53 @@ mod tests {
         assert!(!o.reached);
         assert_eq!(o.hops.len(), 4);
         assert!(net.sent.iter().all(|s| s.0 <= 4));
+    }
+
+    #[test]
+    fn a_first_ttl_skips_the_hops_before_it() {
+        // Destination at 6; TTLs 3..=4 only (a multipath discovery's middle).
+        let mut net = Fake::chain(5);
+        let o = run(
+            &mut net,
+            &TraceOptions {
+                first_ttl: 3,
+                max_hops: 4,
+                ..opts()
+            },
+            1,
+        )
+        .unwrap();
+        assert_eq!(o.hops.iter().map(|h| h.ttl).collect::<Vec<_>>(), [3, 4]);
+        assert!(o.hops.iter().all(|h| h.addr.is_some()));
+        assert!(
+            net.sent.iter().all(|s| (3..=4).contains(&s.0)),
+            "{:?}",
+            net.sent
+        );
+        // From 3 to the end: reached at 6, nothing below 3 sent.
+        let mut net = Fake::chain(5);
+        let o = run(
+            &mut net,
+            &TraceOptions {
+                first_ttl: 3,
+                ..opts()
+            },
+            1,
+        )
+        .unwrap();
+        assert!(o.reached);
+        assert_eq!(o.hops.first().map(|h| h.ttl), Some(3));
+        assert_eq!(o.hops.last().map(|h| h.ttl), Some(6));
+        assert!(net.sent.iter().all(|s| s.0 >= 3));
+        let bad = TraceOptions {
+            first_ttl: 5,
+            max_hops: 4,
+            ..opts()
+        };
+        assert!(matches!(
+            run(&mut Fake::chain(5), &bad, 1),
+            Err(Error::InvalidOptions(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! had its `n_k` or the flow budget is spent. Where the path does not branch it stops after
 //! the first `n_1` = 6 flows.
 
-use super::{Error, Trace, TraceOptions, Tracer};
+use super::{Error, Hop, Trace, TraceOptions, Tracer};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -121,13 +121,21 @@ pub fn discover_with_traces(
     let mut want = flows_for(1, confidence).min(usize::from(max_flows)) as u16;
     loop {
         let from = traces.len() as u16;
+        // The first round traces whole paths; later flows only the TTLs where those went
+        // different ways (MDA-Lite: a hop every flow so far found at one address is taken
+        // to be the same for the next flow, so it is not probed again).
+        let window = (from > 0).then(|| middle(&traces)).flatten();
         let batch: Vec<Result<Trace, Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = (from..want)
                 .map(|i| {
-                    let opts = TraceOptions {
+                    let mut opts = TraceOptions {
                         flow: flow_number(i, rotate),
                         ..opts.clone()
                     };
+                    if let Some(w) = &window {
+                        opts.first_ttl = w.first;
+                        opts.max_hops = w.last.map_or(opts.max_hops, |(m, _)| m.min(opts.max_hops));
+                    }
                     s.spawn(move || tracer.trace(dest, &opts))
                 })
                 .collect();
@@ -137,7 +145,11 @@ pub fn discover_with_traces(
                 .collect()
         });
         for t in batch {
-            traces.push(t?);
+            let t = t?;
+            traces.push(match &window {
+                Some(w) => w.fill(t),
+                None => t,
+            });
         }
         let short = flows_short(&traces, dest, confidence);
         if short == 0 || want >= max_flows {
@@ -145,6 +157,92 @@ pub fn discover_with_traces(
             return Ok((g, traces));
         }
         want = (usize::from(want) + short).min(usize::from(max_flows)) as u16;
+    }
+}
+
+/// The TTLs later flows probe, and what every flow so far found around them.
+#[derive(Debug)]
+struct Window {
+    /// The lowest TTL where the flows went different ways.
+    first: u8,
+    /// The TTL where they met again and the one address every flow had there, when they
+    /// did: the last TTL probed.
+    last: Option<(u8, IpAddr)>,
+    /// The hops below `first` (one address, or silent, for every flow).
+    before: Vec<Hop>,
+    /// The hops after `last`, and whether they reached the destination.
+    after: (Vec<Hop>, bool),
+}
+
+/// Where the flows so far differ; `None` when they never do (or no flow answered anything).
+fn middle(traces: &[Trace]) -> Option<Window> {
+    let mut at: BTreeMap<u8, BTreeSet<Option<IpAddr>>> = BTreeMap::new();
+    let deepest = traces.iter().map(|t| t.hops.len()).max()? as u8;
+    for t in traces {
+        for ttl in 1..=deepest {
+            let addr = t.hops.iter().find(|h| h.ttl == ttl).and_then(|h| h.addr);
+            at.entry(ttl).or_default().insert(addr);
+        }
+    }
+    let differ: Vec<u8> = at
+        .iter()
+        .filter(|(_, a)| a.len() > 1)
+        .map(|(t, _)| *t)
+        .collect();
+    let (&first, &widest) = (differ.first()?, differ.last()?);
+    let bare = |h: &Hop| Hop {
+        ttl: h.ttl,
+        addr: h.addr,
+        host: None,
+        probes: Vec::new(),
+    };
+    let template = &traces[0];
+    let before: Vec<Hop> = template
+        .hops
+        .iter()
+        .filter(|h| h.ttl < first)
+        .map(bare)
+        .collect();
+    let meet = widest.saturating_add(1);
+    let shared = at
+        .get(&meet)
+        .filter(|a| a.len() == 1)
+        .and_then(|a| a.iter().next().copied().flatten());
+    let (last, after) = match shared {
+        Some(addr) => {
+            let end = traces
+                .iter()
+                .find(|t| t.hops.iter().any(|h| h.ttl == meet))
+                .unwrap_or(template);
+            let hops = end.hops.iter().filter(|h| h.ttl > meet).map(bare).collect();
+            (Some((meet, addr)), (hops, end.reached))
+        }
+        None => (None, (Vec::new(), false)),
+    };
+    Some(Window {
+        first,
+        last,
+        before,
+        after,
+    })
+}
+
+impl Window {
+    /// A trace of the window's TTLs completed with the hops every earlier flow shared (with
+    /// no probes: none were sent there). The hops after the meeting point are added only
+    /// when this flow met the others there too.
+    fn fill(&self, mut t: Trace) -> Trace {
+        let mut hops = self.before.clone();
+        let met = self
+            .last
+            .is_some_and(|(m, shared)| t.hops.iter().any(|h| h.ttl == m && h.addr == Some(shared)));
+        hops.append(&mut t.hops);
+        if met {
+            hops.extend(self.after.0.iter().cloned());
+            t.reached = t.reached || self.after.1;
+        }
+        t.hops = hops;
+        t
     }
 }
 
@@ -295,6 +393,42 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn later_flows_probe_only_where_the_first_ones_went_different_ways() {
+        let a = ["10.0.0.1", "10.0.1.1", "10.0.3.1", "192.0.2.9"];
+        let b = ["10.0.0.1", "10.0.2.1", "10.0.3.1", "192.0.2.9"];
+        let first: Vec<Trace> = (0..6)
+            .map(|f| trace(f, if f % 2 == 0 { &a } else { &b }))
+            .collect();
+        let w = middle(&first).expect("a diamond");
+        assert_eq!(w.first, 2);
+        assert_eq!(w.last, Some((3, "10.0.3.1".parse().unwrap())));
+        // A later flow probed at TTLs 2..=3 only is completed from what the others shared,
+        // with no probes where none were sent.
+        let mut part = trace(7, &["*", "10.0.2.1", "10.0.3.1"]);
+        part.hops.remove(0);
+        part.reached = false;
+        let full = w.fill(part);
+        let addrs: Vec<String> = full
+            .hops
+            .iter()
+            .map(|h| h.addr.unwrap().to_string())
+            .collect();
+        assert_eq!(addrs, b);
+        assert!(full.reached);
+        assert_eq!(full.hops.iter().map(|h| h.probes.len()).sum::<usize>(), 2);
+        // One that went elsewhere at the meeting TTL keeps only what it saw.
+        let mut odd = trace(8, &["*", "10.0.2.1", "10.0.9.1"]);
+        odd.hops.remove(0);
+        odd.reached = false;
+        let kept = w.fill(odd);
+        assert_eq!(kept.hops.len(), 3);
+        assert!(!kept.reached);
+        // A straight path has no window: nothing to probe again.
+        let straight: Vec<Trace> = (0..6).map(|f| trace(f, &a)).collect();
+        assert!(middle(&straight).is_none());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct TraceOptions {
     pub protocol: Protocol,
     /// Destination port for UDP/TCP; `None` picks the protocol's default.
     pub port: Option<u16>,
+    /// Lowest TTL probed (1: from the first router; more skips the hops before it, whose
+    /// answers a multipath discovery already has).
+    pub first_ttl: u8,
     /// Highest TTL / hop limit probed.
     pub max_hops: u8,
     /// Probes sent per hop in each round (statistics); at least 1.
@@ -95,6 +98,7 @@ impl Default for TraceOptions {
         TraceOptions {
             protocol: Protocol::Udp,
             port: None,
+            first_ttl: 1,
             max_hops: 30,
             queries: 1,
             retries: 1,
