@@ -541,3 +541,124 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     assert_eq!(events(), ["branch-new", "branch-lost"]);
     master.kill();
 }
+
+/// A benchmark, not a test (`cargo test --test multipath_netns -- --ignored --nocapture`, as
+/// root): one slave at the default probe-rate cap (500/s) and concurrency (16) traces 100
+/// targets behind the four-way diamond, every one due each second, for 30 s with one flow
+/// each and then for 30 s with `"Multipath": "mda"`, side by side in one run; prints the
+/// targets traced per minute and the probes each took.
+#[test]
+#[ignore]
+fn slave_targets_per_minute_with_multipath() {
+    if netns::must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("mpb");
+    FOUR_WAY.build(&mut lab);
+    FOUR_WAY.seed(&lab, 5);
+    let mut extra = String::new();
+    for i in 1..=100 {
+        extra += &format!("addr add 10.96.0.{i}/32 dev lo\n");
+    }
+    lab.ip("t", &extra);
+    let root_end = lab.link_to_root("h", "up0");
+    let index = std::process::id() % 16384;
+    let base = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + index * 4;
+    let (outer, inner) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+    netns::run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{outer}/30"),
+        "dev",
+        &root_end,
+    ]);
+    lab.ip("h", &format!("addr add {inner}/30 dev up0\n"));
+    for multipath in [false, true] {
+        let dir = Scratch::with_seed_config(if multipath { "mpb-mda" } else { "mpb-one" });
+        let extra = if multipath {
+            r#", "Multipath": "mda""#
+        } else {
+            ""
+        };
+        let targets: Vec<String> = (1..=100)
+            .map(|i| {
+                format!(
+                    r#""{}": {{"Name": "T{i}", "Address": "10.96.0.{i}", "Interval": "1s"{extra}}}"#,
+                    uuid::Uuid::new_v4()
+                )
+            })
+            .collect();
+        dir.write(
+            "dt-targets.json",
+            &format!(
+                r#"{{"ReportURL": "", "Targets": {{{}}}, "Retries": 0, "MaxHops": 8, "TimeoutMs": 500}}"#,
+                targets.join(",")
+            ),
+        );
+        dir.write(
+            "dt-slaves.json",
+            r#"{"Slaves": [{"Name": "s1", "Password": "p1"}]}"#,
+        );
+        dir.write(
+            "dt-users.json",
+            r#"{"Users": [{"Name": "vera", "Password": "Vera-view-1", "Role": "viewer"}]}"#,
+        );
+        let mut master = Proc::spawn(&dir.0, &["master", "-listen", "0.0.0.0:0"]);
+        let port = master.read_listen_line().port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let vera = basic("vera", "Vera-view-1");
+        let stored = || -> u64 {
+            let m = get_as(addr, "/metrics", &vera).text();
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix("dt_results_stored_total ")
+                        .or_else(|| l.strip_prefix("dt_results_stored "))
+                })
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        let mut slave = Proc::spawn_program(
+            "ip",
+            &dir.0,
+            &[
+                "netns",
+                "exec",
+                &lab.ns("h"),
+                BIN,
+                "slave",
+                &format!("-master={outer}"),
+                &format!("-master-port={port}"),
+                "-name=s1",
+                "-passwd=p1",
+                "-log=s1.log",
+                "-spool=s1.spool",
+            ],
+        );
+        wait_for(Duration::from_secs(30), || (stored() > 0).then_some(())).expect("a first result");
+        let (from, t0) = (stored(), std::time::Instant::now());
+        std::thread::sleep(Duration::from_secs(30));
+        let (to, secs) = (stored(), t0.elapsed().as_secs_f64());
+        let per_min = (to - from) as f64 * 60.0 / secs;
+        let probes: Vec<u64> = results_as(addr, "", &vera)
+            .iter()
+            .map(|r| match r["multipath"]["probes"].as_u64() {
+                Some(p) => p,
+                None => r["hops"].as_array().map_or(0, |h| h.len() as u64),
+            })
+            .collect();
+        let mean = probes.iter().sum::<u64>() as f64 / probes.len().max(1) as f64;
+        eprintln!(
+            "slave, 100 targets behind a 4-way diamond, -max-pps 500: {}: {per_min:.0} targets/min, \
+             {mean:.1} probes each (about {:.0} probes/s)",
+            if multipath {
+                "Multipath mda"
+            } else {
+                "one flow"
+            },
+            per_min * mean / 60.0
+        );
+        slave.kill();
+        master.kill();
+    }
+}
