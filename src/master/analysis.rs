@@ -142,6 +142,31 @@ fn answering(p: &Path) -> usize {
     p.hops.iter().filter(|h| h.is_some()).count()
 }
 
+/// A reached path without the silent hops right before its destination. A slave that does
+/// not place the destination by its reply (the original Go slave) reports `… r5 * dest` when
+/// the destination's answer at 6 was lost and the probe with TTL 7 reached it: that is the
+/// route `… r5 dest`, not a longer one.
+fn without_lost_end(p: &Path) -> std::borrow::Cow<'_, Path> {
+    let n = p.hops.len();
+    if p.terminal != Terminal::Reached
+        || n < 2
+        || p.hops[n - 1].is_none()
+        || p.hops[n - 2].is_some()
+    {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let mut hops = p.hops.clone();
+    let dest = hops.pop().flatten();
+    while hops.last() == Some(&None) {
+        hops.pop();
+    }
+    hops.push(dest);
+    std::borrow::Cow::Owned(Path {
+        hops,
+        terminal: p.terminal.clone(),
+    })
+}
+
 /// True when the two paths differ at most where one of them has a silent hop.
 pub fn same_route(a: &Path, b: &Path) -> bool {
     a.terminal == b.terminal && first_difference(a, b).is_none()
@@ -150,6 +175,17 @@ pub fn same_route(a: &Path, b: &Path) -> bool {
 /// The first TTL where both paths have an answering hop and the addresses differ, or where
 /// one path answers beyond the other's end.
 pub fn first_difference(a: &Path, b: &Path) -> Option<u32> {
+    let first = compare(a, b)?;
+    // The silent hops before a destination may be routers that did not answer or a lost
+    // answer of the destination itself: either reading that makes the two alike will do.
+    let (sa, sb) = (without_lost_end(a), without_lost_end(b));
+    if compare(&sa, b).is_none() || compare(a, &sb).is_none() || compare(&sa, &sb).is_none() {
+        return None;
+    }
+    Some(first)
+}
+
+fn compare(a: &Path, b: &Path) -> Option<u32> {
     let len = a.hops.len().max(b.hops.len());
     for i in 0..len {
         let x = a.hops.get(i).copied().flatten();
@@ -183,7 +219,10 @@ pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event>
         // of its hops answered becomes the current one (the best-known picture of the route,
         // not the first one seen, which a lost reply may have left with a hole).
         Some((_, current)) if same_route(current, &obs.path) => {
-            if answering(&obs.path) > answering(current) {
+            let (new, old) = (answering(&obs.path), answering(current));
+            // More hops answering, or as many on a shorter path (the other one's destination
+            // answer was lost and a later TTL's stood in).
+            if new > old || (new == old && obs.path.hops.len() < current.hops.len()) {
                 state.current = Some((obs.path_id, obs.path.clone()));
             }
             state.candidate = None;
@@ -298,6 +337,32 @@ mod tests {
             rtt_ns: None,
             rtt_alert_ns: None,
         }
+    }
+
+    #[test]
+    fn a_destination_placed_too_far_after_a_lost_answer_is_the_same_route() {
+        let real = path("1 2 3", Terminal::Reached);
+        let long = path("1 2 * 3", Terminal::Reached);
+        let longer = path("1 2 * * 3", Terminal::Reached);
+        assert!(same_route(&real, &long));
+        assert!(same_route(&long, &longer));
+        // A router really between them is still a different route.
+        assert_eq!(
+            first_difference(&real, &path("1 2 4 3", Terminal::Reached)),
+            Some(3)
+        );
+        // Fed one after another: no event, and the current path is the real one, whichever
+        // came first.
+        let mut s = State::default();
+        let mut events = Vec::new();
+        for (i, p) in [&long, &real, &longer, &long, &long]
+            .into_iter()
+            .enumerate()
+        {
+            events.extend(observe(&mut s, &obs(i as i64, p, i as i64), 2));
+        }
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(s.current.as_ref().map(|c| &c.1), Some(&real));
     }
 
     #[test]
