@@ -476,25 +476,29 @@ pub fn rtt_stats(ns: &[i64]) -> Option<RttStats> {
 }
 
 /// Per-hop statistics over the hops of a window's results, hops 1 up to the longer of the
-/// current path and the deepest answer. A result's probes per hop is the length of its
-/// longest `Replies`, else one.
+/// current path and the deepest answer. A hop counts the probes its `Replies` list (one
+/// without), and a TTL where a result has no hop the probes that result sent at each TTL (the
+/// shortest `Replies` of its hops: a slave may probe a TTL again, never less).
 pub fn hop_stats(results: &[Vec<NewHop>], current: &[Option<String>]) -> Vec<HopStats> {
-    let probes_of = |hops: &Vec<NewHop>| -> i64 {
-        hops.iter()
-            .map(|h| h.replies.as_ref().map_or(1, |v| v.len().max(1) as i64))
-            .max()
-            .unwrap_or(1)
-    };
-    let total_probes: i64 = results.iter().map(probes_of).sum();
+    let sent_at = |h: &NewHop| -> i64 { h.replies.as_ref().map_or(1, |v| v.len().max(1) as i64) };
+    let base: Vec<i64> = results
+        .iter()
+        .map(|hops| hops.iter().map(sent_at).min().unwrap_or(1))
+        .collect();
     let deepest = results.iter().flatten().map(|h| h.ttl).max().unwrap_or(0);
     let len = deepest.max(current.len() as i64);
     let mut out = Vec::with_capacity(len as usize);
     for ttl in 1..=len {
-        let mut answered = 0;
+        let (mut sent, mut answered) = (0i64, 0i64);
         let mut rtts = Vec::new();
         let mut by_addr: BTreeMap<&str, i64> = BTreeMap::new();
         let mut with_answer = 0;
-        for h in results.iter().flatten().filter(|h| h.ttl == ttl) {
+        for (r, hops) in results.iter().enumerate() {
+            let Some(h) = hops.iter().find(|h| h.ttl == ttl) else {
+                sent += base[r];
+                continue;
+            };
+            sent += sent_at(h);
             with_answer += 1;
             match &h.replies {
                 Some(v) if !v.is_empty() => {
@@ -517,15 +521,16 @@ pub fn hop_stats(results: &[Vec<NewHop>], current: &[Option<String>]) -> Vec<Hop
             })
             .collect();
         addresses.sort_by(|a, b| b.results.cmp(&a.results).then(a.address.cmp(&b.address)));
+        let answered = answered.min(sent);
         out.push(HopStats {
             ttl,
             address: current.get(ttl as usize - 1).cloned().flatten(),
-            sent: total_probes,
-            answered: answered.min(total_probes),
-            loss: if total_probes == 0 {
+            sent,
+            answered,
+            loss: if sent == 0 {
                 0.0
             } else {
-                1.0 - answered.min(total_probes) as f64 / total_probes as f64
+                1.0 - answered as f64 / sent as f64
             },
             rtt_ms: rtt_stats(&rtts),
             addresses,
@@ -731,6 +736,35 @@ fn stream(app: &App, req: &Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hop_probed_again_counts_its_own_probes_only() {
+        let hop = |ttl: i64, replies: Vec<Option<i64>>| NewHop {
+            ttl,
+            address: format!("10.0.0.{ttl}"),
+            host: String::new(),
+            rtt_ns: 1000,
+            size: 56,
+            kind: None,
+            reply_ttl: None,
+            replies: Some(replies),
+        };
+        // One probe a TTL; the first result probed TTL 2 three more times (its answer was
+        // lost twice), the second lost TTL 2 and got no hop there.
+        let results = vec![
+            vec![
+                hop(1, vec![Some(1000)]),
+                hop(2, vec![None, None, Some(2000), None]),
+                hop(3, vec![Some(3000)]),
+            ],
+            vec![hop(1, vec![Some(1000)]), hop(3, vec![Some(3000)])],
+        ];
+        let s = hop_stats(&results, &[]);
+        let rows: Vec<(i64, i64)> = s.iter().map(|h| (h.sent, h.answered)).collect();
+        assert_eq!(rows, [(2, 2), (5, 1), (2, 2)]);
+        assert_eq!(s[0].loss, 0.0);
+        assert!((s[1].loss - 0.8).abs() < 1e-9);
+    }
 
     #[test]
     fn rtt_statistics() {
