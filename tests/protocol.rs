@@ -108,6 +108,101 @@ fn bad_bodies_get_clear_errors_and_store_nothing() {
 }
 
 #[test]
+fn bad_multipath_graphs_are_refused_and_a_good_one_is_stored() {
+    let dir = Scratch::with_seed_config("multipath");
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let with = |graph: &str| -> Vec<u8> {
+        let body = GO_RESULT.strip_suffix('}').unwrap();
+        format!("{body},\"Multipath\":{graph}}}").into_bytes()
+    };
+    let node = r#"{"TTL":1,"IP":"192.168.1.1","Flows":[0,1],"RTTs":[2040000,2100000]}"#;
+    let many: Vec<String> = (0..2000)
+        .map(|i| {
+            format!(
+                r#"{{"TTL":{},"IP":"10.0.{}.{}","Flows":[0]}}"#,
+                1 + i % 30,
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "an address that is none",
+            with(
+                r#"{"Confidence":0.95,"Flows":2,"Probes":2,"Complete":true,"Nodes":[{"TTL":1,"IP":"192.168.1.300"}],"Links":[]}"#,
+            ),
+            "is not an address",
+        ),
+        (
+            "a link to no node",
+            with(&format!(
+                r#"{{"Confidence":0.95,"Flows":2,"Probes":2,"Complete":true,"Nodes":[{node}],"Links":[{{"TTL":1,"From":"192.168.1.1","To":"10.9.9.9","Flows":[0]}}]}}"#
+            )),
+            "not nodes at TTLs",
+        ),
+        (
+            "2000 nodes",
+            with(&format!(
+                r#"{{"Confidence":0.95,"Flows":2,"Probes":2,"Complete":true,"Nodes":[{}],"Links":[]}}"#,
+                many.join(",")
+            )),
+            "at most 1024 nodes",
+        ),
+        (
+            "confidence 2",
+            with(&format!(
+                r#"{{"Confidence":2,"Flows":2,"Probes":2,"Complete":true,"Nodes":[{node}],"Links":[]}}"#
+            )),
+            "Confidence",
+        ),
+        (
+            "more flows at a node than traced",
+            with(&format!(
+                r#"{{"Confidence":0.95,"Flows":1,"Probes":2,"Complete":true,"Nodes":[{node}],"Links":[]}}"#
+            )),
+            "more than the 1 traced",
+        ),
+        (
+            "nodes of the wrong type",
+            with(
+                r#"{"Confidence":0.95,"Flows":2,"Probes":2,"Complete":true,"Nodes":"all","Links":[]}"#,
+            ),
+            "expected a sequence",
+        ),
+    ];
+    for (what, body, why) in &bad {
+        let legacy = post(addr, "/results/", body);
+        let j = legacy.json();
+        assert_eq!(
+            (j["Success"].as_bool(), j["RetryPossible"].as_bool()),
+            (Some(false), Some(false)),
+            "{what}: {j}"
+        );
+        let new = post(addr, "/api/v1/results", body);
+        assert_eq!(new.status, 400, "{what}: {}", new.text());
+        let error = new.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(why), "{what}: {error}");
+    }
+    assert!(results(addr, "").is_empty());
+    let good = with(&format!(
+        r#"{{"Confidence":0.95,"Flows":2,"Probes":3,"Complete":true,"Nodes":[{node}],"Links":[]}}"#
+    ));
+    assert_eq!(post(addr, "/api/v1/results", &good).status, 200);
+    let stored = results(addr, "");
+    assert_eq!(stored.len(), 1);
+    let g = &stored[0]["multipath"];
+    assert_eq!(g["flows"], 2);
+    assert_eq!(g["probes"], 3);
+    assert_eq!(g["nodes"][0]["address"], "192.168.1.1");
+    assert_eq!(
+        g["nodes"][0]["rtts_ns"],
+        serde_json::json!([2040000, 2100000])
+    );
+}
+
+#[test]
 fn wrong_password_is_401_and_does_not_hold_a_worker() {
     let dir = Scratch::with_seed_config("auth");
     let master = Proc::master(&dir.0, &["-workers=1"]);
