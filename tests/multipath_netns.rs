@@ -516,6 +516,10 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     for want in ["2 10.97.2.2", "3 10.97.5.2"] {
         assert!(gone.contains(&want), "{gone:?}");
     }
+    // The dashboard lists the event with what went.
+    let page = get_as(addr, "/ui/target?id=Nested", &vera).text();
+    assert!(page.contains("branch-lost"), "{page}");
+    assert!(page.contains("2 10.97.2.2"), "{page}");
     // A few more rounds without it tell nothing more.
     let n = results_as(addr, "target=Nested", &vera).len();
     results_after(n + 3);

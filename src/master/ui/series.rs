@@ -307,6 +307,17 @@ pub fn event_list(events: &[EventView]) -> Markup {
     event_list_linked(events, &|_| String::new())
 }
 
+/// The nodes and links a `branch-lost` or `branch-new` event names, as one line.
+fn branches(e: &EventView) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
+    let list: Vec<&str> = v["branches"]
+        .as_array()?
+        .iter()
+        .filter_map(|b| b.as_str())
+        .collect();
+    (!list.is_empty()).then(|| list.join(", "))
+}
+
 fn event_list_linked(events: &[EventView], here: &dyn Fn(&str) -> String) -> Markup {
     html! {
         ol.events-list {
@@ -315,6 +326,7 @@ fn event_list_linked(events: &[EventView], here: &dyn Fn(&str) -> String) -> Mar
                     time { (when(e.at)) } " " b { (e.kind) } " " (e.slave) " → " (e.target_name)
                     @if e.flow != 0 { " flow " (e.flow) }
                     @if let Some(t) = e.first_diff_ttl { " from hop " (t) }
+                    @if let Some(b) = branches(e) { " " span.mono { (b) } }
                     @if e.kind == "path-change" && !here("").is_empty() {
                         " " a href=(here(&format!("&change={}#compare", e.id))) { "compare" }
                     }
