@@ -228,7 +228,7 @@ pub struct MasterArgs {
     /// Most probes one on-demand measurement may send (slaves x flows x max hops x queries)
     #[arg(long = "measure-max-probes", value_name = "n", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub measure_max_probes: u64,
-    /// On a path-change or unreachable event, ask every slave to trace that target at once
+    /// On a path-change, unreachable or branch-lost event, ask every slave to trace that target at once
     /// (4 flows each) and attach what they found to the event: API, webhook, dashboard
     #[arg(long = "measure-follow-up")]
     pub measure_follow_up: bool,

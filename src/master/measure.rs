@@ -287,7 +287,7 @@ impl Board {
             && !debug
             && matches!(
                 e.event,
-                Event::PathChange { .. } | Event::Unreachable { .. }
+                Event::PathChange { .. } | Event::Unreachable { .. } | Event::BranchLost { .. }
             )
             && !e.target_id.is_empty()
             && e.target_id != ON_DEMAND;
