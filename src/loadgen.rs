@@ -335,6 +335,7 @@ fn make_result(
             replies: Some(replies),
             kind: Some(if last { "reached" } else { "time-exceeded" }.to_owned()),
             reply_ttl: None,
+            mpls: None,
         });
     }
     let silent = usize::from(PATH_LEN) - hops.len();

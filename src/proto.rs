@@ -384,6 +384,26 @@ pub struct HopResult {
     /// Extension: the TTL the reply arrived with.
     #[serde(rename = "ReplyTTL", default, skip_serializing_if = "Option::is_none")]
     pub reply_ttl: Option<u8>,
+    /// Extension: the MPLS label stack (RFC 4950) the hop's reply reported, top first.
+    #[serde(rename = "MPLS", default, skip_serializing_if = "Option::is_none")]
+    pub mpls: Option<Vec<MplsLabel>>,
+}
+
+/// One MPLS label stack entry of a hop's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MplsLabel {
+    /// The label (20 bits).
+    #[serde(rename = "Label")]
+    pub label: u32,
+    /// Traffic class (3 bits).
+    #[serde(rename = "TC")]
+    pub tc: u8,
+    /// Bottom of stack.
+    #[serde(rename = "S")]
+    pub s: bool,
+    /// The entry's TTL.
+    #[serde(rename = "TTL")]
+    pub ttl: u8,
 }
 
 impl HopResult {
@@ -465,6 +485,7 @@ mod tests {
             replies: None,
             kind: None,
             reply_ttl: None,
+            mpls: None,
         };
         let v: serde_json::Value = serde_json::to_value(&hop).unwrap();
         assert_eq!(v["Address"], serde_json::json!([0, 0, 0, 0]));

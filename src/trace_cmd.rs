@@ -184,6 +184,76 @@ pub fn human(host: &str, t: &Trace, max_hops: u8) -> String {
             }
         }
         out.push('\n');
+        // The labels the hop's reply reported, one line each, as traceroute -e prints them.
+        if let Some(p) = hop.probes.iter().find(|p| !p.mpls.is_empty()) {
+            for l in &p.mpls {
+                let _ = writeln!(
+                    out,
+                    "     [MPLS: Lbl {}, TC {}, S {}, TTL {}]",
+                    l.label,
+                    l.tc,
+                    u8::from(l.s),
+                    l.ttl
+                );
+            }
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dist_traceroute::trace::wire::mpls::Label;
+    use dist_traceroute::trace::{Hop, Probe, Protocol, ReplyKind};
+
+    #[test]
+    fn labels_are_printed_under_their_hop_one_line_each() {
+        let probe = |mpls: Vec<Label>| Probe {
+            rtt: Some(Duration::from_micros(250)),
+            from: Some("10.0.0.2".parse().unwrap()),
+            size: 56,
+            reply_ttl: Some(254),
+            kind: Some(ReplyKind::TimeExceeded),
+            mpls,
+        };
+        let label = |label, s| Label {
+            label,
+            tc: 0,
+            s,
+            ttl: 1,
+        };
+        let t = Trace {
+            destination: "10.0.0.9".parse().unwrap(),
+            protocol: Protocol::Udp,
+            flow: 0,
+            source: None,
+            started: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+            reached: false,
+            hops: vec![
+                Hop {
+                    ttl: 1,
+                    addr: Some("10.0.0.2".parse().unwrap()),
+                    host: None,
+                    probes: vec![probe(vec![label(24001, false), label(16, true)])],
+                },
+                Hop {
+                    ttl: 2,
+                    addr: Some("10.0.0.2".parse().unwrap()),
+                    host: None,
+                    probes: vec![probe(Vec::new())],
+                },
+            ],
+        };
+        let text = human("h", &t, 30);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2], "     [MPLS: Lbl 24001, TC 0, S 0, TTL 1]",
+            "{text}"
+        );
+        assert_eq!(lines[3], "     [MPLS: Lbl 16, TC 0, S 1, TTL 1]", "{text}");
+        assert!(lines[4].starts_with(" 2 "), "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
+    }
 }

@@ -71,6 +71,7 @@ pub fn trace(address: &str, opts: &TraceOptions) -> Trace {
                     rtt: addr.map(|_| Duration::from_secs_f64(ms / 1000.0)),
                     from: addr,
                     size: if addr.is_some() { 56 } else { 0 },
+                    mpls: Vec::new(),
                     // Routers start their replies at 255, hosts at 64, as most do.
                     reply_ttl: addr.map(|_| (if last { 64 } else { 255 }) - (ttl - 1)),
                     kind: addr.map(|_| {

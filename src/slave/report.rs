@@ -62,6 +62,17 @@ pub fn from_trace(
                     .or(h.probes.iter().find_map(|p| p.kind))
                     .map(kind_text),
                 reply_ttl: h.reply_ttl(),
+                mpls: h.probes.iter().find(|p| !p.mpls.is_empty()).map(|p| {
+                    p.mpls
+                        .iter()
+                        .map(|l| crate::proto::MplsLabel {
+                            label: l.label,
+                            tc: l.tc,
+                            s: l.s,
+                            ttl: l.ttl,
+                        })
+                        .collect()
+                }),
             })
         })
         .collect();
@@ -175,6 +186,7 @@ mod tests {
                 rtt: addr.map(|_| Duration::from_micros(1500)),
                 from: addr,
                 size: 56,
+                mpls: Vec::new(),
                 reply_ttl: addr.map(|_| 65 - ttl),
                 kind,
             }],
@@ -226,5 +238,43 @@ mod tests {
         assert_eq!(r.unreachable.as_deref(), Some("!H"));
         assert!(chrono::DateTime::parse_from_rfc3339(&r.date_time).is_ok());
         assert!(uuid::Uuid::parse_str(&r.id).is_ok());
+        assert!(r.hops.iter().all(|h| h.mpls.is_none()));
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["Hops"][0].get("MPLS").is_none(), "no key without labels");
+    }
+
+    #[test]
+    fn a_hops_label_stack_goes_in_mpls_and_in_the_text() {
+        let mut h = hop(2, Some("10.0.0.2"), Some(ReplyKind::TimeExceeded));
+        h.probes[0].mpls = vec![crate::trace::wire::mpls::Label {
+            label: 24001,
+            tc: 5,
+            s: true,
+            ttl: 1,
+        }];
+        let trace = Trace {
+            destination: "10.0.0.9".parse().unwrap(),
+            protocol: Protocol::Udp,
+            flow: 0,
+            source: None,
+            started: SystemTime::now(),
+            duration: Duration::from_millis(1),
+            reached: false,
+            hops: vec![hop(1, Some("10.0.0.1"), Some(ReplyKind::TimeExceeded)), h],
+        };
+        let target = TargetRef {
+            name: "T".into(),
+            address: "h".into(),
+        };
+        let creds = Creds {
+            name: "s".into(),
+            password: String::new(),
+        };
+        let v = serde_json::to_value(from_trace(&trace, &creds, "id", &target)).unwrap();
+        assert_eq!(
+            v["Hops"][1]["MPLS"],
+            serde_json::json!([{"Label": 24001, "TC": 5, "S": true, "TTL": 1}])
+        );
+        assert!(v["Hops"][0].get("MPLS").is_none());
     }
 }

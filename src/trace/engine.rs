@@ -30,6 +30,8 @@ pub struct Response {
     pub ttl: Option<u8>,
     /// The TTL left in the probe as an ICMP error quotes it (not for echo replies or TCP).
     pub quoted_ttl: Option<u8>,
+    /// The MPLS labels the error reports (RFC 4950).
+    pub mpls: super::wire::mpls::LabelStack,
     /// When it arrived (monotonic clock).
     pub received: Instant,
 }
@@ -412,6 +414,7 @@ impl Run<'_> {
                 size: r.size,
                 reply_ttl: r.ttl,
                 kind: Some(r.kind),
+                mpls: r.mpls.labels().to_vec(),
             },
             None => Probe {
                 rtt: None,
@@ -419,6 +422,7 @@ impl Run<'_> {
                 size: 0,
                 reply_ttl: None,
                 kind: None,
+                mpls: Vec::new(),
             },
         };
         // Probes sent with a higher TTL that the quote places at the end: they answer for
@@ -575,6 +579,7 @@ mod tests {
                         ReplyKind::TimeExceeded => Some(1),
                         _ => self.quotes.then(|| ttl.0 + 1 - self.end.unwrap_or(ttl.0)),
                     },
+                    mpls: Default::default(),
                     received: self.start + at,
                 };
                 self.queue.push((at, r));
@@ -821,6 +826,55 @@ mod tests {
     }
 
     #[test]
+    fn a_replys_mpls_labels_reach_its_probe() {
+        // Router 3 sits in an MPLS tunnel: its time exceeded carries two labels (the fake
+        // network stands in for a router: Linux does not send RFC 4950 objects itself).
+        use crate::trace::wire::mpls::{Label, LabelStack};
+        let labels = [
+            Label {
+                label: 24001,
+                tc: 0,
+                s: false,
+                ttl: 1,
+            },
+            Label {
+                label: 16,
+                tc: 0,
+                s: true,
+                ttl: 1,
+            },
+        ];
+        let mut net = Fake::chain(6);
+        net.script
+            .insert(3, VecDeque::from(vec![Answer::Silent; 8]));
+        net.held = vec![(
+            Duration::from_millis(1),
+            Response {
+                seq: Seq(3),
+                from: addr(3),
+                kind: ReplyKind::TimeExceeded,
+                size: 56,
+                ttl: None,
+                quoted_ttl: Some(1),
+                mpls: LabelStack::from_labels(&labels),
+                received: net.start + Duration::from_millis(1),
+            },
+        )];
+        let o = run(&mut net, &opts(), 1).unwrap();
+        let hop3 = &o.hops[2];
+        assert_eq!(hop3.addr, Some(addr(3)));
+        let with: Vec<&Probe> = hop3.probes.iter().filter(|p| !p.mpls.is_empty()).collect();
+        assert_eq!(with.len(), 1);
+        assert_eq!(with[0].mpls, labels);
+        assert!(
+            o.hops
+                .iter()
+                .filter(|h| h.ttl != 3)
+                .all(|h| h.probes.iter().all(|p| p.mpls.is_empty()))
+        );
+    }
+
+    #[test]
     fn replies_still_held_by_the_receiver_are_taken_before_giving_up() {
         // Router 3's reply came in at 2 ms, within its wait, but the receive thread had
         // not handed it over yet when the wait ran out: settling first finds it.
@@ -836,6 +890,7 @@ mod tests {
                 size: 56,
                 ttl: None,
                 quoted_ttl: None,
+                mpls: Default::default(),
                 received: net.start + Duration::from_millis(2),
             },
         )];
@@ -1027,6 +1082,7 @@ mod tests {
             size: 1,
             ttl: None,
             quoted_ttl: None,
+            mpls: Default::default(),
             received: t + Duration::from_micros(us),
         };
         // A sequence we never sent, and a second answer to TTL 1's probe (seq 1) from

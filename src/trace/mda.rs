@@ -386,6 +386,7 @@ mod tests {
                             rtt: addr.map(|_| Duration::from_millis(1)),
                             from: addr,
                             size: 56,
+                            mpls: Vec::new(),
                             reply_ttl: None,
                             kind: addr.map(|_| ReplyKind::TimeExceeded),
                         }],

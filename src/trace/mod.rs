@@ -162,6 +162,8 @@ pub struct Probe {
     pub reply_ttl: Option<u8>,
     /// What the reply said; `None` without a reply.
     pub kind: Option<ReplyKind>,
+    /// The MPLS label stack the reply reported (RFC 4950), top first; empty when none.
+    pub mpls: Vec<wire::mpls::Label>,
 }
 
 /// One TTL of a path.

@@ -493,6 +493,7 @@ fn route(shared: &Shared, bytes: &[u8], rx: &socket::Received, v6: bool, t: Tran
         size: r.size,
         ttl: rx.ttl,
         quoted_ttl: r.quoted_ttl,
+        mpls: r.mpls,
         received: rx.at,
     };
     let routes = lock(&shared.routes);
@@ -610,6 +611,7 @@ impl Network for DgramNet<'_> {
                 size: 0,
                 ttl: None,
                 quoted_ttl: None,
+                mpls: Default::default(),
                 received: e.at,
             }));
         }

@@ -123,6 +123,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.buffer.as_ref()[field::DATA..]
     }
 
+    /// The RFC 4884 length field of an error message: the quoted datagram's size in
+    /// 8-byte words, 0 when the sender did not set it.
+    pub fn err_length(&self) -> u8 {
+        self.buffer.as_ref()[field::ERR_LENGTH]
+    }
+
     /// The original datagram quoted by an error message.
     ///
     /// RFC 4884 §4.5: a non-zero length field gives the quoted datagram's size in 64-bit

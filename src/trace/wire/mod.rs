@@ -10,6 +10,7 @@ pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod mpls;
 pub mod probe;
 pub mod reply;
 pub mod tcp;

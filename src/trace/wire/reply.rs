@@ -1,6 +1,7 @@
 //! Reads a received packet as an answer to a probe: who answered, what it said, and the
 //! identity of the probe it answers (taken from the quoted datagram, never from timing).
 
+use super::mpls::{LabelStack, label_stack};
 use super::{Result, icmpv4, icmpv6, ip_proto, ipv4, ipv6, probe, tcp, udp};
 use crate::trace::{Protocol, ReplyKind, Unreachable};
 use std::net::{IpAddr, Ipv6Addr};
@@ -35,6 +36,8 @@ pub struct Reply {
     /// destination's error quoting more than 1 says the probe reached it with TTL to spare,
     /// so the destination is nearer than the probe's TTL. `None` for echo replies and TCP.
     pub quoted_ttl: Option<u8>,
+    /// The MPLS labels the probe carried where it expired (RFC 4950), when the error says.
+    pub mpls: LabelStack,
 }
 
 /// Parses a whole IPv4 packet from a raw ICMP or TCP socket.
@@ -75,6 +78,7 @@ fn parse_icmpv4(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
             probe,
             size,
             quoted_ttl: None,
+            mpls: LabelStack::default(),
         }));
     }
     if !matches!(
@@ -104,6 +108,7 @@ fn parse_icmpv4(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
         probe,
         size,
         quoted_ttl: Some(inner.ttl()),
+        mpls: label_stack(icmp.data(), icmp.err_length(), 4),
     }))
 }
 
@@ -128,6 +133,7 @@ pub fn parse_icmpv6(from: Ipv6Addr, body: &[u8]) -> Result<Option<Reply>> {
             probe,
             size,
             quoted_ttl: None,
+            mpls: LabelStack::default(),
         }));
     }
     if !matches!(
@@ -155,6 +161,7 @@ pub fn parse_icmpv6(from: Ipv6Addr, body: &[u8]) -> Result<Option<Reply>> {
         probe,
         size,
         quoted_ttl: Some(inner.hop_limit()),
+        mpls: label_stack(icmp.data(), icmp.err_length(), 8),
     }))
 }
 
@@ -229,6 +236,7 @@ fn parse_tcp(from: IpAddr, body: &[u8], size: u16) -> Result<Option<Reply>> {
         probe,
         size,
         quoted_ttl: None,
+        mpls: LabelStack::default(),
     }))
 }
 
@@ -490,6 +498,7 @@ mod tests {
                     probe,
                     size: bytes.len() as u16,
                     quoted_ttl: quoted(kind, probe),
+                    mpls: Default::default(),
                 }
             );
         }
@@ -534,6 +543,7 @@ mod tests {
                     probe,
                     size: bytes.len() as u16,
                     quoted_ttl: quoted(kind, probe),
+                    mpls: Default::default(),
                 }
             );
         }
@@ -582,6 +592,36 @@ mod tests {
                 .seq,
             0x5da8
         );
+    }
+
+    #[test]
+    fn an_mpls_label_stack_comes_with_the_reply_in_both_families() {
+        use crate::trace::wire::mpls::tests::structure;
+        // The captured time exceeded, its quote padded to 128 bytes as RFC 4884 asks, the
+        // length field saying so (32 words), and an MPLS object of two labels after it.
+        let mut b = V4_TE_UDP.to_vec();
+        b.resize(20 + 8 + 128, 0);
+        b[20 + 5] = 32;
+        b.extend(structure(&[(24001, 0, 1), (16, 0, 1)], true));
+        let r = parse_ipv4(&b).unwrap().unwrap();
+        assert_eq!(r.probe.seq, 0xd8d3, "the probe is still found");
+        let labels: Vec<u32> = r.mpls.labels().iter().map(|l| l.label).collect();
+        assert_eq!(labels, [24001, 16]);
+        assert!(r.mpls.labels()[1].s);
+        // The same without the length field, as routers older than RFC 4884 send it.
+        b[20 + 5] = 0;
+        assert_eq!(parse_ipv4(&b).unwrap().unwrap().mpls.labels().len(), 2);
+        // ICMPv6: 128 bytes are 16 words of 8.
+        let mut c = V6_TE_UDP.to_vec();
+        c.resize(8 + 128, 0);
+        c[4] = 16;
+        c.extend(structure(&[(300000, 3, 1)], true));
+        let r = parse_icmpv6(v6("fd00:99::2"), &c).unwrap().unwrap();
+        assert_eq!(r.probe.seq, 0x5da8);
+        assert_eq!(r.mpls.labels()[0].label, 300000);
+        assert_eq!(r.mpls.labels()[0].tc, 3);
+        // The captures themselves carry none.
+        assert!(parse_ipv4(&V4_TE_UDP).unwrap().unwrap().mpls.is_empty());
     }
 
     #[test]
