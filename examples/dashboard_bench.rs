@@ -62,6 +62,7 @@ fn result(n: usize, slave: usize, target: usize, round: usize, at: i64) -> NewRe
                 host: String::new(),
                 rtt_ns: rtt,
                 size: 56,
+                mpls: None,
                 kind: Some(
                     if ttl == HOPS {
                         "reached"

@@ -30,6 +30,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
             host: String::new(),
             rtt_ns: 1_000_000 * ttl + (i as i64 % 997) * 1000,
             size: 56,
+            mpls: None,
             kind: Some(
                 if ttl == HOPS {
                     "reached"

@@ -203,6 +203,61 @@ fn bad_multipath_graphs_are_refused_and_a_good_one_is_stored() {
 }
 
 #[test]
+fn mpls_labels_are_stored_and_read_back_and_bad_ones_refused() {
+    let dir = Scratch::with_seed_config("mpls");
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let with = |labels: &str| -> Vec<u8> {
+        GO_RESULT
+            .replace("\"TTL\":1}", &format!("\"TTL\":1,\"MPLS\":{labels}}}"))
+            .into_bytes()
+    };
+    let nine = format!(
+        "[{}]",
+        [r#"{"Label":16,"TC":0,"S":false,"TTL":1}"#; 9].join(",")
+    );
+    for (what, labels) in [
+        (
+            "a 21-bit label",
+            r#"[{"Label":1048576,"TC":0,"S":true,"TTL":1}]"#,
+        ),
+        ("a 4-bit TC", r#"[{"Label":16,"TC":8,"S":true,"TTL":1}]"#),
+        ("nine entries", nine.as_str()),
+    ] {
+        let a = post(addr, "/api/v1/results", &with(labels));
+        assert_eq!(a.status, 400, "{what}: {}", a.text());
+        assert!(
+            a.json()["error"].as_str().unwrap().contains("MPLS"),
+            "{what}"
+        );
+    }
+    assert!(results(addr, "").is_empty());
+    let good =
+        with(r#"[{"Label":24001,"TC":5,"S":false,"TTL":1},{"Label":16,"TC":0,"S":true,"TTL":1}]"#);
+    assert_eq!(post(addr, "/api/v1/results", &good).status, 200);
+    let stored = results(addr, "");
+    assert_eq!(
+        stored[0]["hops"][0]["mpls"],
+        serde_json::json!([
+            {"label": 24001, "tc": 5, "s": false, "ttl": 1},
+            {"label": 16, "tc": 0, "s": true, "ttl": 1}
+        ])
+    );
+    // A hop without labels has no key, as before.
+    assert_eq!(
+        post(
+            addr,
+            "/results/",
+            GO_RESULT.replace("3a1b7c55", "4a1b7c55").as_bytes()
+        )
+        .status,
+        200
+    );
+    let plain = results(addr, "");
+    assert!(plain.iter().any(|r| r["hops"][0].get("mpls").is_none()));
+}
+
+#[test]
 fn wrong_password_is_401_and_does_not_hold_a_worker() {
     let dir = Scratch::with_seed_config("auth");
     let master = Proc::master(&dir.0, &["-workers=1"]);

@@ -748,6 +748,7 @@ mod tests {
             kind: None,
             reply_ttl: None,
             replies: Some(replies),
+            mpls: None,
         };
         // One probe a TTL; the first result probed TTL 2 three more times (its answer was
         // lost twice), the second lost TTL 2 and got no hop there.

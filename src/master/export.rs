@@ -680,6 +680,7 @@ mod tests {
             kind: None,
             replies,
             reply_ttl: Some(64 - ttl),
+            mpls: None,
         }
     }
 

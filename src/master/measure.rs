@@ -1111,6 +1111,7 @@ mod tests {
                     kind: None,
                     reply_ttl: None,
                     replies: None,
+                    mpls: None,
                 })
                 .collect(),
         };

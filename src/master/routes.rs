@@ -1091,6 +1091,31 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
                 h.ttl
             ));
         }
+        let mpls = match &h.mpls {
+            None => None,
+            Some(labels) => {
+                if labels.len() > crate::trace::wire::mpls::MAX_LABELS
+                    || labels.iter().any(|l| l.label > 0xf_ffff || l.tc > 7)
+                {
+                    return Err(format!(
+                        "hop {}: MPLS must be at most {} entries of a 20-bit Label and a 3-bit TC",
+                        h.ttl,
+                        crate::trace::wire::mpls::MAX_LABELS
+                    ));
+                }
+                Some(
+                    labels
+                        .iter()
+                        .map(|l| crate::trace::wire::mpls::Label {
+                            label: l.label,
+                            tc: l.tc,
+                            s: l.s,
+                            ttl: l.ttl,
+                        })
+                        .collect(),
+                )
+            }
+        };
         addrs.push((h.ttl, addr));
         hops.push(NewHop {
             ttl: h.ttl,
@@ -1101,6 +1126,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             kind: h.kind.clone(),
             replies: h.replies.clone(),
             reply_ttl: h.reply_ttl.map(i64::from),
+            mpls,
         });
     }
     for text in [

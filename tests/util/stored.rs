@@ -17,6 +17,7 @@ pub fn hop(ttl: i64, address: &str, rtt_ns: i64) -> NewHop {
         kind: None,
         replies: None,
         reply_ttl: None,
+        mpls: None,
     }
 }
 

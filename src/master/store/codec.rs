@@ -3,6 +3,7 @@
 //! RTTs in a few varints. Pure code: every rule is unit-tested without a database.
 
 use super::{NewHop, NewResult};
+use crate::trace::wire::mpls::Label;
 use sha2::{Digest, Sha256};
 
 /// Everything of a result but its ID, times and RTTs: results that look alike share one.
@@ -57,6 +58,8 @@ pub struct RouteHop {
     pub reply_ttl: Option<i64>,
     /// How many probes the slave listed (`None`: it sent no `Replies`, only one RTT).
     pub replies: Option<usize>,
+    /// The MPLS label stack the hop's reply reported.
+    pub mpls: Option<Vec<Label>>,
 }
 
 impl Route {
@@ -88,6 +91,7 @@ impl Route {
                     kind: h.kind.clone(),
                     reply_ttl: h.reply_ttl,
                     replies: h.replies.as_ref().map(Vec::len),
+                    mpls: h.mpls.clone(),
                 })
                 .collect(),
         }
@@ -113,7 +117,8 @@ impl Route {
             | u64::from(self.has_flow) << 2
             | u64::from(self.debug) << DEBUG_BIT
             | u64::from(self.measurement.is_some()) << MEASUREMENT_BIT
-            | u64::from(self.multipath) << MULTIPATH_BIT;
+            | u64::from(self.multipath) << MULTIPATH_BIT
+            | u64::from(self.hops.iter().any(|h| h.mpls.is_some())) << MPLS_BIT;
         for (i, t) in texts.iter().enumerate() {
             if t.is_some() {
                 flags |= 1 << (3 + i);
@@ -160,6 +165,19 @@ impl Route {
             }
             put(&mut out, h.reply_ttl.map_or(0, |t| zigzag(t) + 1));
             put(&mut out, h.replies.map_or(0, |n| n as u64 + 1));
+        }
+        if self.hops.iter().any(|h| h.mpls.is_some()) {
+            for h in &self.hops {
+                match &h.mpls {
+                    None => put(&mut out, 0),
+                    Some(labels) => {
+                        put(&mut out, labels.len() as u64 + 1);
+                        for l in labels {
+                            put(&mut out, label_code(l));
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -218,7 +236,19 @@ impl Route {
                 kind,
                 reply_ttl,
                 replies,
+                mpls: None,
             });
+        }
+        if flags & (1 << MPLS_BIT) != 0 {
+            for h in &mut hops {
+                let n = usize::try_from(r.get()?).ok()?;
+                if n > 0 {
+                    let labels = (1..n)
+                        .map(|_| code_label(r.get()?))
+                        .collect::<Option<Vec<Label>>>()?;
+                    h.mpls = Some(labels);
+                }
+            }
         }
         if !r.0.is_empty() {
             return None;
@@ -391,6 +421,28 @@ const DEBUG_BIT: u32 = 10;
 const MEASUREMENT_BIT: u32 = 11;
 /// The flag bit of [`Route::multipath`].
 const MULTIPATH_BIT: u32 = 12;
+/// The flag bit of hops with MPLS labels: a label list per hop follows the hops.
+const MPLS_BIT: u32 = 13;
+
+/// A label stack entry as one number: label, TC, S and TTL as in the packet.
+fn label_code(l: &Label) -> u64 {
+    u64::from(
+        (l.label & 0xf_ffff) << 12
+            | u32::from(l.tc & 7) << 9
+            | u32::from(l.s) << 8
+            | u32::from(l.ttl),
+    )
+}
+
+fn code_label(v: u64) -> Option<Label> {
+    let v = u32::try_from(v).ok()?;
+    Some(Label {
+        label: v >> 12,
+        tc: ((v >> 9) & 7) as u8,
+        s: (v >> 8) & 1 == 1,
+        ttl: (v & 0xff) as u8,
+    })
+}
 
 /// A duration in ns: whole microseconds (what a measurement is worth, and what our slave
 /// sends) take a varint of the µs; anything else keeps its nanoseconds behind a flag bit.
@@ -633,6 +685,7 @@ impl Measures {
                 kind: h.kind.clone(),
                 reply_ttl: h.reply_ttl,
                 replies: replies.clone(),
+                mpls: h.mpls.clone(),
             })
             .collect()
     }
@@ -730,6 +783,7 @@ mod tests {
                     kind: None,
                     reply_ttl: None,
                     replies: *n,
+                    mpls: None,
                 })
                 .collect(),
         }
@@ -843,6 +897,38 @@ mod tests {
         text.hops[0].address = "010.0.0.1".into();
         assert_eq!(Route::parse(&text.body()), Some(text.clone()));
         assert!(v4 < text.body().len());
+    }
+
+    #[test]
+    fn mpls_labels_round_trip_per_hop_and_cost_nothing_without() {
+        let plain = route(&[Some(1), Some(1), Some(1)]);
+        let mut r = plain.clone();
+        r.hops[1].mpls = Some(vec![
+            Label {
+                label: 24001,
+                tc: 5,
+                s: false,
+                ttl: 1,
+            },
+            Label {
+                label: 0xf_ffff,
+                tc: 0,
+                s: true,
+                ttl: 255,
+            },
+        ]);
+        r.hops[2].mpls = Some(Vec::new());
+        let body = r.body();
+        assert_eq!(Route::parse(&body), Some(r.clone()));
+        for cut in 0..body.len() {
+            assert_eq!(Route::parse(&body[..cut]), None);
+        }
+        // A route with no labels is stored as before: no flag, not one byte more.
+        let mut flagless = plain.clone();
+        flagless.hops[0].mpls = None;
+        assert_eq!(flagless.body(), plain.body());
+        assert_eq!(Route::parse(&plain.body()).unwrap().hops[1].mpls, None);
+        assert!(body.len() > plain.body().len());
     }
 
     #[test]

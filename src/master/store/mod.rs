@@ -44,6 +44,9 @@ pub struct NewHop {
     pub reply_ttl: Option<i64>,
     /// Per-probe RTTs in ns (null = lost), when the slave sent them.
     pub replies: Option<Vec<Option<i64>>>,
+    /// The MPLS label stack the hop's reply reported (RFC 4950), top first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpls: Option<Vec<crate::trace::wire::mpls::Label>>,
 }
 
 /// A checked result ready to store.

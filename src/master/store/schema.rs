@@ -406,6 +406,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
                     kind: h.get(5)?,
                     reply_ttl: h.get(7)?,
                     replies: None,
+                    mpls: None,
                 },
                 h.get::<_, i64>(3)?,
                 replies.and_then(|s| serde_json::from_str::<Vec<Option<i64>>>(&s).ok()),

@@ -324,6 +324,7 @@ mod tests {
                     kind: None,
                     replies: Some(vec![Some(1000), None]),
                     reply_ttl: None,
+                    mpls: None,
                 },
                 NewHop {
                     ttl: 3,
@@ -334,6 +335,7 @@ mod tests {
                     kind: Some("reached".into()),
                     replies: None,
                     reply_ttl: Some(61),
+                    mpls: None,
                 },
             ],
             multipath: None,
