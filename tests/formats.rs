@@ -37,6 +37,15 @@ fn hop(ttl: i64, ip: &str, rtts_ms: &[Option<f64>], kind: &str) -> Value {
     })
 }
 
+/// `h` inside an MPLS tunnel: its replies carry a label stack of two.
+fn mpls(mut h: Value) -> Value {
+    h["MPLS"] = json!([
+        {"Label": 24001, "TC": 5, "S": false, "TTL": 1},
+        {"Label": 16, "TC": 0, "S": true, "TTL": 1},
+    ]);
+    h
+}
+
 /// A result of our slave's form.
 fn ours(slave: &str, target: (&str, &str, &str), date_time: &str, extra: Value) -> Value {
     let password = if slave == "slave1" { "1234" } else { "123" };
@@ -81,7 +90,7 @@ fn scripted() -> Vec<Value> {
                 "SourceAddress": "192.168.1.20", "Queries": 3, "DurationNs": 1_500_000_000_i64,
                 "Hops": [
                     hop(1, "192.168.1.1", &[Some(1.2), Some(1.3), None], "time-exceeded"),
-                    hop(2, "10.1.0.1", &[Some(5.0), Some(5.5), Some(6.0)], "time-exceeded"),
+                    mpls(hop(2, "10.1.0.1", &[Some(5.0), Some(5.5), Some(6.0)], "time-exceeded")),
                     hop(3, "142.250.185.99", &[Some(12.0), Some(12.5), Some(11.9)], "reached"),
                 ],
             }),
@@ -148,7 +157,10 @@ for raw in json.load(sys.stdin):
         "from": r.origin, "src_addr": r.source_address, "dst_addr": r.destination_address,
         "error": r.error_message, "success": r.is_success, "paris_id": r.paris_id,
         "timestamp": r.created_timestamp,
-        "hops": [[[p.origin, p.rtt, p.ttl, p.error_message] for p in h.packets] for h in r.hops],
+        "hops": [[[p.origin, p.rtt, p.ttl, p.error_message,
+                   p.icmp_header.objects if p.icmp_header else None,
+                   p.icmp_header.version if p.icmp_header else None] for p in h.packets]
+                 for h in r.hops],
     })
 print(json.dumps(out))
 "#;
@@ -299,6 +311,21 @@ fn ripe_atlas_tools_read_the_atlas_export() {
                             Value::Null
                         };
                         assert_eq!(g[3], err, "{p}");
+                        // RFC 4950 labels as Atlas' icmpext: version 2, one MPLS object.
+                        let icmpext = match h.get("MPLS") {
+                            Some(labels) => json!([{"class": 1, "type": 1, "mpls": labels
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|l| json!({"label": l["Label"], "exp": l["TC"],
+                                    "s": u8::from(l["S"] == true), "ttl": l["TTL"]}))
+                                .collect::<Vec<_>>()}]),
+                            None => Value::Null,
+                        };
+                        assert_eq!(g[4], icmpext, "{p}");
+                        if !icmpext.is_null() {
+                            assert_eq!(g[5], 2, "{p}");
+                        }
                     }
                 }
             }

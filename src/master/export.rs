@@ -387,6 +387,18 @@ pub fn atlas(r: &StoredResult, prb_id: i64) -> Value {
                     if let Some(err) = &err {
                         e["err"] = err.clone();
                     }
+                    // RFC 4950 labels as Atlas writes them (whether the RFC 4884 length was
+                    // set is not kept, so `rfc4884` is left out).
+                    if let Some(labels) = h.mpls.as_ref().filter(|l| !l.is_empty()) {
+                        let mpls: Vec<Value> = labels
+                            .iter()
+                            .map(|l| {
+                                json!({"label": l.label, "exp": l.tc, "s": u8::from(l.s), "ttl": l.ttl})
+                            })
+                            .collect();
+                        e["icmpext"] =
+                            json!({"version": 2, "obj": [{"class": 1, "type": 1, "mpls": mpls}]});
+                    }
                     e
                 };
                 match &h.replies {
