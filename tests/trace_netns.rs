@@ -637,3 +637,126 @@ fn mda_finds_both_branches_of_a_diamond() {
     }
     assert!(lines[three].starts_with(" 3  10.98.3.2"), "{text}");
 }
+
+/// A stand-in for a router inside an MPLS tunnel, run in its namespace: it answers every UDP
+/// probe that reaches it with a time exceeded quoting the probe (padded to 128 bytes, the
+/// RFC 4884 length set) and an RFC 4950 object of two labels. Linux routers send no such
+/// object, so this one is written by hand; the probe and the reply cross real sockets.
+const MPLS_ROUTER: &str = r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+def entry(label, tc, s, ttl):
+    return struct.pack("!I", (label << 12) | (tc << 9) | (s << 8) | ttl)
+labels = entry(24001, 5, 0, 1) + entry(16, 0, 1, 1)
+obj = struct.pack("!HBB", 4 + len(labels), 1, 1) + labels
+ext = bytearray(struct.pack("!BBH", 0x20, 0, 0) + obj)
+ext[2:4] = struct.pack("!H", csum(bytes(ext)))
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+print("ready", flush=True)
+while True:
+    pkt, (src, _) = rx.recvfrom(65535)
+    quote = pkt[:128].ljust(128, b"\0")
+    msg = bytearray(struct.pack("!BBHBBH", 11, 0, 0, 0, 32, 0) + quote + bytes(ext))
+    msg[2:4] = struct.pack("!H", csum(bytes(msg)))
+    tx.sendto(bytes(msg), (src, 0))
+"#;
+
+/// The labels of a real reply reach `trace`'s output: a probe and its answer over raw
+/// sockets through the tracer's receive path, one line per label under the hop.
+#[test]
+fn mpls_labels_of_a_real_reply_are_printed_under_the_hop() {
+    if must_skip() {
+        return;
+    }
+    let mut lab = Lab::new("mpls");
+    for n in ["h", "m"] {
+        lab.node(n, false);
+    }
+    lab.link("h", "right", "m", "left");
+    lab.ip("h", "addr add 10.96.1.1/24 dev right\n");
+    lab.ip("m", "addr add 10.96.1.2/24 dev left\n");
+    // The kernel's own port unreachable would end the trace first: only the stand-in answers.
+    netns::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns("m"),
+        "nft",
+        "add table inet q; add chain inet q out { type filter hook output priority 0; }; \
+         add rule inet q out icmp type destination-unreachable drop",
+    ]);
+    let mut router = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("m"), "python3", "-c", MPLS_ROUTER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(router.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let bin = env!("CARGO_BIN_EXE_dist-traceroute");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("h"),
+            bin,
+            "trace",
+            "-n",
+            "-q",
+            "1",
+            "-m",
+            "2",
+        ])
+        .args(["-w", "0.5", "10.96.1.2"])
+        .output()
+        .unwrap();
+    let json = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("h"),
+            bin,
+            "trace",
+            "-n",
+            "-q",
+            "1",
+            "-m",
+            "1",
+        ])
+        .args(["-w", "0.5", "--json", "10.96.1.2"])
+        .output()
+        .unwrap();
+    let _ = router.kill();
+    let _ = router.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[1].starts_with(" 1  10.96.1.2"), "{text}");
+    assert_eq!(
+        lines[2], "     [MPLS: Lbl 24001, TC 5, S 0, TTL 1]",
+        "{text}"
+    );
+    assert_eq!(lines[3], "     [MPLS: Lbl 16, TC 0, S 1, TTL 1]", "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        r["Hops"][0]["MPLS"],
+        serde_json::json!([
+            {"Label": 24001, "TC": 5, "S": false, "TTL": 1},
+            {"Label": 16, "TC": 0, "S": true, "TTL": 1}
+        ]),
+        "{r:#}"
+    );
+}
