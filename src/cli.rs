@@ -370,6 +370,11 @@ pub struct TraceArgs {
     /// Print the result as the JSON a slave sends
     #[arg(long)]
     pub json: bool,
+    /// Name each hop's owner from this IP-to-AS table (tab-separated `range_start range_end
+    /// AS_number country AS_name`, as iptoasn.com's dumps), like mtr -z; special-use ranges
+    /// (private, CGNAT, link-local, documentation) are named without one
+    #[arg(long = "asn-db", value_name = "file")]
+    pub asn_db: Option<PathBuf>,
 }
 
 const MEASURE_ABOUT: &str = "Ask a master's slaves to trace a host now (an on-demand \

@@ -4,6 +4,7 @@
 //! scheduler, delivery) and the trace engine; this crate root declares them so tests,
 //! benches, examples and fuzz targets can use them.
 
+pub mod asn;
 pub mod cli;
 pub mod logging;
 pub mod master;

@@ -8,6 +8,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
+    // A bad table is an error before any probe goes out.
+    let asn = a
+        .asn_db
+        .as_deref()
+        .map(dist_traceroute::asn::AsnDb::load)
+        .transpose()?;
     let family = match (a.ipv4, a.ipv6) {
         (true, _) => Some(Family::V4),
         (_, true) => Some(Family::V6),
@@ -61,7 +67,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         }
         emit(&format!("{}\n", serde_json::to_string_pretty(&r)?))
     } else {
-        emit(&human(&a.host, &t, a.max_hops))
+        emit(&human(&a.host, &t, a.max_hops, asn.as_ref()))
     }
 }
 
@@ -153,7 +159,12 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 /// Traceroute-style lines: TTL, name (address), one RTT per probe or `*`, and `!H`-style notes.
-pub fn human(host: &str, t: &Trace, max_hops: u8) -> String {
+pub fn human(
+    host: &str,
+    t: &Trace,
+    max_hops: u8,
+    asn: Option<&dist_traceroute::asn::AsnDb>,
+) -> String {
     let mut out = format!(
         "traceroute to {host} ({}), {max_hops} hops max, {} probes, flow {}\n",
         t.destination, t.protocol, t.flow
@@ -171,6 +182,15 @@ pub fn human(host: &str, t: &Trace, max_hops: u8) -> String {
                             }
                             _ => {
                                 let _ = write!(out, " {from}");
+                            }
+                        }
+                        // Its owner, as mtr -z shows it.
+                        if let Some(db) = asn {
+                            match db.lookup(from) {
+                                Some(o) => {
+                                    let _ = write!(out, " [{}]", o.label());
+                                }
+                                None => out.push_str(" [AS?]"),
                             }
                         }
                         shown = Some(from);
@@ -246,7 +266,7 @@ mod tests {
                 },
             ],
         };
-        let text = human("h", &t, 30);
+        let text = human("h", &t, 30, None);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[2], "     [MPLS: Lbl 24001, TC 0, S 0, TTL 1]",
@@ -255,5 +275,46 @@ mod tests {
         assert_eq!(lines[3], "     [MPLS: Lbl 16, TC 0, S 1, TTL 1]", "{text}");
         assert!(lines[4].starts_with(" 2 "), "{text}");
         assert_eq!(lines.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn owners_follow_the_addresses_like_mtr_z() {
+        let db =
+            dist_traceroute::asn::AsnDb::parse("8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n").unwrap();
+        let hop = |ttl: u8, a: &str| Hop {
+            ttl,
+            addr: Some(a.parse().unwrap()),
+            host: None,
+            probes: vec![Probe {
+                rtt: Some(Duration::from_micros(250)),
+                from: Some(a.parse().unwrap()),
+                size: 56,
+                reply_ttl: None,
+                kind: Some(ReplyKind::TimeExceeded),
+                mpls: Vec::new(),
+            }],
+        };
+        let t = Trace {
+            destination: "8.8.8.8".parse().unwrap(),
+            protocol: Protocol::Udp,
+            flow: 0,
+            source: None,
+            started: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+            reached: true,
+            hops: vec![hop(1, "192.168.1.1"), hop(2, "9.9.9.9"), hop(3, "8.8.8.8")],
+        };
+        let text = human("h", &t, 30, Some(&db));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("192.168.1.1 [private (RFC 1918)]"),
+            "{text}"
+        );
+        assert!(lines[2].contains("9.9.9.9 [AS?]"), "{text}");
+        assert!(lines[3].contains("8.8.8.8 [AS15169 GOOGLE]"), "{text}");
+        assert!(
+            !human("h", &t, 30, None).contains('['),
+            "no table, no owners"
+        );
     }
 }

@@ -258,3 +258,29 @@ fn listening_on_all_interfaces_takes_both_families() {
         assert_eq!(a.status, 200, "{ip}");
     }
 }
+
+#[test]
+fn a_bad_as_table_stops_trace_before_any_probe() {
+    let dir = Scratch::new("asndb");
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["trace", "--asn-db", "no-such-table.tsv", "127.0.0.1"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot read the AS table no-such-table.tsv"),
+        "{err}"
+    );
+    dir.write("bad.tsv", "8.8.8.0\t8.8.8.255\tGOOGLE\n");
+    let (code, _, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &["trace", "--asn-db", "bad.tsv", "127.0.0.1"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("bad.tsv") && err.contains("line 1: AS number"),
+        "{err}"
+    );
+}
