@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         measure: Default::default(),
         retention: None,
         retention_paths: None,
+        asn_db: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::spawn(move || master.serve());

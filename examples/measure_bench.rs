@@ -100,6 +100,7 @@ fn master(prefix: &str, slaves: usize) -> anyhow::Result<(SocketAddr, std::path:
         },
         retention: None,
         retention_paths: None,
+        asn_db: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::spawn(move || master.serve());

@@ -166,6 +166,11 @@ pub struct MasterArgs {
     /// for requests from them the client is the address their X-Forwarded-For names
     #[arg(long = "trusted-proxy", value_name = "addr,...", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// An IP-to-AS table (tab-separated `range_start range_end AS_number country AS_name`, as
+    /// iptoasn.com's dumps): the API then names each hop's owner and each result's AS path;
+    /// checked for edits like the config files
+    #[arg(long = "asn-db", value_name = "filename")]
+    pub asn_db: Option<PathBuf>,
     /// How often the config files are checked for edits
     #[arg(long = "reload-interval", value_name = "duration", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,

@@ -47,6 +47,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         measure: Default::default(),
         retention: Some(Duration::from_secs(7 * 86_400)),
         retention_paths: None,
+        asn_db: None,
     })?;
     let addr = master.local_addr()?;
     std::thread::Builder::new()

@@ -464,3 +464,78 @@ fn an_edited_target_address_leaves_one_current_path_and_says_so() {
         .collect();
     assert!(alerted.is_empty(), "{alerted:#?}");
 }
+
+/// With `-asn-db`, the results and the current paths name each hop's owner and give the AS
+/// path; an edit of the table is taken without a restart, and without the flag nothing is
+/// added. A table that does not read stops the master with the reason.
+#[test]
+fn owners_and_as_paths_from_the_as_table() {
+    let dir = Scratch::with_seed_config("asn");
+    dir.write(
+        "asn.tsv",
+        "8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n1.1.1.0\t1.1.1.255\t13335\tUS\tCLOUDFLARENET\n",
+    );
+    let master = Proc::master(&dir.0, &["-asn-db", "asn.tsv", "-reload-interval", "100ms"]);
+    let addr = master.addr();
+    let google = (GOOGLE, "Google", "www.google.at");
+    send(
+        addr,
+        &result(
+            google,
+            1,
+            &["192.168.1.1", "1.1.1.1", "*", "8.8.8.8"],
+            true,
+            20.0,
+        ),
+    );
+    let r = &results(addr, "")[0];
+    assert_eq!(
+        r["hops"][0]["owner"],
+        json!({"special": "private (RFC 1918)"})
+    );
+    assert_eq!(
+        r["hops"][1]["owner"],
+        json!({"asn": 13335, "name": "CLOUDFLARENET", "country": "US"})
+    );
+    assert_eq!(r["as_path"], json!([13335, 15169]));
+    let current = get(addr, "/api/v1/paths/current").json();
+    let path = &current["paths"][0];
+    assert_eq!(path["as_path"], json!([13335, 15169]), "{path:#}");
+    assert_eq!(path["hops"][3]["owner"]["asn"], 15169, "{path:#}");
+    // The table is edited: 1.1.1.0/24 moves to another AS.
+    std::thread::sleep(Duration::from_millis(1100));
+    dir.write(
+        "asn.tsv",
+        "8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n1.1.1.0\t1.1.1.255\t64500\tZZ\tEXAMPLE\n",
+    );
+    let moved = wait_for(Duration::from_secs(10), || {
+        let r = &results(addr, "")[0];
+        (r["as_path"] == json!([64500, 15169])).then_some(())
+    });
+    assert!(moved.is_some(), "{:#}", results(addr, "")[0]);
+    drop(master);
+
+    let plain = Proc::master(&dir.0, &[]);
+    send(
+        plain.addr(),
+        &result(google, 2, &["192.168.1.1", "8.8.8.8"], true, 20.0),
+    );
+    let r = &results(plain.addr(), "")[0];
+    assert!(
+        r.get("as_path").is_none() && r["hops"][0].get("owner").is_none(),
+        "{r:#}"
+    );
+    drop(plain);
+
+    dir.write("bad.tsv", "8.8.8.0\t8.8.8.255\tGOOGLE\n");
+    let (code, _, err) = run(
+        &dir.0,
+        std::path::Path::new(BIN),
+        &["master", "-asn-db", "bad.tsv"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("-asn-db") && err.contains("line 1: AS number"),
+        "{err}"
+    );
+}

@@ -556,7 +556,7 @@ fn current_paths(app: &App, req: &Request) -> Response {
                 .unwrap_or_default();
             let results = app.store.series_hops(s.id, since)?;
             let hops = hop_stats(&results, &current);
-            list.push(serde_json::json!({
+            let mut path = serde_json::json!({
                 "slave": s.slave, "target_id": s.target_id, "target_name": s.target_name,
                 "target_address": s.target_address, "flow": s.flow,
                 "path_id": hash, "path": text,
@@ -564,7 +564,12 @@ fn current_paths(app: &App, req: &Request) -> Response {
                 "since": iso_opt(s.current_since), "last_measured": iso_opt(s.last_measured),
                 "changes_total": s.changes_total,
                 "window_s": window.as_secs(), "results_in_window": results.len(), "hops": hops,
-            }));
+            });
+            // The owners of the current path's hops, and its AS path.
+            if app.owners.enabled() {
+                super::owners::enrich(&mut path, &app.owners.get());
+            }
+            list.push(path);
         }
         Ok(serde_json::json!({ "paths": list }))
     })

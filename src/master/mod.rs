@@ -9,6 +9,7 @@ pub mod config;
 pub mod export;
 pub mod measure;
 pub mod metrics;
+pub mod owners;
 pub mod path;
 pub mod routes;
 pub mod server;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub retention: Option<Duration>,
     /// Age after which events and unused paths are deleted.
     pub retention_paths: Option<Duration>,
+    /// The IP-to-AS table that names each hop's owner in the API.
+    pub asn_db: Option<PathBuf>,
 }
 
 impl From<&MasterArgs> for Settings {
@@ -100,6 +103,7 @@ impl From<&MasterArgs> for Settings {
             },
             retention: a.retention.0,
             retention_paths: a.retention_paths.0,
+            asn_db: a.asn_db.clone(),
         }
     }
 }
@@ -159,6 +163,10 @@ impl Master {
             )?),
             None => None,
         };
+        let owners = Arc::new(match &s.asn_db {
+            Some(file) => owners::Owners::open(file).context("-asn-db")?,
+            None => owners::Owners::default(),
+        });
         let listener = server::bind(s.listen)?;
         let name = master_name(listener.local_addr()?.port());
         publish_config(store.clone(), live.clone(), name.clone(), s.reload_interval)?;
@@ -169,8 +177,18 @@ impl Master {
             https: tls.is_some(),
             reloads,
             measure: Arc::new(measure::Board::new(s.measure.clone())),
+            owners: owners.clone(),
             ..routes::App::new(name, live, store)
         });
+        if owners.enabled() {
+            std::thread::Builder::new()
+                .name("asn-watch".into())
+                .spawn({
+                    let (owners, every) = (Arc::downgrade(&owners), s.reload_interval);
+                    move || owners::Owners::watch(owners, every)
+                })
+                .context("cannot start the AS table watcher")?;
+        }
         std::thread::Builder::new()
             .name("measure-watch".into())
             .spawn({

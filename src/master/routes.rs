@@ -233,6 +233,8 @@ pub struct App {
     pub reloads: super::config::Reloads,
     /// On-demand measurements: the slaves' waiting polls and the limits.
     pub measure: Arc<super::measure::Board>,
+    /// The IP-to-AS table (`-asn-db`), when there is one.
+    pub owners: Arc<super::owners::Owners>,
 }
 
 impl App {
@@ -253,6 +255,7 @@ impl App {
             https: false,
             reloads: super::config::Reloads::default(),
             measure: Arc::default(),
+            owners: Arc::default(),
         }
     }
 }
@@ -1444,13 +1447,22 @@ fn api_results(app: &App, req: &Request) -> Response {
         Err(e) => return e.response(),
     };
     match app.store.results(&q) {
-        Ok((results, next)) => Response::json(
-            200,
-            &serde_json::json!({
-                "results": results,
-                "next_cursor": next.map(|c| c.text()),
-            }),
-        ),
+        Ok((results, next)) => {
+            let mut results = serde_json::to_value(results).unwrap_or_default();
+            if app.owners.enabled() {
+                let db = app.owners.get();
+                for r in results.as_array_mut().into_iter().flatten() {
+                    super::owners::enrich(r, &db);
+                }
+            }
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "results": results,
+                    "next_cursor": next.map(|c| c.text()),
+                }),
+            )
+        }
         Err(e) => {
             log::error!("results query failed: {e:#}");
             Response::error(500, "results query failed")
