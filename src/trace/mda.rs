@@ -144,12 +144,36 @@ pub fn discover_with_traces(
                 .map(|h| h.join().expect("trace thread"))
                 .collect()
         });
-        for t in batch {
+        // A later flow that found, where the window starts, an address no flow found there
+        // before may have come by a branch the first flows missed below the window: the hops
+        // taken from them would be wrong for it (a false link), so it is traced again whole.
+        let mut again = Vec::new();
+        for (i, t) in (from..want).zip(batch) {
             let t = t?;
-            traces.push(match &window {
-                Some(w) => w.fill(t),
-                None => t,
-            });
+            match &window {
+                Some(w) if w.is_new(&t) => again.push(i),
+                Some(w) => traces.push(w.fill(t)),
+                None => traces.push(t),
+            }
+        }
+        let whole: Vec<Result<Trace, Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = again
+                .iter()
+                .map(|&i| {
+                    let opts = TraceOptions {
+                        flow: flow_number(i, rotate),
+                        ..opts.clone()
+                    };
+                    s.spawn(move || tracer.trace(dest, &opts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("trace thread"))
+                .collect()
+        });
+        for t in whole {
+            traces.push(t?);
         }
         let short = flows_short(&traces, dest, confidence);
         if short == 0 || want >= max_flows {
@@ -172,6 +196,8 @@ struct Window {
     before: Vec<Hop>,
     /// The hops after `last`, and whether they reached the destination.
     after: (Vec<Hop>, bool),
+    /// The addresses flows found at `first`.
+    at_first: BTreeSet<IpAddr>,
 }
 
 /// Where the flows so far differ; `None` when they never do (or no flow answered anything).
@@ -219,15 +245,33 @@ fn middle(traces: &[Trace]) -> Option<Window> {
         }
         None => (None, (Vec::new(), false)),
     };
+    let at_first = at
+        .get(&first)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .collect();
     Some(Window {
         first,
         last,
         before,
         after,
+        at_first,
     })
 }
 
 impl Window {
+    /// True when `t` (a trace of the window) found at its first TTL an address no earlier
+    /// flow found there.
+    fn is_new(&self, t: &Trace) -> bool {
+        t.hops
+            .iter()
+            .find(|h| h.ttl == self.first)
+            .and_then(|h| h.addr)
+            .is_some_and(|a| !self.at_first.contains(&a))
+    }
+
     /// A trace of the window's TTLs completed with the hops every earlier flow shared (with
     /// no probes: none were sent there). The hops after the meeting point are added only
     /// when this flow met the others there too.
@@ -427,6 +471,14 @@ mod tests {
         let kept = w.fill(odd);
         assert_eq!(kept.hops.len(), 3);
         assert!(!kept.reached);
+        // A flow that found something new where the window starts is traced again whole:
+        // the hops before it may not be the ones the first flows shared.
+        let mut fresh = trace(9, &["*", "10.0.7.1", "10.0.3.1"]);
+        fresh.hops.remove(0);
+        assert!(w.is_new(&fresh));
+        let mut known = trace(10, &["*", "10.0.1.1", "10.0.3.1"]);
+        known.hops.remove(0);
+        assert!(!w.is_new(&known));
         // A straight path has no window: nothing to probe again.
         let straight: Vec<Trace> = (0..6).map(|f| trace(f, &a)).collect();
         assert!(middle(&straight).is_none());

@@ -415,6 +415,25 @@ impl Branches {
                 change.new.push(e.clone());
             }
         }
+        // One incident, one event: elements that went missing (or came) a round later than
+        // the ones confirmed now go with them, rather than in an event of their own next
+        // round (a route changed in the middle of a discovery round splits its elements).
+        if !change.lost.is_empty() {
+            for e in self.missing.keys() {
+                if !change.lost.contains(e) {
+                    change.lost.push(e.clone());
+                }
+            }
+            change.lost.sort();
+        }
+        if !change.new.is_empty() {
+            for e in self.fresh.keys() {
+                if !change.new.contains(e) {
+                    change.new.push(e.clone());
+                }
+            }
+            change.new.sort();
+        }
         for e in &change.lost {
             self.known.remove(e);
             self.missing.remove(e);
@@ -572,6 +591,27 @@ mod tests {
         assert!(b.observe(&both, 3).new.is_empty());
         assert_eq!(b.observe(&both, 3).new.len(), 3);
         assert_eq!(b.observe(&both, 3), BranchChange::default());
+    }
+
+    #[test]
+    fn a_branch_whose_parts_go_a_round_apart_is_one_event() {
+        let mut b = Branches::default();
+        for _ in 0..2 {
+            b.observe(&graph(&[A, B], true), 2);
+        }
+        // The route changed mid-round: this round still saw B's first link and node, not
+        // its link on to 10.0.0.4.
+        let partial = graph(&[A, &[1, 3]], true);
+        assert!(b.observe(&partial, 2).lost.is_empty());
+        let only_a = graph(&[A, A], true);
+        let change = b.observe(&only_a, 2);
+        assert_eq!(
+            change.lost,
+            ["1 10.0.0.1>10.0.0.3", "2 10.0.0.3", "2 10.0.0.3>10.0.0.4"]
+        );
+        for _ in 0..4 {
+            assert_eq!(b.observe(&only_a, 2), BranchChange::default());
+        }
     }
 
     #[test]
