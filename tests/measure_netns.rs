@@ -9,7 +9,7 @@ mod util;
 
 use netns::{Chain, Lab};
 use serde_json::{Value, json};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 use util::*;
 
@@ -20,20 +20,7 @@ fn a_measurement_traced_for_real_through_routers() {
     }
     let mut lab = Lab::new("msr");
     let chain = Chain::build(&mut lab, 3, &[], false);
-    let root_end = lab.link_to_root("h", "up0");
-    // A /30 of 198.19.0.0/16 (benchmark testing, never routed) per run.
-    let index = std::process::id() % 16384;
-    let base = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + index * 4;
-    let (outer, inner) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
-    netns::run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{outer}/30"),
-        "dev",
-        &root_end,
-    ]);
-    lab.ip("h", &format!("addr add {inner}/30 dev up0\n"));
+    let outer = lab.uplink("h");
 
     let dir = Scratch::with_seed_config("msrnetns");
     let target = chain.target(false);

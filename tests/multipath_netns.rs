@@ -17,7 +17,7 @@ mod util;
 use netns::Lab;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 use util::*;
@@ -364,19 +364,7 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     let mut lab = Lab::new("mps");
     NESTED.build(&mut lab);
     NESTED.seed(&lab, 3);
-    let root_end = lab.link_to_root("h", "up0");
-    let index = std::process::id() % 16384;
-    let base = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + index * 4;
-    let (outer, inner) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
-    netns::run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{outer}/30"),
-        "dev",
-        &root_end,
-    ]);
-    lab.ip("h", &format!("addr add {inner}/30 dev up0\n"));
+    let outer = lab.uplink("h");
 
     let dir = Scratch::with_seed_config("mpnetns");
     let target = NESTED.target(false);
@@ -565,19 +553,7 @@ fn slave_targets_per_minute_with_multipath() {
         extra += &format!("addr add 10.96.0.{i}/32 dev lo\n");
     }
     lab.ip("t", &extra);
-    let root_end = lab.link_to_root("h", "up0");
-    let index = std::process::id() % 16384;
-    let base = u32::from(Ipv4Addr::new(198, 19, 0, 0)) + index * 4;
-    let (outer, inner) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
-    netns::run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{outer}/30"),
-        "dev",
-        &root_end,
-    ]);
-    lab.ip("h", &format!("addr add {inner}/30 dev up0\n"));
+    let outer = lab.uplink("h");
     for multipath in [false, true] {
         let dir = Scratch::with_seed_config(if multipath { "mpb-mda" } else { "mpb-one" });
         let extra = if multipath {

@@ -172,6 +172,31 @@ impl Lab {
         root
     }
 
+    /// Connects node `name` (interface `up0`) to the root namespace on a /30 of 198.19.0.0/16
+    /// (benchmark testing, never routed) of its own per process and call; returns the root
+    /// side's address, which processes in the root namespace listen on for the node.
+    pub fn uplink(&self, name: &str) -> std::net::Ipv4Addr {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let root_end = self.link_to_root(name, "up0");
+        let index =
+            (std::process::id() % 4096) * 4 + (N.fetch_add(1, Ordering::Relaxed) % 4) as u32;
+        let base = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + index * 4;
+        let (outer, inner) = (
+            std::net::Ipv4Addr::from(base + 1),
+            std::net::Ipv4Addr::from(base + 2),
+        );
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{outer}/30"),
+            "dev",
+            &root_end,
+        ]);
+        self.ip(name, &format!("addr add {inner}/30 dev up0\n"));
+        outer
+    }
+
     /// Makes node `name` silent: its own packets (ICMP errors included) are routed into a
     /// blackhole, while forwarding still works.
     pub fn silence(&self, name: &str) {
