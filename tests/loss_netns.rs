@@ -45,15 +45,7 @@ fn hop_loss_is_mtrs() {
     }
     let mut lab = Lab::new("loss");
     let chain = Chain::build(&mut lab, 5, &[], false);
-    let r3 = lab.ns("r3");
-    for rule in [
-        "add table inet loss",
-        "add chain inet loss lossy { type filter hook forward priority 0; }",
-        "add rule inet loss lossy numgen random mod 10 == 0 drop",
-    ] {
-        // nft takes the whole rule as one argument too.
-        netns::run(&["ip", "netns", "exec", r3.as_str(), "nft", rule]);
-    }
+    lab.lossy("r3", 10);
     let target = chain.target(false);
     let dir = Scratch::with_seed_config("lossmtr");
     dir.write(
@@ -76,18 +68,10 @@ fn hop_loss_is_mtrs() {
     let mtr = std::thread::spawn({
         let (ns, target) = (ns.clone(), target.clone());
         move || {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns, "mtr", "-n", "-r", "-c"])
-                .arg(TRACES.to_string())
-                .args(["-i", "0.05", &target])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let count = TRACES.to_string();
+            netns::run(&[
+                "ip", "netns", "exec", &ns, "mtr", "-n", "-r", "-c", &count, "-i", "0.05", &target,
+            ])
         }
     });
     let results: Vec<Value> = std::thread::scope(|s| {
@@ -96,17 +80,14 @@ fn hop_loss_is_mtrs() {
                 s.spawn(|| {
                     (0..TRACES / 10)
                         .map(|_| {
-                            let out = Command::new("ip")
-                                .args(["netns", "exec", &ns, BIN, "trace", "--json", "-n"])
-                                .args(["-P", "icmp", "-q", "1", "-w", "0.5", &target])
-                                .output()
-                                .unwrap();
-                            assert!(
-                                out.status.success(),
-                                "{}",
-                                String::from_utf8_lossy(&out.stderr)
+                            let out = lab.exec(
+                                "h",
+                                &[
+                                    BIN, "trace", "--json", "-n", "-P", "icmp", "-q", "1", "-w",
+                                    "0.5", &target,
+                                ],
                             );
-                            let mut r: Value = serde_json::from_slice(&out.stdout).unwrap();
+                            let mut r: Value = serde_json::from_str(&out).unwrap();
                             r["Creds"] = json!({"Name": "s1", "Password": "p1"});
                             r["TargetID"] = json!(ID);
                             r["Target"] = json!({"Name": "Chain", "Address": target});

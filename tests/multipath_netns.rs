@@ -18,7 +18,6 @@ use netns::Lab;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 use util::*;
 
@@ -255,26 +254,32 @@ fn seen(g: &Value, addr_key: &str) -> (Nodes, Links) {
 }
 
 fn mda(lab: &Lab, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args([
+    let out = lab.exec(
+        "h",
+        &[&[BIN, "trace", "--mda", "-n", "--json"], args].concat(),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Our slave `s1` in node h, reporting to the master on `outer`:`port`.
+fn slave_in_h(lab: &Lab, dir: &std::path::Path, outer: std::net::Ipv4Addr, port: u16) -> Proc {
+    Proc::spawn_program(
+        "ip",
+        dir,
+        &[
             "netns",
             "exec",
             &lab.ns("h"),
             BIN,
-            "trace",
-            "--mda",
-            "-n",
-            "--json",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+            "slave",
+            &format!("-master={outer}"),
+            &format!("-master-port={port}"),
+            "-name=s1",
+            "-passwd=p1",
+            "-log=s1.log",
+            "-spool=s1.spool",
+        ],
+    )
 }
 
 fn every_branch_in_19_of_20_runs(name: &str, topo: &Topology) {
@@ -391,23 +396,7 @@ fn a_slave_monitors_every_branch_and_the_master_tells_a_lost_one_once() {
     );
     let port = master.read_listen_line().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let _slave = Proc::spawn_program(
-        "ip",
-        &dir.0,
-        &[
-            "netns",
-            "exec",
-            &lab.ns("h"),
-            BIN,
-            "slave",
-            &format!("-master={outer}"),
-            &format!("-master-port={port}"),
-            "-name=s1",
-            "-passwd=p1",
-            "-log=s1.log",
-            "-spool=s1.spool",
-        ],
-    );
+    let _slave = slave_in_h(&lab, &dir.0, outer, port);
     let vera = basic("vera", "Vera-view-1");
     let (nodes, links) = NESTED.truth(false);
     let paths = NESTED.paths(false);
@@ -598,23 +587,7 @@ fn slave_targets_per_minute_with_multipath() {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0) as u64
         };
-        let mut slave = Proc::spawn_program(
-            "ip",
-            &dir.0,
-            &[
-                "netns",
-                "exec",
-                &lab.ns("h"),
-                BIN,
-                "slave",
-                &format!("-master={outer}"),
-                &format!("-master-port={port}"),
-                "-name=s1",
-                "-passwd=p1",
-                "-log=s1.log",
-                "-spool=s1.spool",
-            ],
-        );
+        let mut slave = slave_in_h(&lab, &dir.0, outer, port);
         wait_for(Duration::from_secs(30), || (stored() > 0).then_some(())).expect("a first result");
         let (from, t0) = (stored(), std::time::Instant::now());
         std::thread::sleep(Duration::from_secs(30));

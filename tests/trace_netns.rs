@@ -433,30 +433,7 @@ fn loss_never_lengthens_a_path() {
     }
     let mut lab = Lab::new("l");
     let chain = Chain::build(&mut lab, 5, &[], false);
-    let r3 = lab.ns("r3");
-    for rule in [
-        vec!["add", "table", "inet", "loss"],
-        vec![
-            "add",
-            "chain",
-            "inet",
-            "loss",
-            "lossy",
-            "{ type filter hook forward priority 0; }",
-        ],
-        vec![
-            "add",
-            "rule",
-            "inet",
-            "loss",
-            "lossy",
-            "numgen random mod 10 == 0 drop",
-        ],
-    ] {
-        let mut args = vec!["ip", "netns", "exec", r3.as_str(), "nft"];
-        args.extend(rule);
-        netns::run(&args);
-    }
+    lab.lossy("r3", 10);
     for v6 in [false, true] {
         let target = chain.target(v6);
         for proto in ["udp", "icmp"] {
@@ -512,19 +489,7 @@ fn mda_finds_both_branches_of_a_diamond() {
     let mut lab = Lab::new("d");
     ecmp_lab(&mut lab);
     let bin = env!("CARGO_BIN_EXE_dist-traceroute");
-    let mda = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.ns("h"), bin, "trace", "--mda", "-n"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let mda = |args: &[&str]| lab.exec("h", &[&[bin, "trace", "--mda", "-n"], args].concat());
     for (v6, proto) in [(false, "udp"), (false, "tcp"), (true, "udp"), (true, "tcp")] {
         let (r1, a, b, dest) = if v6 {
             ("fd00:99::2", "fd00:98:1::2", "fd00:98:2::2", "fd00:98:5::2")
@@ -690,24 +655,32 @@ fn mpls_labels_of_a_real_reply_are_printed_under_the_hop() {
         "add table inet q; add chain inet q out { type filter hook output priority 0; }; \
          add rule inet q out icmp type destination-unreachable drop",
     ]);
-    let mut router = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("m"), "python3", "-c", MPLS_ROUTER])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// The stand-in router, stopped however the test ends.
+    struct Router(std::process::Child);
+    impl Drop for Router {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut router = Router(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("m"), "python3", "-c", MPLS_ROUTER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut ready = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(router.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(router.0.stdout.as_mut().unwrap()),
         &mut ready,
     )
     .unwrap();
     assert_eq!(ready.trim(), "ready");
     let bin = env!("CARGO_BIN_EXE_dist-traceroute");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("h"),
+    let text = lab.exec(
+        "h",
+        &[
             bin,
             "trace",
             "-n",
@@ -715,15 +688,14 @@ fn mpls_labels_of_a_real_reply_are_printed_under_the_hop() {
             "1",
             "-m",
             "2",
-        ])
-        .args(["-w", "0.5", "10.96.1.2"])
-        .output()
-        .unwrap();
-    let json = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("h"),
+            "-w",
+            "0.5",
+            "10.96.1.2",
+        ],
+    );
+    let json = lab.exec(
+        "h",
+        &[
             bin,
             "trace",
             "-n",
@@ -731,17 +703,11 @@ fn mpls_labels_of_a_real_reply_are_printed_under_the_hop() {
             "1",
             "-m",
             "1",
-        ])
-        .args(["-w", "0.5", "--json", "10.96.1.2"])
-        .output()
-        .unwrap();
-    let _ = router.kill();
-    let _ = router.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "-w",
+            "0.5",
+            "--json",
+            "10.96.1.2",
+        ],
     );
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[1].starts_with(" 1  10.96.1.2"), "{text}");
@@ -750,7 +716,7 @@ fn mpls_labels_of_a_real_reply_are_printed_under_the_hop() {
         "{text}"
     );
     assert_eq!(lines[3], "     [MPLS: Lbl 16, TC 0, S 1, TTL 1]", "{text}");
-    let r: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         r["Hops"][0]["MPLS"],
         serde_json::json!([

@@ -197,6 +197,28 @@ impl Lab {
         outer
     }
 
+    /// Runs a command inside node `name`; panics with its stderr when it fails, else gives
+    /// its stdout.
+    pub fn exec(&self, name: &str, args: &[&str]) -> String {
+        let ns = self.ns(name);
+        let mut all = vec!["ip", "netns", "exec", ns.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Makes router `name` drop one in `one_in` of the packets it forwards, at random, each
+    /// way (nftables; the kernel has no netem here).
+    pub fn lossy(&self, name: &str, one_in: u32) {
+        let drop = format!("add rule inet loss lossy numgen random mod {one_in} == 0 drop");
+        for rule in [
+            "add table inet loss",
+            "add chain inet loss lossy { type filter hook forward priority 0; }",
+            drop.as_str(),
+        ] {
+            self.exec(name, &["nft", rule]);
+        }
+    }
+
     /// Makes node `name` silent: its own packets (ICMP errors included) are routed into a
     /// blackhole, while forwarding still works.
     pub fn silence(&self, name: &str) {
