@@ -2,9 +2,15 @@
 //! and the special-use ranges (private, shared, link-local, documentation, …) by name, which
 //! no AS owns. No network look-ups.
 //!
-//! The table is the plain text the public IP-to-ASN dumps use (iptoasn.com's
-//! `ip2asn-combined.tsv`): one range a line, tab-separated `range_start range_end AS_number
-//! country AS_name`, IPv4 and IPv6 mixed; AS 0 marks a range no AS announces and is skipped.
+//! The table is either
+//! - a MaxMind DB file (`.mmdb`), read with the `maxminddb` crate: MaxMind's GeoLite2-ASN and
+//!   DB-IP's ASN files (`autonomous_system_number`, `autonomous_system_organization`), and
+//!   IPinfo's (`asn` as `"AS13335"`, `as_name` or `name`, `country`); or
+//! - the plain text the public IP-to-ASN dumps use (iptoasn.com's `ip2asn-combined.tsv`): one
+//!   range a line, tab-separated `range_start range_end AS_number country AS_name`, IPv4 and
+//!   IPv6 mixed; AS 0 marks a range no AS announces and is skipped.
+//!
+//! Which one a file is, its content tells (an MMDB ends with its metadata marker), not its name.
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -79,6 +85,8 @@ pub fn special(a: IpAddr) -> Option<&'static str> {
 /// A loaded table.
 #[derive(Debug, Default)]
 pub struct AsnDb {
+    /// A MaxMind DB, when the file was one (then the ranges below are empty).
+    mmdb: Option<maxminddb::Reader<Vec<u8>>>,
     /// IPv4 ranges: (first, last, index into `owners`), sorted by first.
     v4: Vec<(u32, u32, u32)>,
     /// IPv6 ranges likewise.
@@ -90,9 +98,47 @@ pub struct AsnDb {
 impl AsnDb {
     /// Reads the table at `path`.
     pub fn load(path: &Path) -> anyhow::Result<AsnDb> {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the AS table {}", path.display()))?;
-        AsnDb::parse(&text).with_context(|| format!("AS table {}", path.display()))
+        AsnDb::from_bytes(bytes).with_context(|| format!("AS table {}", path.display()))
+    }
+
+    /// A table from a file's content: a MaxMind DB when it carries the MMDB metadata marker,
+    /// otherwise the tab-separated text.
+    pub fn from_bytes(bytes: Vec<u8>) -> anyhow::Result<AsnDb> {
+        if is_mmdb(&bytes) {
+            let reader = maxminddb::Reader::from_source(bytes)
+                .map_err(|e| anyhow::anyhow!("not a readable MaxMind DB: {e}"))?;
+            return Ok(AsnDb {
+                mmdb: Some(reader),
+                ..AsnDb::default()
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "neither a MaxMind DB nor text (byte {} is not UTF-8)",
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        AsnDb::parse(&text)
+    }
+
+    /// What the table is, for the log: `12 ranges`, or the MMDB's type and build date.
+    pub fn describe(&self) -> String {
+        match &self.mmdb {
+            Some(r) => {
+                let m = r.metadata();
+                let built = chrono::DateTime::from_timestamp(m.build_epoch as i64, 0)
+                    .map(|t| t.format("%Y-%m-%d").to_string())
+                    .unwrap_or_default();
+                format!(
+                    "MaxMind DB {} built {built}, IPv{}",
+                    m.database_type, m.ip_version
+                )
+            }
+            None if self.len() == 1 => "1 range".to_owned(),
+            None => format!("{} ranges", self.len()),
+        }
     }
 
     /// Parses the table's text; a line that is not a range is an error naming it.
@@ -154,7 +200,7 @@ impl AsnDb {
         Ok(db)
     }
 
-    /// Ranges in the table.
+    /// Ranges in a text table (0 for a MaxMind DB, whose ranges are a tree).
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
@@ -169,6 +215,9 @@ impl AsnDb {
         if let Some(what) = special(a) {
             return Some(Owner::Special(what));
         }
+        if let Some(r) = &self.mmdb {
+            return mmdb_owner(r, a);
+        }
         let owner = match a {
             IpAddr::V4(v4) => find(&self.v4, u32::from(v4)),
             IpAddr::V6(v6) => find(&self.v6, u128::from(v6)),
@@ -180,6 +229,58 @@ impl AsnDb {
             country: country.clone(),
         })
     }
+}
+
+/// The end of an MMDB's search tree and data is marked by these bytes, before its metadata.
+const MMDB_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
+
+/// True when `bytes` end like a MaxMind DB: the metadata marker in the last 128 KiB, where the
+/// format puts it.
+fn is_mmdb(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(128 * 1024)..];
+    tail.windows(MMDB_MARKER.len()).any(|w| w == MMDB_MARKER)
+}
+
+/// One record of an AS database, in the field names the MMDB vendors use.
+#[derive(serde::Deserialize)]
+struct MmdbRecord<'a> {
+    /// MaxMind GeoLite2-ASN, DB-IP.
+    autonomous_system_number: Option<u32>,
+    #[serde(borrow)]
+    autonomous_system_organization: Option<&'a str>,
+    /// IPinfo: `"AS13335"`.
+    #[serde(borrow)]
+    asn: Option<&'a str>,
+    #[serde(borrow)]
+    as_name: Option<&'a str>,
+    #[serde(borrow)]
+    name: Option<&'a str>,
+    #[serde(borrow)]
+    country: Option<&'a str>,
+}
+
+/// The AS owning `a` in a MaxMind DB; none for an address not in it, a record without an AS
+/// number, or a record that does not decode.
+fn mmdb_owner(r: &maxminddb::Reader<Vec<u8>>, a: IpAddr) -> Option<Owner> {
+    let rec: MmdbRecord = r.lookup(a).ok()?.decode().ok()??;
+    let asn = match (rec.autonomous_system_number, rec.asn) {
+        (Some(n), _) => n,
+        (None, Some(s)) => s.trim_start_matches("AS").parse().ok()?,
+        (None, None) => return None,
+    };
+    if asn == 0 {
+        return None;
+    }
+    let name = rec
+        .autonomous_system_organization
+        .or(rec.as_name)
+        .or(rec.name)
+        .unwrap_or("");
+    Some(Owner::As {
+        asn,
+        name: name.to_owned(),
+        country: rec.country.unwrap_or("").to_owned(),
+    })
 }
 
 /// The owner of the range holding `x`: the last range starting at or before it, if it
@@ -246,6 +347,21 @@ mod tests {
         }
         assert_eq!(db.lookup(ip("172.32.0.1")), None);
         assert_eq!(db.lookup(ip("100.128.0.1")), None);
+    }
+
+    #[test]
+    fn the_content_tells_a_maxmind_db_from_text() {
+        // Text, also one that mentions MaxMind without the marker's bytes.
+        let db = AsnDb::from_bytes(b"# MaxMind.com\n8.8.8.0\t8.8.8.255\t15169\tUS\tG\n".to_vec())
+            .unwrap();
+        assert_eq!(db.describe(), "1 range");
+        // The marker with nothing after it is a MaxMind DB that does not read.
+        let mut bytes = vec![0u8; 64];
+        bytes.extend_from_slice(MMDB_MARKER);
+        let e = format!("{:#}", AsnDb::from_bytes(bytes).unwrap_err());
+        assert!(e.starts_with("not a readable MaxMind DB"), "{e}");
+        let e = format!("{:#}", AsnDb::from_bytes(vec![b'1', 0xff, 0]).unwrap_err());
+        assert!(e.contains("neither a MaxMind DB nor text (byte 1"), "{e}");
     }
 
     #[test]

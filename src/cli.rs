@@ -166,9 +166,10 @@ pub struct MasterArgs {
     /// for requests from them the client is the address their X-Forwarded-For names
     #[arg(long = "trusted-proxy", value_name = "addr,...", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
-    /// An IP-to-AS table (tab-separated `range_start range_end AS_number country AS_name`, as
-    /// iptoasn.com's dumps): the API then names each hop's owner and each result's AS path;
-    /// checked for edits like the config files
+    /// An IP-to-AS table: a MaxMind DB (GeoLite2-ASN, DB-IP or IPinfo ASN .mmdb) or
+    /// tab-separated `range_start range_end AS_number country AS_name` (iptoasn.com's dumps):
+    /// the API then names each hop's owner and each result's AS path; checked for edits like
+    /// the config files
     #[arg(long = "asn-db", value_name = "filename")]
     pub asn_db: Option<PathBuf>,
     /// How often the config files are checked for edits
@@ -375,9 +376,10 @@ pub struct TraceArgs {
     /// Print the result as the JSON a slave sends
     #[arg(long)]
     pub json: bool,
-    /// Name each hop's owner from this IP-to-AS table (tab-separated `range_start range_end
-    /// AS_number country AS_name`, as iptoasn.com's dumps), like mtr -z; special-use ranges
-    /// (private, CGNAT, link-local, documentation) are named without one
+    /// Name each hop's owner from this IP-to-AS table, like mtr -z: a MaxMind DB (GeoLite2-ASN,
+    /// DB-IP or IPinfo ASN .mmdb) or tab-separated `range_start range_end AS_number country
+    /// AS_name` (iptoasn.com's dumps); special-use ranges (private, CGNAT, link-local,
+    /// documentation) are named without one
     #[arg(long = "asn-db", value_name = "file")]
     pub asn_db: Option<PathBuf>,
 }

@@ -11,6 +11,7 @@ mod util;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 use util::*;
 
 const GOOGLE: &str = "76d96640-d357-47b3-ba50-5248a7604bc9";
@@ -584,4 +585,128 @@ fn the_go_slaves_made_up_result_is_marked_for_each_slave() {
     );
     let m = get(addr, "/metrics").text();
     assert!(m.lines().any(|l| l == "dt_results_debug_total 2"), "{m}");
+}
+
+/// Builds MaxMind DB files with the Python `mmdb-writer`, one per vendor's field names.
+const MMDB_WRITER: &str = r#"
+import sys
+from netaddr import IPSet
+from mmdb_writer import MMDBWriter, MmdbU32
+# MaxMind's GeoLite2-ASN and DB-IP: one IPv6 tree that holds IPv4 too.
+w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN")
+w.insert_network(IPSet(["1.1.1.0/24", "2606:4700::/32"]), {
+    "autonomous_system_number": MmdbU32(13335),
+    "autonomous_system_organization": "CLOUDFLARENET"})
+w.insert_network(IPSet(["142.250.0.0/15"]), {
+    "autonomous_system_number": MmdbU32(15169),
+    "autonomous_system_organization": "GOOGLE"})
+w.to_db_file(sys.argv[1] + "/geolite.mmdb")
+# IPinfo: the number as a string with its "AS", and a country.
+w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="ipinfo country_asn")
+w.insert_network(IPSet(["142.250.0.0/15"]), {
+    "asn": "AS64500", "as_name": "EXAMPLE", "country": "ZZ"})
+w.to_db_file(sys.argv[1] + "/ipinfo.mmdb")
+"#;
+
+/// A master given a MaxMind DB (built by another project's writer) names each hop's owner from
+/// it, IPv4 and IPv6, takes a replaced file of another vendor's field names without a restart,
+/// and refuses to start on a file that is cut short.
+#[test]
+fn maxmind_dbs_built_by_another_writer_name_the_owners() {
+    let dir = Scratch::with_seed_config("mmdb");
+    let (code, _, err) = pipe(
+        python().as_os_str(),
+        &["-c", MMDB_WRITER, dir.0.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(code, 0, "mmdb-writer failed: {err}");
+    std::fs::copy(dir.path("geolite.mmdb"), dir.path("asn.mmdb")).unwrap();
+    let master = Proc::master(
+        &dir.0,
+        &["-asn-db", "asn.mmdb", "-reload-interval", "100ms"],
+    );
+    let addr = master.addr();
+    let google = (GOOGLE, "Google", "www.google.at");
+    let now = chrono::Utc::now().to_rfc3339();
+    send(
+        addr,
+        &ours(
+            "slave1",
+            google,
+            &now,
+            json!({
+                "Success": true, "HopCount": 4, "Destination": "142.250.185.99",
+                "Hops": [
+                    hop(1, "192.168.1.1", &[Some(1.0)], "time-exceeded"),
+                    hop(2, "1.1.1.1", &[Some(3.0)], "time-exceeded"),
+                    hop(3, "9.9.9.9", &[Some(5.0)], "time-exceeded"),
+                    hop(4, "142.250.185.99", &[Some(9.0)], "reached"),
+                ],
+            }),
+        ),
+    );
+    let r = &results(addr, "")[0];
+    assert_eq!(
+        r["hops"][0]["owner"],
+        json!({"special": "private (RFC 1918)"})
+    );
+    assert_eq!(
+        r["hops"][1]["owner"],
+        json!({"asn": 13335, "name": "CLOUDFLARENET", "country": ""}),
+        "{r:#}"
+    );
+    assert!(r["hops"][2].get("owner").is_none(), "not in the DB: {r:#}");
+    assert_eq!(r["as_path"], json!([13335, 15169]), "{r:#}");
+    let mut v6 = hop(2, "2001:db8::99", &[Some(9.0)], "reached");
+    v6["IP"] = json!("2606:4700::6810:84e5");
+    send(
+        addr,
+        &ours(
+            "slave2",
+            google,
+            &now,
+            json!({"Success": true, "HopCount": 1, "Destination": "2606:4700::6810:84e5",
+                   "Hops": [v6]}),
+        ),
+    );
+    let r = &results(addr, "slave=slave2")[0];
+    assert_eq!(r["hops"][0]["owner"]["asn"], 13335, "{r:#}");
+
+    // The file is replaced by IPinfo's kind; a new modification time is what tells.
+    std::fs::copy(dir.path("ipinfo.mmdb"), dir.path("asn.mmdb")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path("asn.mmdb"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    let moved = wait_for(Duration::from_secs(10), || {
+        let r = &results(addr, "slave=slave1")[0];
+        (r["as_path"] == json!([64500])).then(|| r.clone())
+    })
+    .unwrap_or_else(|| panic!("{:#}", results(addr, "slave=slave1")[0]));
+    assert_eq!(
+        moved["hops"][3]["owner"],
+        json!({"asn": 64500, "name": "EXAMPLE", "country": "ZZ"})
+    );
+    drop(master);
+
+    // Cut inside its metadata: the marker is there, what it marks is not.
+    let whole = std::fs::read(dir.path("geolite.mmdb")).unwrap();
+    let marker = b"\xab\xcd\xefMaxMind.com";
+    let at = whole
+        .windows(marker.len())
+        .rposition(|w| w == marker)
+        .unwrap();
+    std::fs::write(dir.path("cut.mmdb"), &whole[..at + marker.len() + 8]).unwrap();
+    let (code, _, err) = run(
+        &dir.0,
+        std::path::Path::new(BIN),
+        &["master", "-asn-db", "cut.mmdb"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("-asn-db") && err.contains("not a readable MaxMind DB"),
+        "{err}"
+    );
 }

@@ -25,7 +25,7 @@ impl Owners {
     pub fn open(file: &Path) -> anyhow::Result<Owners> {
         let at = stamp(file);
         let db = AsnDb::load(file)?;
-        log::info!("AS table {}: {} ranges", file.display(), db.len());
+        log::info!("AS table {}: {}", file.display(), db.describe());
         Ok(Owners {
             file: Some(file.to_owned()),
             db: RwLock::new(Arc::new(db)),
@@ -55,7 +55,7 @@ impl Owners {
         *last = now;
         match AsnDb::load(file) {
             Ok(db) => {
-                log::info!("AS table {} reloaded: {} ranges", file.display(), db.len());
+                log::info!("AS table {} reloaded: {}", file.display(), db.describe());
                 *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
             }
             Err(e) => log::error!("{e:#}; keeping the table loaded before"),
