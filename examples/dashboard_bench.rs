@@ -105,6 +105,7 @@ fn result(n: usize, slave: usize, target: usize, round: usize, at: i64) -> NewRe
         origin: Default::default(),
         hops,
         multipath: None,
+        as_hops: None,
     }
 }
 

@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         confirm: 2,
         alert_webhook: None,
         alert_debug_results: false,
+        alert_kinds: None,
         measure: Default::default(),
         retention: None,
         retention_paths: None,

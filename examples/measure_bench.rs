@@ -92,6 +92,7 @@ fn master(prefix: &str, slaves: usize) -> anyhow::Result<(SocketAddr, std::path:
         confirm: 2,
         alert_webhook: None,
         alert_debug_results: false,
+        alert_kinds: None,
         measure: Policy {
             per_user_per_minute: 10_000,
             fleet_per_minute: 10_000,

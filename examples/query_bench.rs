@@ -75,6 +75,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
         origin: Default::default(),
         hops,
         multipath: None,
+        as_hops: None,
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the master: serve config to slaves and store their results.
-    Master(MasterArgs),
+    Master(Box<MasterArgs>),
     /// Run a slave: fetch targets from the master, trace them, report the paths.
     Slave(SlaveArgs),
     /// Trace one host now and print the path (like traceroute).
@@ -217,6 +217,11 @@ pub struct MasterArgs {
     /// POST every alert (path change, unreachable, RTT) as JSON to this URL
     #[arg(long = "alert-webhook", value_name = "url", value_parser = parse_url)]
     pub alert_webhook: Option<String>,
+    /// The event kinds that alert (logged at warn and POSTed to -alert-webhook), comma-separated,
+    /// or all: e.g. as-path-change,unreachable,reachable to be alerted on AS-level changes and
+    /// breaks only. The others are still stored, shown and logged (at info)
+    #[arg(long = "alert-kinds", value_name = "list", default_value = "all", value_parser = parse_alert_kinds)]
+    pub alert_kinds: AlertKinds,
     /// Alert on the made-up results of slaves run with -zDebugResults too (by default their
     /// events are stored, marked and logged, but raise no alert)
     #[arg(long = "alert-debug-results")]
@@ -260,6 +265,30 @@ pub struct Keep(pub Option<Duration>);
 /// `-measure-allow`: host names and address prefixes, comma-separated.
 fn parse_measure_allow(s: &str) -> Result<crate::master::measure::AllowList, String> {
     crate::master::measure::parse_allow(s).map(crate::master::measure::AllowList)
+}
+
+/// The event kinds that alert: `None` is every kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKinds(pub Option<Vec<&'static str>>);
+
+fn parse_alert_kinds(s: &str) -> Result<AlertKinds, String> {
+    if s.trim() == "all" {
+        return Ok(AlertKinds(None));
+    }
+    let known = crate::master::api::EVENT_KINDS;
+    let mut kinds = Vec::new();
+    for k in s.split(',').map(str::trim) {
+        match known.iter().find(|n| **n == k) {
+            Some(n) => kinds.push(*n),
+            None => {
+                return Err(format!(
+                    "'{k}' is not an event kind (all, or a list of: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(AlertKinds(Some(kinds)))
 }
 
 fn parse_retention(s: &str) -> Result<Keep, String> {

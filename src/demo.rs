@@ -44,6 +44,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         confirm: 2,
         alert_webhook: None,
         alert_debug_results: false,
+        alert_kinds: None,
         measure: Default::default(),
         retention: Some(Duration::from_secs(7 * 86_400)),
         retention_paths: None,

@@ -403,6 +403,99 @@ fn exports_over_http() {
     assert_eq!(get(addr, "/api/v1/export/results.csv?limit=0").status, 400);
 }
 
+/// With an AS table, a series also tracks its AS path: another interface inside one AS is a
+/// `path-change` only, another AS is also an `as-path-change`; with `-alert-kinds
+/// as-path-change` only that one reaches the webhook, the rest is stored and shown.
+#[test]
+fn as_path_changes_alone_are_alerted_with_alert_kinds() {
+    let dir = Scratch::with_seed_config("aspath");
+    dir.write(
+        "asn.tsv",
+        "64.0.0.0\t64.0.255.255\t64500\tDE\tCARRIER\n\
+         65.0.0.0\t65.0.255.255\t64501\tUS\tTRANSIT\n\
+         66.0.0.0\t66.0.255.255\t64502\tUS\tOTHER\n\
+         8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n",
+    );
+    let (hook, received) = webhook();
+    let hook_flag = format!("-alert-webhook={hook}");
+    let master = Proc::master(
+        &dir.0,
+        &[
+            "-asn-db",
+            "asn.tsv",
+            "-alert-kinds",
+            "as-path-change",
+            &hook_flag,
+        ],
+    );
+    let addr = master.addr();
+    let google = (GOOGLE, "Google", "www.google.at");
+    let first = ["192.168.1.1", "64.0.0.1", "64.0.1.1", "65.0.0.1", "8.8.8.8"];
+    let inside = ["192.168.1.1", "64.0.0.1", "64.0.2.9", "65.0.0.1", "8.8.8.8"];
+    let other = ["192.168.1.1", "64.0.0.1", "66.0.0.1", "8.8.8.8"];
+    for (minute, hops) in [&first[..], &first, &inside, &inside, &other, &other]
+        .iter()
+        .enumerate()
+    {
+        send(addr, &result(google, minute as i64, hops, true, 20.0));
+    }
+    let events = get(addr, "/api/v1/events?target=Google").json();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["path-change", "path-change", "as-path-change"],
+        "{events:#}"
+    );
+    let change = &events["events"][0];
+    assert_eq!(change["detail"]["from"], json!([64500, 64501, 15169]));
+    assert_eq!(change["detail"]["to"], json!([64500, 64502, 15169]));
+    let only = get(addr, "/api/v1/events?kind=as-path-change").json();
+    assert_eq!(only["events"].as_array().unwrap().len(), 1, "{only:#}");
+    // The webhook gets the AS-level change and nothing else (its first answer is a 500, so
+    // the alert comes twice).
+    let delivered = wait_for(Duration::from_secs(10), || {
+        let r = received.lock().unwrap();
+        r.iter()
+            .any(|(status, _)| *status == 200)
+            .then(|| r.clone())
+    })
+    .expect("the as-path-change alert reaches the webhook");
+    std::thread::sleep(Duration::from_millis(500));
+    let all = received.lock().unwrap().clone();
+    assert!(all.len() >= delivered.len());
+    for (_, body) in &all {
+        assert_eq!(body["kind"], "as-path-change", "{body:#}");
+        assert_eq!(
+            body["message"],
+            "slave slave1 target Google flow 0: AS path changed: AS64500 AS64501 AS15169 -> AS64500 AS64502 AS15169"
+        );
+    }
+    // The series page shows both AS paths of the change.
+    let page = get(addr, "/ui/series?slave=slave1&target=Google").text();
+    assert!(
+        page.contains("AS64500 AS64501 AS15169 → AS64500 AS64502 AS15169"),
+        "{page}"
+    );
+    drop(master);
+    // An unknown kind stops the master with the list of the known ones.
+    let (code, _, err) = run(
+        &dir.0,
+        std::path::Path::new(BIN),
+        &["master", "-alert-kinds", "as-path-change,path-changes"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("'path-changes' is not an event kind") && err.contains("as-path-change"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_edited_target_address_leaves_one_current_path_and_says_so() {
     let dir = Scratch::with_seed_config("retarget");

@@ -74,6 +74,7 @@ suite!(
     a_measurement_hands_out_its_jobs_once_and_counts_its_results,
     the_current_path_is_filled_in_by_later_answers,
     a_multipath_series_tells_lost_and_new_branches_and_no_rehash,
+    an_as_path_change_is_told_and_a_change_inside_one_as_is_not,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -981,4 +982,124 @@ fn a_multipath_series_tells_lost_and_new_branches_and_no_rehash(engine: Engine) 
     // A result without a graph reads back without one.
     store.insert(&result(99, 99_000)).unwrap();
     assert!(all(&*store)[0].multipath.is_none());
+}
+
+/// A result of slave1 to Google whose TTL i+1 answered from `hops[i]` (`*`: silent), reaching
+/// the last one, with its AS path from `db` as the master computes it on arrival.
+fn over(id: u32, at: i64, hops: &[&str], db: &dist_traceroute::asn::AsnDb) -> NewResult {
+    let mut r = result(id, at);
+    let answering: Vec<(i64, std::net::IpAddr)> = hops
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| **h != "*")
+        .map(|(i, h)| (i as i64 + 1, h.parse().unwrap()))
+        .collect();
+    let template = r.hops[1].clone();
+    r.hops = answering
+        .iter()
+        .map(|(ttl, a)| {
+            let mut h = template.clone();
+            h.ttl = *ttl;
+            h.address = a.to_string();
+            h
+        })
+        .collect();
+    r.hop_count = hops.len() as i64;
+    r.path = NetPath::from_hops(answering, Terminal::Reached);
+    r.as_hops = Some(dist_traceroute::master::owners::as_hops(db, &r.path.hops));
+    r
+}
+
+fn an_as_path_change_is_told_and_a_change_inside_one_as_is_not(engine: Engine) {
+    let store = open(engine, 2);
+    let db = dist_traceroute::asn::AsnDb::parse(
+        "64.0.0.0\t64.0.255.255\t64500\tDE\tCARRIER\n\
+         65.0.0.0\t65.0.255.255\t64501\tUS\tTRANSIT\n\
+         66.0.0.0\t66.0.255.255\t64502\tUS\tOTHER\n\
+         8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE\n",
+    )
+    .unwrap();
+    let first = ["10.0.0.1", "64.0.0.1", "64.0.1.1", "65.0.0.1", "8.8.8.8"];
+    // Another interface inside AS 64500: an IP-level change only.
+    let inside = ["10.0.0.1", "64.0.0.1", "64.0.2.9", "65.0.0.1", "8.8.8.8"];
+    // A silent hop between two ASes, and one not in the table: either may hide an AS.
+    let silent = ["10.0.0.1", "64.0.0.1", "*", "65.0.0.1", "8.8.8.8"];
+    let unknown = ["10.0.0.1", "64.0.0.1", "9.9.9.9", "65.0.0.1", "8.8.8.8"];
+    // Through another AS.
+    let other = ["10.0.0.1", "64.0.0.1", "66.0.0.1", "8.8.8.8"];
+    let mut id = 0;
+    let mut kinds = Vec::new();
+    let mut as_events = Vec::new();
+    for hops in [
+        &first[..],
+        &first,
+        &inside,
+        &inside,
+        &silent,
+        &unknown,
+        &inside,
+        // Once through the other AS is not yet a change; then twice in a row.
+        &other,
+        &inside,
+        &other,
+        &other,
+        &other,
+    ] {
+        id += 1;
+        let r = over(id, i64::from(id) * 1000, hops, &db);
+        for e in store.insert(&r).unwrap().1 {
+            kinds.push((id, e.event.kind()));
+            if e.event.kind() == "as-path-change" {
+                as_events.push(e);
+            }
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            (4, "path-change"),
+            (11, "path-change"),
+            (11, "as-path-change")
+        ]
+    );
+    assert_eq!(
+        serde_json::to_value(&as_events[0].event).unwrap(),
+        serde_json::json!({"kind": "as-path-change", "from": [64500, 64501, 15169],
+                           "to": [64500, 64502, 15169], "since": T0 + 10_000})
+    );
+    // A break is `unreachable`'s to tell: a result that did not reach, on a shorter AS
+    // path, raises no AS-path change however often it comes.
+    for _ in 0..3 {
+        id += 1;
+        let mut r = over(id, i64::from(id) * 1000, &["10.0.0.1", "64.0.0.1"], &db);
+        r.success = false;
+        r.path.terminal = Terminal::GaveUp;
+        r.hops[1].kind = None;
+        let events = store.insert(&r).unwrap().1;
+        assert!(
+            events.iter().all(|e| e.event.kind() != "as-path-change"),
+            "{events:?}"
+        );
+    }
+    // Stored, and found by its kind.
+    let stored = store
+        .events(&EventQuery {
+            kind: Some("as-path-change".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, as_events[0].id);
+    // Without an AS table (no AS path given), nothing of the kind.
+    let plain = open(engine, 2);
+    for (n, hops) in [&first[..], &other, &other, &other].iter().enumerate() {
+        let mut r = over(100 + n as u32, (100 + n as i64) * 1000, hops, &db);
+        r.as_hops = None;
+        let events = plain.insert(&r).unwrap().1;
+        assert!(
+            events.iter().all(|e| e.event.kind() != "as-path-change"),
+            "{events:?}"
+        );
+    }
 }

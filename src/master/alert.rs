@@ -1,6 +1,7 @@
-//! Alerts: every event (but a `target-change`, the operator's own edit) is logged at warn level
-//! and, with `-alert-webhook URL`, POSTed there as JSON by a background thread that retries with backoff; a full queue drops the oldest and
-//! says how many.
+//! Alerts: every event of the kinds `-alert-kinds` names (all by default), but a
+//! `target-change` (the operator's own edit), is logged at warn level and, with
+//! `-alert-webhook URL`, POSTed there as JSON by a background thread that retries with
+//! backoff; a full queue drops the oldest and says how many. Other events are logged at info.
 
 use super::store::EventRecord;
 use std::collections::VecDeque;
@@ -25,6 +26,8 @@ pub struct Alerts {
     queue: Option<Arc<(Mutex<Queue>, Condvar)>>,
     /// Alert on events of made-up results (`-zDebugResults`) too.
     pub debug_too: bool,
+    /// The event kinds that alert (`-alert-kinds`); `None` is every kind.
+    pub kinds: Option<Vec<&'static str>>,
 }
 
 /// A one-line description of an event for the log.
@@ -63,6 +66,15 @@ pub fn describe(e: &EventRecord) -> String {
             format!("branches gone: {}", branches.join(", "))
         }
         Event::BranchNew { branches } => format!("new branches: {}", branches.join(", ")),
+        Event::AsPathChange { from, to, .. } => {
+            let show = |p: &[u32]| {
+                p.iter()
+                    .map(|a| format!("AS{a}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            format!("AS path changed: {} -> {}", show(from), show(to))
+        }
     };
     format!(
         "slave {} target {} flow {}: {what}",
@@ -76,6 +88,7 @@ impl Alerts {
         Alerts {
             queue: None,
             debug_too: false,
+            kinds: None,
         }
     }
 
@@ -89,6 +102,7 @@ impl Alerts {
         Ok(Alerts {
             queue: Some(queue),
             debug_too: false,
+            kinds: None,
         })
     }
 
@@ -102,6 +116,12 @@ impl Alerts {
         // An edit of the targets file is the operator's own doing: told, not alerted.
         if matches!(e.event, super::analysis::Event::TargetChange { .. }) {
             log::info!("{}", describe(e));
+            return;
+        }
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&e.event.kind())
+        {
+            log::info!("{} (not in -alert-kinds: no alert)", describe(e));
             return;
         }
         log::warn!("{}", describe(e));
@@ -119,6 +139,12 @@ impl Alerts {
     /// gives it.
     pub fn follow_up(&self, events: &[EventRecord], measurement: &serde_json::Value) {
         let Some(queue) = &self.queue else { return };
+        // Told only where one of the events was alerted.
+        if let Some(kinds) = &self.kinds
+            && !events.iter().any(|e| kinds.contains(&e.event.kind()))
+        {
+            return;
+        }
         let summary = measurement["summary"].as_str().unwrap_or_default();
         let first = &events[0];
         let body = serde_json::json!({

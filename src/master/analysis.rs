@@ -10,7 +10,7 @@
 
 use super::path::{Path, Terminal};
 use super::store::graph::Branches;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the detector remembers of one series between results.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +31,25 @@ pub struct State {
     pub rtt_alerted: bool,
     /// The set of branches of a multipath target.
     pub branches: Branches,
+    /// The AS path, when the master has an AS table.
+    pub as_path: AsTrack,
+}
+
+/// An AS path as the change detection sees it: the ASes in order, each once per run, with a
+/// gap (`None`) where hops between two different ASes were silent or not in the table, so an
+/// AS may hide there. Special-use addresses (private, CGNAT, …) are left out: no AS owns them,
+/// and a carrier numbers its inside with them.
+pub type AsHops = Vec<Option<u32>>;
+
+/// What the AS-path detector remembers of one series.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsTrack {
+    /// The confirmed AS path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<AsHops>,
+    /// A different AS path seen lately: its hops, times in a row, when first seen (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<(AsHops, u32, i64)>,
 }
 
 /// A path waiting for confirmation.
@@ -119,6 +138,15 @@ pub enum Event {
         /// The nodes and links that are new.
         branches: Vec<String>,
     },
+    /// The AS path changed, seen in `confirm` reached results in a row.
+    AsPathChange {
+        /// The AS path before.
+        from: Vec<u32>,
+        /// The AS path now.
+        to: Vec<u32>,
+        /// When the new AS path was first seen, Unix ms.
+        since: i64,
+    },
 }
 
 impl Event {
@@ -133,6 +161,7 @@ impl Event {
             Event::TargetChange { .. } => "target-change",
             Event::BranchLost { .. } => "branch-lost",
             Event::BranchNew { .. } => "branch-new",
+            Event::AsPathChange { .. } => "as-path-change",
         }
     }
 }
@@ -307,6 +336,85 @@ pub fn observe(state: &mut State, obs: &Observation, confirm: u32) -> Vec<Event>
         (None, _) => {}
     }
     events
+}
+
+/// The ASes of `p` without its gaps.
+pub fn as_numbers(p: &[Option<u32>]) -> Vec<u32> {
+    p.iter().flatten().copied().collect()
+}
+
+/// True when `pattern`, each gap standing for any ASes or none, can be `plain`.
+fn as_fits(pattern: &[Option<u32>], plain: &[u32]) -> bool {
+    // fit[j]: the pattern so far can be plain[..j].
+    let mut fit = vec![false; plain.len() + 1];
+    fit[0] = true;
+    for token in pattern {
+        match token {
+            None => {
+                for j in 1..fit.len() {
+                    fit[j] = fit[j] || fit[j - 1];
+                }
+            }
+            Some(asn) => {
+                for j in (1..fit.len()).rev() {
+                    fit[j] = fit[j - 1] && plain[j - 1] == *asn;
+                }
+                fit[0] = false;
+            }
+        }
+    }
+    fit[plain.len()]
+}
+
+/// True when the two AS paths may be the same: equal but where one has a gap.
+pub fn same_as_path(a: &[Option<u32>], b: &[Option<u32>]) -> bool {
+    as_fits(a, &as_numbers(b)) || as_fits(b, &as_numbers(a))
+}
+
+fn gaps(p: &[Option<u32>]) -> usize {
+    p.iter().filter(|t| t.is_none()).count()
+}
+
+/// Feeds the AS path of one reached result to a series' AS-path detector, as `observe` does
+/// with its path: a new AS path must be seen `confirm` times in a row, and one that differs
+/// only where a gap is, is the same (the one with fewer gaps is kept, the better picture).
+pub fn observe_as(track: &mut AsTrack, hops: &AsHops, at: i64, confirm: u32) -> Option<Event> {
+    if hops.iter().all(Option::is_none) {
+        return None;
+    }
+    let Some(current) = &track.current else {
+        track.current = Some(hops.clone());
+        return None;
+    };
+    if same_as_path(current, hops) {
+        if gaps(hops) < gaps(current) && as_numbers(hops).len() >= as_numbers(current).len() {
+            track.current = Some(hops.clone());
+        }
+        track.candidate = None;
+        return None;
+    }
+    let (path, count, since) = match track.candidate.take() {
+        Some((c, n, since)) if same_as_path(&c, hops) => {
+            let better = if gaps(hops) < gaps(&c) {
+                hops.clone()
+            } else {
+                c
+            };
+            (better, n + 1, since)
+        }
+        _ => (hops.clone(), 1, at),
+    };
+    if count >= confirm.max(1) {
+        let event = Event::AsPathChange {
+            from: as_numbers(current),
+            to: as_numbers(&path),
+            since,
+        };
+        track.current = Some(path);
+        return Some(event);
+    }
+    track.candidate = Some((path, count, since));
+    None
 }
 
 #[cfg(test)]
@@ -556,5 +664,79 @@ mod tests {
             kinds.extend(observe(&mut s, &o, 2).iter().map(Event::kind));
         }
         assert_eq!(kinds, vec!["rtt-high", "rtt-normal"]);
+    }
+
+    /// `"1 2 ? 3"`: ASes 1, 2, a gap, 3.
+    fn asp(text: &str) -> AsHops {
+        text.split_whitespace()
+            .map(|t| {
+                if t == "?" {
+                    None
+                } else {
+                    Some(t.parse().unwrap())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_may_hide_any_ases_or_none() {
+        assert!(same_as_path(&asp("1 2 3"), &asp("1 2 3")));
+        assert!(same_as_path(&asp("1 ? 3"), &asp("1 2 3")));
+        assert!(same_as_path(&asp("1 2 3"), &asp("1 ? 3")));
+        assert!(same_as_path(&asp("1 ? 3"), &asp("1 3")));
+        assert!(same_as_path(&asp("1 ? 4"), &asp("1 2 3 4")));
+        assert!(same_as_path(&asp("1 ? 3"), &asp("1 ? 3")));
+        assert!(!same_as_path(&asp("1 2 3"), &asp("1 4 3")));
+        assert!(!same_as_path(&asp("1 ? 3"), &asp("1 2 4")));
+        assert!(!same_as_path(&asp("1 2"), &asp("1 2 3")));
+        assert!(!same_as_path(&asp("2 ? 3"), &asp("1 2 3")));
+    }
+
+    #[test]
+    fn an_as_path_change_is_told_once_confirmed_and_gaps_are_no_change() {
+        let mut t = AsTrack::default();
+        let mut events = Vec::new();
+        let rounds = [
+            "64500 13335 15169",
+            // A silent transit hop, then the known path: no change.
+            "64500 ? 15169",
+            "64500 13335 15169",
+            // Nothing but special-use and silent hops: not an AS path.
+            "",
+            // A new transit AS, once: not yet.
+            "64500 3356 15169",
+            "64500 13335 15169",
+            // Now twice in a row (the second with a gap it fits).
+            "64500 3356 15169",
+            "64500 3356 ? 15169",
+            "64500 3356 15169",
+        ];
+        for (i, r) in rounds.iter().enumerate() {
+            events.extend(observe_as(&mut t, &asp(r), i as i64, 2));
+        }
+        assert_eq!(
+            events,
+            vec![Event::AsPathChange {
+                from: vec![64500, 13335, 15169],
+                to: vec![64500, 3356, 15169],
+                since: 6,
+            }]
+        );
+        assert_eq!(t.current, Some(asp("64500 3356 15169")));
+        assert_eq!(t.candidate, None);
+    }
+
+    #[test]
+    fn the_as_path_with_fewer_gaps_is_kept() {
+        let mut t = AsTrack::default();
+        assert_eq!(observe_as(&mut t, &asp("1 ? 3"), 0, 2), None);
+        assert_eq!(observe_as(&mut t, &asp("1 2 3"), 1, 2), None);
+        assert_eq!(t.current, Some(asp("1 2 3")));
+        // Which now tells a different AS in the gap.
+        assert_eq!(
+            observe_as(&mut t, &asp("1 4 3"), 2, 1).map(|e| e.kind()),
+            Some("as-path-change")
+        );
     }
 }

@@ -614,6 +614,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "target-change",
     "branch-lost",
     "branch-new",
+    "as-path-change",
 ];
 
 fn events(app: &App, req: &Request) -> Response {

@@ -858,6 +858,7 @@ mod tests {
                 hop(2, "192.0.2.1", 2_000_000, None),
             ],
             multipath: None,
+            as_hops: None,
         }
     }
 

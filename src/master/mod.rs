@@ -56,6 +56,8 @@ pub struct Settings {
     pub alert_webhook: Option<String>,
     /// Alert on made-up results (`-zDebugResults`) too.
     pub alert_debug_results: bool,
+    /// The event kinds that alert (`None`: all).
+    pub alert_kinds: Option<Vec<&'static str>>,
     /// The limits on on-demand measurements.
     pub measure: measure::Policy,
     /// Age after which results are deleted.
@@ -94,6 +96,7 @@ impl From<&MasterArgs> for Settings {
             confirm: a.path_confirm,
             alert_webhook: a.alert_webhook.clone(),
             alert_debug_results: a.alert_debug_results,
+            alert_kinds: a.alert_kinds.0.clone(),
             measure: measure::Policy {
                 allow: a.measure_allow.0.clone(),
                 per_user_per_minute: a.measure_rate,
@@ -137,6 +140,7 @@ impl Master {
             None => alert::Alerts::log_only(),
         };
         alerts.debug_too = s.alert_debug_results;
+        alerts.kinds = s.alert_kinds.clone();
         let live = config::Live::new(config);
         let reloads = config::Reloads::new(
             vec![s.slaves_file.clone(), s.targets_file.clone()],

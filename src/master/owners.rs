@@ -2,6 +2,7 @@
 //! to the results and paths the API shows: each hop's owner and the AS path.
 
 use crate::asn::{AsnDb, Owner};
+use crate::master::analysis::AsHops;
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,29 @@ pub fn as_path<'a>(db: &AsnDb, addrs: impl IntoIterator<Item = &'a str>) -> Vec<
     path
 }
 
+/// The AS path of a path's hops for the change detection ([`AsHops`]): each AS once per
+/// run; silent hops and addresses not in the table between two different ASes leave a gap;
+/// special-use addresses, and whatever comes before the first AS or after the last, nothing.
+pub fn as_hops(db: &AsnDb, hops: &[Option<IpAddr>]) -> AsHops {
+    let mut out: AsHops = Vec::new();
+    let mut unknown = false;
+    for h in hops {
+        match h.and_then(|ip| db.lookup(ip)) {
+            Some(Owner::As { asn, .. }) => {
+                match out.last() {
+                    Some(Some(last)) if *last == asn => {}
+                    Some(_) if unknown => out.extend([None, Some(asn)]),
+                    _ => out.push(Some(asn)),
+                }
+                unknown = false;
+            }
+            Some(Owner::Special(_)) => {}
+            None => unknown = !out.is_empty(),
+        }
+    }
+    out
+}
+
 /// Adds `owner` to each hop (under `hops[].address`) and `as_path` to an object of the API
 /// (a result, or a current path).
 pub fn enrich(v: &mut Value, db: &AsnDb) {
@@ -147,6 +171,35 @@ mod tests {
         );
         assert!(r["hops"][3].get("owner").is_none(), "not in the table");
         assert_eq!(r["as_path"], json!([13335, 15169]));
+    }
+
+    #[test]
+    fn the_as_path_for_change_detection_marks_where_an_as_may_hide() {
+        let db =
+            AsnDb::parse("1.1.1.0\t1.1.1.255\t13335\tUS\tC\n8.8.8.0\t8.8.8.255\t15169\tUS\tG\n")
+                .unwrap();
+        let hops = |t: &str| -> Vec<Option<IpAddr>> {
+            t.split_whitespace().map(|h| h.parse().ok()).collect()
+        };
+        let asp = |t: &str| as_hops(&db, &hops(t));
+        // Private and unknown hops before the first AS, and runs of one AS, collapse.
+        assert_eq!(
+            asp("192.168.1.1 9.9.9.9 1.1.1.1 1.1.1.2 8.8.8.8"),
+            [Some(13335), Some(15169)]
+        );
+        // A silent or unknown hop between two ASes is a gap; inside one AS it is not.
+        assert_eq!(asp("1.1.1.1 * 8.8.8.8"), [Some(13335), None, Some(15169)]);
+        assert_eq!(
+            asp("1.1.1.1 9.9.9.9 8.8.8.8"),
+            [Some(13335), None, Some(15169)]
+        );
+        assert_eq!(asp("1.1.1.1 * 1.1.1.9 8.8.8.8"), [Some(13335), Some(15169)]);
+        // A private hop between two ASes hides none; what follows the last AS is nothing.
+        assert_eq!(
+            asp("1.1.1.1 10.0.0.1 8.8.8.8 * 9.9.9.9"),
+            [Some(13335), Some(15169)]
+        );
+        assert_eq!(asp("10.0.0.1 * 192.168.0.1"), []);
     }
 
     #[test]

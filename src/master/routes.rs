@@ -927,7 +927,7 @@ fn accept_result(app: &App, req: &Request) -> Result<NewResult, Reject> {
         );
         Reject::Invalid(e)
     })?;
-    new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
+    received(app, req, &mut new);
     if !new.target_known {
         log::info!(
             "result {} from {} is for target '{}' ({}) that is not in the config: stored and marked so",
@@ -1228,7 +1228,17 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         },
         hops,
         multipath,
+        as_hops: None,
     })
+}
+
+/// What the master adds to a checked result on its arrival: the address it came from and,
+/// with an AS table, its AS path.
+fn received(app: &App, req: &Request, new: &mut NewResult) {
+    new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
+    if app.owners.enabled() {
+        new.as_hops = Some(super::owners::as_hops(&app.owners.get(), &new.path.hops));
+    }
 }
 
 /// `POST /results/`: the original endpoint. A result that can never be accepted gets 200 with
@@ -1357,7 +1367,7 @@ fn api_post_batch(app: &App, req: &Request) -> Reply {
         };
         match checked {
             Ok(mut new) => {
-                new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
+                received(app, req, &mut new);
                 slot_of_valid.push(items.len());
                 valid.push(new);
                 items.push(BatchItem {

@@ -61,6 +61,7 @@ pub fn result(id: u32, at: i64) -> NewResult {
         origin: Default::default(),
         hops: vec![first, last],
         multipath: None,
+        as_hops: None,
     }
 }
 

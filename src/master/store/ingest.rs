@@ -9,7 +9,7 @@ use super::schema;
 use super::{EventRecord, NewResult, Outcome, Stored};
 /// Where a submission's answer goes.
 pub type Reply = tokio::sync::oneshot::Sender<Result<Vec<Outcome>, String>>;
-use crate::master::analysis::{self, Candidate, Event, Observation, State};
+use crate::master::analysis::{self, AsHops, AsTrack, Candidate, Event, Observation, State};
 use crate::master::path::Path as NetPath;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
@@ -179,6 +179,8 @@ pub struct Prepared {
     pub(super) measurement: Option<String>,
     /// A multipath result's graph, with its stored parts.
     pub(super) graph: Option<PreparedGraph>,
+    /// Its AS path, when the master has an AS table.
+    pub(super) as_hops: Option<AsHops>,
 }
 
 /// A graph made ready to store: its shape (stored once, by hash) and its numbers.
@@ -234,6 +236,7 @@ impl Prepared {
             success: r.success,
             destination_rtt_ns,
             rtt_alert_ns: r.rtt_alert_ns,
+            as_hops: r.as_hops,
         })
     }
 }
@@ -589,7 +592,7 @@ fn series<'c>(
             .prepare_cached(
                 "SELECT id, last_measured, current_path, candidate_path, candidate_count,
                         candidate_since, unreached_streak, ever_reached, unreachable_alerted,
-                        rtt_high_streak, rtt_alerted, branches
+                        rtt_high_streak, rtt_alerted, branches, as_track
                  FROM series WHERE slave_id = ?1 AND target_id = ?2 AND flow = ?3",
             )?
             .query_row(params![key.0, key.1, key.2], |r| {
@@ -606,6 +609,7 @@ fn series<'c>(
                     r.get::<_, u32>(9)?,
                     r.get::<_, bool>(10)?,
                     r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
                 ))
             })?;
         let current = path_by_id(conn, caches, row.2)?;
@@ -629,6 +633,7 @@ fn series<'c>(
                     rtt_high_streak: row.9,
                     rtt_alerted: row.10,
                     branches: branches_of(row.11.as_deref()),
+                    as_path: as_track_of(row.12.as_deref()),
                 },
             },
         );
@@ -646,6 +651,17 @@ pub(super) fn branches_of(text: Option<&str>) -> Branches {
 /// The stored form of a series' set of branches: NULL while it has none.
 pub(super) fn branches_text(b: &Branches) -> Option<String> {
     (*b != Branches::default()).then(|| serde_json::to_string(b).unwrap_or_default())
+}
+
+/// A series' stored AS-path detector (none yet, or unreadable, which starts it over).
+pub(super) fn as_track_of(text: Option<&str>) -> AsTrack {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// The stored form of a series' AS-path detector: NULL while it has seen no AS path.
+pub(super) fn as_track_text(t: &AsTrack) -> Option<String> {
+    (*t != AsTrack::default()).then(|| serde_json::to_string(t).unwrap_or_default())
 }
 
 /// Is a result with this ID already stored? A resend has the same series and time, so the
@@ -806,7 +822,7 @@ fn track(
             last_measured = ?7, last_result = ?8,
             unreached_streak = ?9, ever_reached = ?10, unreachable_alerted = ?11,
             rtt_high_streak = ?12, rtt_alerted = ?13, changes_total = changes_total + ?14,
-            last_success = ?15, last_rtt_ns = ?16, branches = ?18
+            last_success = ?15, last_rtt_ns = ?16, branches = ?18, as_track = ?19
          WHERE id = ?1",
     )?
     .execute(params![
@@ -827,7 +843,8 @@ fn track(
         r.success,
         r.destination_rtt_ns,
         filled,
-        branches_text(&state.branches)
+        branches_text(&state.branches),
+        as_track_text(&state.as_path)
     ])?;
     let mut records = Vec::with_capacity(events.len());
     for event in events {
@@ -976,6 +993,14 @@ pub(super) fn advance(
                 changes += 1;
             }
         }
+    }
+    // The AS path, when the master has an AS table: of reached results only (a break is
+    // `unreachable`'s to tell, and would cut the AS path short).
+    if let Some(hops) = &r.as_hops
+        && r.success
+        && let Some(e) = analysis::observe_as(&mut state.as_path, hops, at, confirm)
+    {
+        events.push(e);
     }
     let since = if current_changed {
         events

@@ -96,6 +96,8 @@ pub struct NewResult {
     pub hops: Vec<NewHop>,
     /// A multipath result's graph.
     pub multipath: Option<graph::Graph>,
+    /// Its AS path for the AS-path change detection, when the master has an AS table.
+    pub as_hops: Option<crate::master::analysis::AsHops>,
 }
 
 /// Where a result came from: the probes' source address as the slave reported it, the

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 
 /// The versions this program writes; a newer file is refused.
-pub const VERSION: i64 = 9;
+pub const VERSION: i64 = 10;
 
 /// The SQL migrations, in order; `user_version` counts how many have run.
 const SQL_MIGRATIONS: &[&str] = &[
@@ -209,6 +209,8 @@ const LATER_MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX result_graphs_by_graph ON result_graphs (graph_id);
      ALTER TABLE series ADD COLUMN branches TEXT;",
+    // 10: a series' AS-path detector (with an AS table).
+    "ALTER TABLE series ADD COLUMN as_track TEXT;",
 ];
 
 /// Brings the database to [`VERSION`]; each step is one transaction.
@@ -508,6 +510,7 @@ mod tests {
              CREATE TABLE aside (uid BLOB PRIMARY KEY, result INTEGER NOT NULL) WITHOUT ROWID;
              CREATE INDEX aside_by_result ON aside (result);
              INSERT INTO aside VALUES (x'0102', 77);
+             ALTER TABLE series DROP COLUMN as_track;
              DROP TABLE result_graphs;
              DROP TABLE graphs;
              ALTER TABLE series DROP COLUMN branches;

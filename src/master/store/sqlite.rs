@@ -339,6 +339,7 @@ mod tests {
                 },
             ],
             multipath: None,
+            as_hops: None,
         }
     }
 

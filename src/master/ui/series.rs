@@ -307,9 +307,20 @@ pub fn event_list(events: &[EventView]) -> Markup {
     event_list_linked(events, &|_| String::new())
 }
 
-/// The nodes and links a `branch-lost` or `branch-new` event names, as one line.
-fn branches(e: &EventView) -> Option<String> {
+/// What an event names beyond its kind, as one line: the nodes and links of a `branch-lost`
+/// or `branch-new`, the AS paths before and after an `as-path-change`.
+fn detail_line(e: &EventView) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
+    if let (Some(from), Some(to)) = (v["from"].as_array(), v["to"].as_array()) {
+        let show = |p: &[serde_json::Value]| {
+            p.iter()
+                .filter_map(|a| a.as_u64())
+                .map(|a| format!("AS{a}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Some(format!("{} → {}", show(from), show(to)));
+    }
     let list: Vec<&str> = v["branches"]
         .as_array()?
         .iter()
@@ -326,7 +337,7 @@ fn event_list_linked(events: &[EventView], here: &dyn Fn(&str) -> String) -> Mar
                     time { (when(e.at)) } " " b { (e.kind) } " " (e.slave) " → " (e.target_name)
                     @if e.flow != 0 { " flow " (e.flow) }
                     @if let Some(t) = e.first_diff_ttl { " from hop " (t) }
-                    @if let Some(b) = branches(e) { " " span.mono { (b) } }
+                    @if let Some(b) = detail_line(e) { " " span.mono { (b) } }
                     @if e.kind == "path-change" && !here("").is_empty() {
                         " " a href=(here(&format!("&change={}#compare", e.id))) { "compare" }
                     }

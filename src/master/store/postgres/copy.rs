@@ -448,6 +448,7 @@ struct SeriesState {
     success: Option<bool>,
     rtt: Option<i64>,
     branches: Option<String>,
+    as_track: Option<String>,
 }
 
 /// Finds or makes, in PostgreSQL, every slave, target, path, route and series of the file.
@@ -570,7 +571,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
         "SELECT id, slave_id, target_id, flow, current_path, current_since, candidate_path,
                 candidate_count, candidate_since, last_measured, last_result, unreached_streak,
                 ever_reached, unreachable_alerted, rtt_high_streak, rtt_alerted, changes_total,
-                last_success, last_rtt_ns, branches
+                last_success, last_rtt_ns, branches, as_track
          FROM series",
     )?;
     let rows: Vec<SeriesState> = stmt
@@ -596,6 +597,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                 success: r.get(17)?,
                 rtt: r.get(18)?,
                 branches: r.get(19)?,
+                as_track: r.get(20)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -608,9 +610,9 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                                  candidate_path, candidate_count, candidate_since, last_measured,
                                  last_result, unreached_streak, ever_reached, unreachable_alerted,
                                  rtt_high_streak, rtt_alerted, changes_total, last_success,
-                                 last_rtt_ns, branches)
+                                 last_rtt_ns, branches, as_track)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                     $19)
+                     $19, $20)
              ON CONFLICT (slave_id, target_id, flow) DO NOTHING",
             &[
                 &slave,
@@ -632,6 +634,7 @@ fn dimensions(src: &rusqlite::Connection, pg: &mut postgres::Client) -> anyhow::
                 &s.success,
                 &s.rtt,
                 &s.branches,
+                &s.as_track,
             ],
         )?;
         let pg_id: i64 = tx

@@ -288,7 +288,7 @@ impl Writer {
                         se.candidate_count, se.candidate_since, se.unreached_streak,
                         se.ever_reached, se.unreachable_alerted, se.rtt_high_streak,
                         se.rtt_alerted, se.current_since, se.last_result, se.last_success,
-                        se.last_rtt_ns, t.name, t.address, se.branches
+                        se.last_rtt_ns, t.name, t.address, se.branches, se.as_track
                  FROM series se JOIN targets t ON t.id = se.target_id
                  WHERE se.id = ANY($1) ORDER BY se.id FOR UPDATE OF se",
             )?;
@@ -318,6 +318,9 @@ impl Writer {
                             rtt_alerted: r.get(10),
                             branches: super::super::ingest::branches_of(
                                 r.get::<_, Option<String>>(17).as_deref(),
+                            ),
+                            as_path: super::super::ingest::as_track_of(
+                                r.get::<_, Option<String>>(18).as_deref(),
                             ),
                         },
                         last_ordered: r.get(1),
@@ -437,6 +440,10 @@ fn update_series(
         .iter()
         .map(|(_, s)| super::super::ingest::branches_text(&s.state.branches))
         .collect();
+    let as_tracks: Vec<Option<String>> = dirty
+        .iter()
+        .map(|(_, s)| super::super::ingest::as_track_text(&s.state.as_path))
+        .collect();
     let st = prepare(
         tx,
         statements,
@@ -446,12 +453,12 @@ fn update_series(
             last_measured = u.lm, last_result = u.lr,
             unreached_streak = u.us, ever_reached = u.er, unreachable_alerted = u.ua,
             rtt_high_streak = u.rs, rtt_alerted = u.ra, changes_total = s.changes_total + u.ch,
-            last_success = u.ls, last_rtt_ns = u.lt, branches = u.br
+            last_success = u.ls, last_rtt_ns = u.lt, branches = u.br, as_track = u.at
          FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
                      $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BOOLEAN[],
                      $11::BOOLEAN[], $12::BIGINT[], $13::BOOLEAN[], $14::BIGINT[],
-                     $15::BOOLEAN[], $16::BIGINT[], $17::TEXT[])
-              AS u(id, cp, cs, cand, cc, csi, lm, lr, us, er, ua, rs, ra, ch, ls, lt, br)
+                     $15::BOOLEAN[], $16::BIGINT[], $17::TEXT[], $18::TEXT[])
+              AS u(id, cp, cs, cand, cc, csi, lm, lr, us, er, ua, rs, ra, ch, ls, lt, br, at)
          WHERE s.id = u.id",
     )?;
     tx.execute(
@@ -474,6 +481,7 @@ fn update_series(
             &success,
             &rtt,
             &branches,
+            &as_tracks,
         ],
     )?;
     Ok(())

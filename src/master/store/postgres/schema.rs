@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 /// The versions this program writes; a newer database is refused.
-pub const VERSION: i32 = 7;
+pub const VERSION: i32 = 8;
 
 /// Advisory lock keys (one namespace of `pg_advisory_lock`, "dt" in the high bytes).
 pub mod locks {
@@ -184,6 +184,8 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX result_graphs_by_graph ON result_graphs (graph_id);
      ALTER TABLE series ADD COLUMN branches TEXT;",
+    // 8: a series' AS-path detector (with an AS table).
+    "ALTER TABLE series ADD COLUMN as_track TEXT;",
 ];
 
 /// Creates or upgrades the schema. The first master to start does it under an advisory
