@@ -351,7 +351,12 @@ fn ripe_atlas_tools_read_the_atlas_export() {
 #[test]
 fn promtool_and_the_openmetrics_parser_accept_the_metrics() {
     let dir = Scratch::with_seed_config("prom");
-    let master = Proc::master(&dir.0, &[]);
+    // With an AS table, so the AS path info series is checked too.
+    dir.write(
+        "asn.tsv",
+        "142.250.0.0\t142.251.255.255\t15169\tUS\tGOOGLE\n",
+    );
+    let master = Proc::master(&dir.0, &["-asn-db", "asn.tsv"]);
     let addr = master.addr();
     for r in scripted() {
         send(addr, &r);
@@ -372,6 +377,13 @@ fn promtool_and_the_openmetrics_parser_accept_the_metrics() {
     );
     assert!(
         body.contains("dt_slave_last_seen_timestamp_seconds{slave=\"slave1\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE dt_as_path_info gauge")
+            && body.lines().any(|l| l.starts_with("dt_as_path_info{")
+                && l.contains("slave=\"slave1\"")
+                && l.contains("as_path=\"15169\"")),
         "{body}"
     );
     let (code, out, err) = pipe("promtool".as_ref(), &["check", "metrics"], &text.body);

@@ -606,6 +606,41 @@ fn owners_and_as_paths_from_the_as_table() {
         (r["as_path"] == json!([64500, 15169])).then_some(())
     });
     assert!(moved.is_some(), "{:#}", results(addr, "")[0]);
+    // The exports: CSV columns, the JSON Lines objects as the API's, the graph grouped by AS
+    // (which Graphviz draws), and the AS path info series.
+    let csv = get(addr, "/api/v1/export/results.csv").text();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].ends_with(",asn,as_name"), "{csv}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains(",1.1.1.1,") && r.ends_with(",64500,EXAMPLE")),
+        "{csv}"
+    );
+    assert!(
+        rows.iter().any(|r| r.ends_with(",private (RFC 1918)")),
+        "{csv}"
+    );
+    let jsonl = get(addr, "/api/v1/export/results.jsonl").text();
+    let first: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["as_path"], json!([64500, 15169]), "{jsonl}");
+    let dot = get(addr, "/api/v1/export/graph.dot?target=Google").text();
+    assert!(
+        dot.contains("subgraph \"cluster AS64500\"") && dot.contains("label=\"AS64500 EXAMPLE\""),
+        "{dot}"
+    );
+    let (code, svg, err) = pipe("dot".as_ref(), &["-Tsvg"], dot.as_bytes());
+    assert_eq!(code, 0, "{err}\n{dot}");
+    assert!(
+        svg.contains("AS15169 GOOGLE") && svg.contains("8.8.8.8"),
+        "{svg}"
+    );
+    let metrics = get(addr, "/metrics").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dt_as_path_info{") && l.contains("as_path=\"64500 15169\"")),
+        "{metrics}"
+    );
     drop(master);
 
     let plain = Proc::master(&dir.0, &[]);
@@ -617,6 +652,16 @@ fn owners_and_as_paths_from_the_as_table() {
     assert!(
         r.get("as_path").is_none() && r["hops"][0].get("owner").is_none(),
         "{r:#}"
+    );
+    assert!(
+        !get(plain.addr(), "/metrics")
+            .text()
+            .contains("dt_as_path_info")
+    );
+    assert!(
+        !get(plain.addr(), "/api/v1/export/graph.dot?target=Google")
+            .text()
+            .contains("cluster")
     );
     drop(plain);
 

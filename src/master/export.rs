@@ -4,6 +4,7 @@
 use super::api::Params;
 use super::routes::{App, Request, Response};
 use super::store::{Cursor, ResultQuery, Store, StoredResult};
+use crate::asn::{AsnDb, Owner};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -55,7 +56,8 @@ fn results(app: &App, req: &Request, format: Format) -> Response {
         Ok(q) => q,
         Err(e) => return e.response(),
     };
-    match export(app.store.clone(), q, format, EXPORT_PAGE) {
+    let owners = app.owners.enabled().then(|| app.owners.get());
+    match export(app.store.clone(), q, format, EXPORT_PAGE, owners) {
         Ok(r) => r,
         Err(e) => {
             log::error!("export failed: {e:#}");
@@ -78,6 +80,7 @@ fn export(
     q: ResultQuery,
     format: Format,
     page: u32,
+    owners: Option<Arc<AsnDb>>,
 ) -> anyhow::Result<Response> {
     let limit = q.limit;
     let page = page.max(1);
@@ -97,7 +100,7 @@ fn export(
         ..q
     };
     let (rows, after) = store.results(&first)?;
-    let mut writer = Writer::new(format);
+    let mut writer = Writer::new(format, owners);
     let mut chunk = writer.page(&rows)?;
     let next_cursor = if limit > page { end } else { after };
     let more = limit > page && after.is_some() && after != end;
@@ -176,6 +179,8 @@ impl Iterator for Pages {
 /// Formats results into body chunks, keeping what a format needs from chunk to chunk.
 struct Writer {
     format: Format,
+    /// The AS table, when the master has one: each hop's owner and the AS path are added.
+    owners: Option<Arc<AsnDb>>,
     /// The first chunk (header line, opening bracket) is out.
     opened: bool,
     /// Results written so far.
@@ -183,9 +188,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(format: Format) -> Writer {
+    fn new(format: Format, owners: Option<Arc<AsnDb>>) -> Writer {
         Writer {
             format,
+            owners,
             opened: false,
             written: 0,
         }
@@ -199,11 +205,19 @@ impl Writer {
         match self.format {
             Format::Jsonl => {
                 for r in rows {
-                    serde_json::to_writer(&mut out, r)?;
+                    match &self.owners {
+                        // As `/api/v1/results` shows it.
+                        Some(db) => {
+                            let mut v = serde_json::to_value(r)?;
+                            super::owners::enrich(&mut v, db);
+                            serde_json::to_writer(&mut out, &v)?;
+                        }
+                        None => serde_json::to_writer(&mut out, r)?,
+                    }
                     out.push(b'\n');
                 }
             }
-            Format::Csv => out = csv(rows, first)?,
+            Format::Csv => out = csv(rows, first, self.owners.as_deref())?,
             Format::Atlas => {
                 if first {
                     out.push(b'[');
@@ -229,8 +243,9 @@ impl Writer {
 }
 
 /// One row per hop (a result without hops gets one row with the hop columns empty), after
-/// the header line when `header`.
-fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
+/// the header line when `header`. With an AS table, each hop's owner fills `asn` and
+/// `as_name` (a special-use range: `asn` empty, `as_name` its use).
+fn csv(rows: &[StoredResult], header: bool, owners: Option<&AsnDb>) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if header {
         w.write_record([
@@ -253,6 +268,8 @@ fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
             "host",
             "rtt_ms",
             "size",
+            "asn",
+            "as_name",
         ])?;
     }
     for r in rows {
@@ -276,16 +293,24 @@ fn csv(rows: &[StoredResult], header: bool) -> Result<Vec<u8>, csv::Error> {
             w.write_record(
                 head.iter()
                     .cloned()
-                    .chain(std::iter::repeat_n(String::new(), 5)),
+                    .chain(std::iter::repeat_n(String::new(), 7)),
             )?;
         }
         for h in &r.hops {
+            let owner = owners.and_then(|db| db.lookup(h.address.parse().ok()?));
+            let (asn, as_name) = match owner {
+                Some(Owner::As { asn, name, .. }) => (asn.to_string(), name),
+                Some(Owner::Special(what)) => (String::new(), what.to_owned()),
+                None => (String::new(), String::new()),
+            };
             let hop = [
                 h.ttl.to_string(),
                 h.address.clone(),
                 h.host.clone(),
                 format!("{:.3}", h.rtt_ns as f64 / 1e6),
                 h.size.to_string(),
+                asn,
+                as_name,
             ];
             w.write_record(head.iter().cloned().chain(hop))?;
         }
@@ -599,6 +624,8 @@ fn graph(app: &App, req: &Request) -> Response {
     let _ = writeln!(out, " }}");
     let mut edges = BTreeSet::new();
     let mut nodes = BTreeSet::new();
+    // Every router and destination drawn, to group by AS.
+    let mut addrs: BTreeSet<IpAddr> = BTreeSet::new();
     for s in &list {
         let Some(path) = s
             .current_path
@@ -619,6 +646,7 @@ fn graph(app: &App, req: &Request) -> Response {
         // A multipath series is drawn as its newest graph: every branch, each link
         // labelled with the share of the flows that took it.
         if let Some(g) = newest_graph(app, s) {
+            addrs.extend(g.nodes.iter().map(|n| n.address));
             let end = format!("{} ({})", name, path.terminal.as_text());
             draw_graph(&g, (&start, &end, c), &mut nodes, &mut edges);
             continue;
@@ -632,7 +660,10 @@ fn graph(app: &App, req: &Request) -> Response {
         let hops = path.hops.iter().enumerate();
         for (i, hop) in hops {
             let node = match hop {
-                Some(a) => a.to_string(),
+                Some(a) => {
+                    addrs.insert(*a);
+                    a.to_string()
+                }
                 None => {
                     let id = format!("* {slave} flow {flow} hop {}", i + 1);
                     nodes.insert(format!(
@@ -667,6 +698,34 @@ fn graph(app: &App, req: &Request) -> Response {
     }
     for n in nodes {
         out.push_str(&n);
+    }
+    // With an AS table, each AS is a box around its routers, under its number and name.
+    if app.owners.enabled() {
+        let db = app.owners.get();
+        let mut by_as: std::collections::BTreeMap<(u32, String), Vec<IpAddr>> = Default::default();
+        for a in addrs {
+            if let Some(Owner::As { asn, name, .. }) = db.lookup(a) {
+                by_as.entry((asn, name)).or_default().push(a);
+            }
+        }
+        for ((asn, as_name), members) in by_as {
+            let label = Owner::As {
+                asn,
+                name: as_name,
+                country: String::new(),
+            }
+            .label();
+            let _ = write!(
+                out,
+                "  subgraph {} {{\n    label={};\n    style=rounded;\n   ",
+                dot_id(&format!("cluster AS{asn}")),
+                dot_id(&label)
+            );
+            for a in members {
+                let _ = write!(out, " {};", dot_id(&a.to_string()));
+            }
+            let _ = writeln!(out, "\n  }}");
+        }
     }
     for e in edges {
         out.push_str(&e);
@@ -799,7 +858,7 @@ mod tests {
             multipath: None,
             hops: vec![],
         };
-        let text = String::from_utf8(csv(std::slice::from_ref(&r), true).unwrap()).unwrap();
+        let text = String::from_utf8(csv(std::slice::from_ref(&r), true, None).unwrap()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
@@ -810,13 +869,33 @@ mod tests {
             hop(1, "10.0.0.1", 1_500_000, None),
             hop(2, "10.0.0.2", 2_000_000, None),
         ];
-        let text = String::from_utf8(csv(&[r], true).unwrap()).unwrap();
+        let text = String::from_utf8(csv(std::slice::from_ref(&r), true, None).unwrap()).unwrap();
         assert_eq!(text.lines().count(), 3);
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with(",rtt_ms,size,asn,as_name"),
+            "{text}"
+        );
         assert!(
             text.lines()
                 .nth(2)
                 .unwrap()
-                .ends_with(",false,2,10.0.0.2,,2.000,56"),
+                .ends_with(",false,2,10.0.0.2,,2.000,56,,"),
+            "{text}"
+        );
+        // With an AS table: the owner of each hop.
+        r.hops[1].address = "8.8.8.8".into();
+        let db = AsnDb::parse("8.8.8.0\t8.8.8.255\t15169\tUS\tGOOGLE LLC\n").unwrap();
+        let text = String::from_utf8(csv(&[r], true, Some(&db)).unwrap()).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(
+            rows[1].ends_with(",10.0.0.1,,1.500,56,,private (RFC 1918)"),
+            "{text}"
+        );
+        assert!(
+            rows[2].ends_with(",8.8.8.8,,2.000,56,15169,GOOGLE LLC"),
             "{text}"
         );
     }
@@ -897,9 +976,9 @@ mod tests {
                     limit,
                     ..Default::default()
                 };
-                let whole = export(store.clone(), q.clone(), format, EXPORT_PAGE).unwrap();
+                let whole = export(store.clone(), q.clone(), format, EXPORT_PAGE, None).unwrap();
                 assert!(matches!(whole.body, Body::Bytes(_)));
-                let paged = export(store.clone(), q.clone(), format, 3).unwrap();
+                let paged = export(store.clone(), q.clone(), format, 3, None).unwrap();
                 assert_eq!(
                     matches!(paged.body, Body::Stream(_)),
                     limit > 3,
@@ -923,6 +1002,7 @@ mod tests {
             },
             Format::Atlas,
             3,
+            None,
         )
         .unwrap();
         let docs: Value = serde_json::from_slice(&atlas.body.into_bytes().unwrap()).unwrap();
@@ -935,6 +1015,7 @@ mod tests {
             },
             Format::Atlas,
             3,
+            None,
         )
         .unwrap();
         assert_eq!(empty.body.into_bytes().unwrap(), b"[]");
@@ -947,7 +1028,7 @@ mod tests {
             limit: 6,
             ..Default::default()
         };
-        let r = export(store.clone(), q, Format::Jsonl, 3).unwrap();
+        let r = export(store.clone(), q, Format::Jsonl, 3, None).unwrap();
         let next = cursor(&r).unwrap();
         let Body::Stream(mut chunks) = r.body else {
             panic!("not streamed")
@@ -972,6 +1053,7 @@ mod tests {
             },
             Format::Jsonl,
             3,
+            None,
         )
         .unwrap();
         assert_eq!(numbers(&rest.body.into_bytes().unwrap()), [3, 2, 1, 0]);

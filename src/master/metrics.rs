@@ -2,7 +2,8 @@
 //! `Accept` asks, built per scrape from the store and the request counters.
 //!
 //! Label cardinality is bounded by the config: per (slave, target, flow) series one sample of
-//! each series metric (and one `dt_path_info` with the current path ID), per slave one of each
+//! each series metric (and one `dt_path_info` with the current path ID, and with an AS table
+//! one `dt_as_path_info` with its AS path), per slave one of each
 //! slave metric, per route class (`config`, `results`, `batch`, `api`, `metrics`, `other`) one
 //! histogram. Nothing is labelled with a remote address, a result ID or a hop address.
 
@@ -38,6 +39,16 @@ struct PathLabel {
     target_id: String,
     flow: String,
     path_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AsPathLabel {
+    slave: String,
+    target: String,
+    target_id: String,
+    flow: String,
+    /// The AS numbers in order, space-separated.
+    as_path: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,6 +249,8 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
     let rtt = Family::<SeriesLabel, FGauge>::default();
     let changes = Family::<SeriesLabel, Counter>::default();
     let info = Family::<PathLabel, FGauge>::default();
+    let as_info = Family::<AsPathLabel, FGauge>::default();
+    let owners = app.owners.enabled().then(|| app.owners.get());
     for s in app.store.series(&Default::default())? {
         let l = SeriesLabel {
             slave: s.slave.clone(),
@@ -257,6 +270,28 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
         changes
             .get_or_create(&l)
             .inc_by(s.changes_total.max(0) as u64);
+        if let (Some(db), Some((_, text))) = (&owners, &s.current_path)
+            && let Some(path) = super::path::Path::parse_canonical(text)
+        {
+            let addrs: Vec<String> = path.hops.iter().flatten().map(|a| a.to_string()).collect();
+            let asns = super::owners::as_path(db, addrs.iter().map(String::as_str));
+            if !asns.is_empty() {
+                let as_path = asns
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                as_info
+                    .get_or_create(&AsPathLabel {
+                        slave: s.slave.clone(),
+                        target: s.target_name.clone(),
+                        target_id: s.target_id.clone(),
+                        flow: l.flow.clone(),
+                        as_path,
+                    })
+                    .set(1.0);
+            }
+        }
         if let Some((path_id, _)) = s.current_path {
             info.get_or_create(&PathLabel {
                 slave: s.slave,
@@ -289,6 +324,13 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
         "The current path ID of each series (always 1)",
         info,
     );
+    if owners.is_some() {
+        reg.register(
+            "dt_as_path_info",
+            "The AS path of each series' current path, from the master's AS table (always 1)",
+            as_info,
+        );
+    }
 
     let seen = Family::<SlaveLabel, FGauge>::default();
     let spool = Family::<SlaveLabel, FGauge>::default();
