@@ -567,6 +567,10 @@ pub struct LoadgenArgs {
     /// Write DIR/dt-slaves.json and DIR/dt-targets.json for --slaves and --targets, and exit
     #[arg(long = "write-config", value_name = "dir")]
     pub write_config: Option<PathBuf>,
+    /// With --write-config, also write DIR/asn.tsv: a made-up IP-to-AS table of this many
+    /// ranges that owns the load routes' transit routers, for a master run with -asn-db
+    #[arg(long = "asn-ranges", value_name = "n", requires = "write_config", value_parser = clap::value_parser!(u32).range(1..))]
+    pub asn_ranges: Option<u32>,
     /// While the run goes, a thread GETs this path of the master's read API (e.g.
     /// '/api/v1/paths/current?slave=load1&target=t1&window=24h') over and over and reports its
     /// latency; repeat the flag for several readers at once

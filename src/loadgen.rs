@@ -34,7 +34,14 @@ const NAMED: f64 = 0.25;
 /// Runs `loadgen`: writes the config, or loads the master and prints what it did.
 pub fn run(a: &LoadgenArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.write_config {
-        return write_config(dir, a.slaves, a.targets);
+        write_config(dir, a.slaves, a.targets)?;
+        if let Some(n) = a.asn_ranges {
+            let file = dir.join("asn.tsv");
+            std::fs::write(&file, dist_traceroute::asn::made_up_table(n, 7))
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            println!("wrote {}", file.display());
+        }
+        return Ok(());
     }
     let master = a
         .master
