@@ -87,6 +87,7 @@ fn result(n: usize, slave: usize, target: usize, round: usize, at: i64) -> NewRe
         target_name: format!("target{target}"),
         target_address: format!("10.200.{target}.1"),
         target_known: true,
+        target_selected: true,
         measured_at: at,
         date_time: chrono::DateTime::from_timestamp_millis(at)
             .unwrap_or_default()
@@ -231,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         targets_raw: Arc::from(&targets_raw[..]),
         verified: Arc::default(),
+        selections: Arc::default(),
     };
     let app = Arc::new(App::new("bench:8990".into(), Live::new(config), store));
 

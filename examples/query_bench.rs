@@ -57,6 +57,7 @@ fn result(i: usize, slave: usize, target: usize, at: i64) -> NewResult {
         target_name: format!("target{target}"),
         target_address: format!("10.{target}.{HOPS}.1"),
         target_known: true,
+        target_selected: true,
         measured_at: at,
         date_time: chrono::DateTime::from_timestamp_millis(at)
             .unwrap_or_default()
@@ -137,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             targets,
             targets_raw: Arc::from(&b"{}"[..]),
             verified: Arc::default(),
+            selections: Arc::default(),
         }),
         store,
     );

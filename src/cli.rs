@@ -361,6 +361,14 @@ pub struct SlaveArgs {
     /// On SIGINT/SIGTERM: how long running traces may finish, then how long the spool is flushed
     #[arg(long = "shutdown-timeout", value_name = "duration", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Tags this slave gives itself, comma-separated (e.g. eu,fra1): the master shows them;
+    /// which targets the slave traces is decided by the tags of the master's dt-slaves.json
+    #[arg(long, value_name = "list", value_delimiter = ',', value_parser = parse_tag)]
+    pub tags: Vec<crate::master::config::Tag>,
+}
+
+fn parse_tag(s: &str) -> Result<crate::master::config::Tag, String> {
+    crate::master::config::Tag::parse(s.trim())
 }
 
 /// Flags of `trace`.

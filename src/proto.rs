@@ -43,6 +43,10 @@ pub struct ConfigRequest {
     /// Extension: results the slave dropped since it was installed (spool full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_total: Option<u64>,
+    /// Extension: the tags the slave gives itself (`-tags`): shown by the master, which
+    /// selects targets by the tags of its own list only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl std::fmt::Debug for ConfigRequest {

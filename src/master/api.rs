@@ -289,6 +289,11 @@ struct SlaveView {
     spool_depth: Option<i64>,
     dropped_total: i64,
     clock_skew_s: Option<f64>,
+    /// Its tags in the slaves file: what target selectors go by.
+    tags: Vec<String>,
+    /// The tags it gave itself (`-tags`), shown only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reported_tags: Vec<String>,
 }
 
 /// Every slave in the config or the store.
@@ -326,6 +331,12 @@ fn slaves(app: &App, req: &Request) -> Response {
         let offline_after = p.duration("offline_after", OFFLINE_AFTER)?;
         let now = now_ms();
         let views = slave_views(app)?;
+        let config = app.config.get();
+        let reported = app
+            .reported_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let list: Vec<SlaveView> = views
             .into_iter()
             .map(|v| {
@@ -334,7 +345,6 @@ fn slaves(app: &App, req: &Request) -> Response {
                 SlaveView {
                     online: age.is_some_and(|a| a <= offline_after.as_secs_f64()),
                     prb_id: super::export::prb_id(&v.name),
-                    name: v.name,
                     configured: v.configured,
                     first_seen: iso_opt(v.first_seen),
                     last_seen: iso_opt(last),
@@ -346,6 +356,13 @@ fn slaves(app: &App, req: &Request) -> Response {
                     spool_depth: v.spool_depth,
                     dropped_total: v.dropped_total,
                     clock_skew_s: v.clock_skew_ms.map(|ms| ms as f64 / 1000.0),
+                    tags: config
+                        .tags_of(&v.name)
+                        .iter()
+                        .map(|t| t.0.clone())
+                        .collect(),
+                    reported_tags: reported.get(&v.name).cloned().unwrap_or_default(),
+                    name: v.name,
                 }
             })
             .collect();

@@ -3,10 +3,10 @@
 //! ranges, and reload on edit.
 
 use anyhow::Context;
-use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -89,6 +89,8 @@ pub struct SlaveConf {
     pub name: Alnum,
     /// Its secret.
     pub secret: Secret,
+    /// Extension: its tags (`eu`, `fra1`, `backbone`), which target selectors name.
+    pub tags: Vec<Tag>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +101,107 @@ struct RawSlave {
     password: Option<Alnum>,
     #[serde(default)]
     password_hash: Option<String>,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+/// A tag of slaves: 1 to 64 letters, digits, `-`, `_`, `.` or `:`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Tag(pub String);
+
+impl Tag {
+    /// `s` as a tag, or why it is not one.
+    pub fn parse(s: &str) -> Result<Tag, String> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(format!("tag '{s}' must be 1 to 64 characters"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+        {
+            return Err(format!(
+                "tag '{s}' may hold letters, digits, '-', '_', '.' and ':' only (found {c:?})"
+            ));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Tag::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// A target's `Slaves`: which slaves trace it. One selector object picks the slaves that have
+/// every tag of its `Tags` and the slaves its `Names` names; a list of them picks what any
+/// of them picks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selector(pub Vec<Pick>);
+
+/// One selector object.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Pick {
+    /// The slaves with all of these tags.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// And these slaves by name.
+    #[serde(default)]
+    pub names: Vec<Alnum>,
+}
+
+impl Selector {
+    /// True when the slave `name` with `tags` is selected.
+    pub fn selects(&self, name: &str, tags: &[Tag]) -> bool {
+        self.0.iter().any(|p| {
+            p.names.iter().any(|n| n.0 == name)
+                || (!p.tags.is_empty() && p.tags.iter().all(|t| tags.contains(t)))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Pick),
+            Many(Vec<Pick>),
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        let picks = match v {
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                let as_any = |e: serde_json::Error| {
+                    de::Error::custom(format!(
+                        "Slaves: {e} (a selector is {{\"Tags\": [...], \"Names\": [...]}} or a list of them)"
+                    ))
+                };
+                match serde_json::from_value::<OneOrMany>(v.clone()) {
+                    Ok(OneOrMany::One(p)) => vec![p],
+                    Ok(OneOrMany::Many(ps)) => ps,
+                    // Say what is wrong with the object itself, not that no variant matched.
+                    Err(_) if v.is_object() => vec![serde_json::from_value(v).map_err(as_any)?],
+                    Err(_) => serde_json::from_value(v).map_err(as_any)?,
+                }
+            }
+            other => {
+                return Err(de::Error::custom(format!(
+                    "Slaves: must be a selector object {{\"Tags\": [...], \"Names\": [...]}} or a list of them, not {other}"
+                )));
+            }
+        };
+        if picks.is_empty()
+            || picks
+                .iter()
+                .any(|p| p.tags.is_empty() && p.names.is_empty())
+        {
+            return Err(de::Error::custom(
+                "Slaves: a selector with no Tags and no Names selects no slave",
+            ));
+        }
+        Ok(Selector(picks))
+    }
 }
 
 impl TryFrom<RawSlave> for SlaveConf {
@@ -110,6 +213,7 @@ impl TryFrom<RawSlave> for SlaveConf {
         Ok(SlaveConf {
             name: raw.name,
             secret,
+            tags: raw.tags,
         })
     }
 }
@@ -226,6 +330,9 @@ pub struct TargetConf {
     /// Extension: the confidence of that discovery, percent (50..99.9, default 95).
     #[serde(default, deserialize_with = "confidence")]
     pub confidence: Option<f64>,
+    /// Extension: only the slaves this selects trace it (none: every slave).
+    #[serde(default)]
+    pub slaves: Option<Selector>,
 }
 
 fn multipath<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -431,6 +538,19 @@ pub struct Config {
     pub targets_raw: Arc<[u8]>,
     /// Digests of name/hash/password triples that passed the slow hash check.
     pub verified: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// The targets documents of slaves whose selection is not every target, by what they
+    /// hold and by slave: made at a slave's first request, kept until the config changes.
+    pub selections: Arc<Mutex<Selections>>,
+}
+
+/// The per-slave targets documents made so far.
+#[derive(Debug, Default)]
+pub struct Selections {
+    /// By the indexes of the targets a document holds: slaves selecting the same targets
+    /// share one.
+    docs: HashMap<Vec<u32>, Arc<[u8]>>,
+    /// By slave, with the tags it was made for.
+    by_slave: HashMap<String, (Vec<Tag>, Arc<[u8]>)>,
 }
 
 impl Config {
@@ -500,6 +620,85 @@ impl Config {
     /// The configured target `uuid`.
     pub fn target(&self, uuid: &str) -> Option<&TargetConf> {
         self.targets.targets.get(&TargetId(uuid.to_owned()))
+    }
+
+    /// The tags of slave `name` in the slaves file (none for a slave not in it).
+    pub fn tags_of(&self, name: &str) -> &[Tag] {
+        self.slaves
+            .slaves
+            .iter()
+            .find(|s| s.name.0 == name)
+            .map_or(&[], |s| &s.tags)
+    }
+
+    /// True when some target selects its slaves: then slaves get documents of their own.
+    pub fn selective(&self) -> bool {
+        self.targets.targets.values().any(|t| t.slaves.is_some())
+    }
+
+    /// True when the slave `name` with `tags` is to trace target `uuid` (every slave traces a
+    /// target without `Slaves`, and a target the config does not have is nobody's).
+    pub fn selects(&self, uuid: &str, name: &str, tags: &[Tag]) -> bool {
+        self.target(uuid)
+            .is_some_and(|t| t.slaves.as_ref().is_none_or(|s| s.selects(name, tags)))
+    }
+
+    /// The targets document for slave `name` with `tags`: the file as it is when no target
+    /// selects, otherwise the file with only the targets selected for this slave (and
+    /// without their `Slaves`), a valid document for the original Go slave too.
+    pub fn targets_for(&self, name: &str, tags: &[Tag]) -> anyhow::Result<Arc<[u8]>> {
+        if !self.selective() {
+            return Ok(self.targets_raw.clone());
+        }
+        let mut sel = self.selections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, doc)) = sel.by_slave.get(name)
+            && t == tags
+        {
+            return Ok(doc.clone());
+        }
+        let picked: Vec<u32> = self
+            .targets
+            .targets
+            .values()
+            .enumerate()
+            .filter(|(_, t)| t.slaves.as_ref().is_none_or(|s| s.selects(name, tags)))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let doc = match sel.docs.get(&picked) {
+            Some(doc) => doc.clone(),
+            None => {
+                let doc = self.document(&picked)?;
+                sel.docs.insert(picked, doc.clone());
+                doc
+            }
+        };
+        sel.by_slave
+            .insert(name.to_owned(), (tags.to_vec(), doc.clone()));
+        Ok(doc)
+    }
+
+    /// The targets file with only the targets at `picked` (indexes in key order).
+    fn document(&self, picked: &[u32]) -> anyhow::Result<Arc<[u8]>> {
+        let mut doc: serde_json::Value = serde_json::from_slice(&self.targets_raw)?;
+        let keep: HashSet<&str> = self
+            .targets
+            .targets
+            .keys()
+            .enumerate()
+            .filter(|(i, _)| picked.binary_search(&(*i as u32)).is_ok())
+            .map(|(_, id)| id.0.as_str())
+            .collect();
+        if let Some(targets) = doc.get_mut("Targets").and_then(|t| t.as_object_mut()) {
+            targets.retain(|id, _| keep.contains(id.as_str()));
+            for t in targets.values_mut() {
+                if let Some(t) = t.as_object_mut() {
+                    t.remove("Slaves");
+                }
+            }
+        }
+        let mut text = serde_json::to_vec_pretty(&doc)?;
+        text.push(b'\n');
+        Ok(text.into())
     }
 }
 
@@ -573,6 +772,7 @@ pub fn load(slaves: &Path, targets: &Path) -> Result<Config, ConfigError> {
         targets: targets_file,
         targets_raw: raw.into(),
         verified: Arc::default(),
+        selections: Arc::default(),
     })
 }
 
@@ -1417,6 +1617,7 @@ mod tests {
             targets: parse_targets(Path::new("t"), TARGETS.as_bytes()).unwrap(),
             targets_raw: Arc::from(&b""[..]),
             verified: Arc::default(),
+            selections: Arc::default(),
         };
         assert!(config.check_password("h", "s3cret"));
         assert!(config.check_password("h", "s3cret"), "cached");
@@ -1455,6 +1656,7 @@ mod tests {
             targets: parse_targets(Path::new("t"), TARGETS.as_bytes()).unwrap(),
             targets_raw: Arc::from(&b""[..]),
             verified: Arc::default(),
+            selections: Arc::default(),
         };
         assert!(config.check_password("a", "1"));
         assert!(config.check_password("b", "2"));

@@ -765,6 +765,7 @@ mod tests {
             target_name: "Google".into(),
             target_address: "www.google.at".into(),
             target_known: true,
+            target_selected: true,
             date_time: "2019-02-07T21:06:10.803+01:00".into(),
             measured_at: 1_549_569_970_803,
             ordered_at: None,
@@ -840,6 +841,7 @@ mod tests {
             target_name: "T".into(),
             target_address: "a,b".into(),
             target_known: true,
+            target_selected: true,
             date_time: "d".into(),
             measured_at: 0,
             ordered_at: None,
@@ -910,6 +912,7 @@ mod tests {
             target_name: "Google".into(),
             target_address: "192.0.2.1".into(),
             target_known: true,
+            target_selected: true,
             measured_at: at,
             date_time: chrono::DateTime::from_timestamp_millis(at)
                 .unwrap()

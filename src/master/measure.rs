@@ -1085,6 +1085,7 @@ mod tests {
             target_name: "t".into(),
             target_address: "192.0.2.9".into(),
             target_known: true,
+            target_selected: true,
             date_time: String::new(),
             measured_at: 0,
             ordered_at: None,

@@ -10,9 +10,10 @@ use crate::proto::{
     BatchAnswer, BatchItem, BatchRequest, ConfigRequest, ItemStatus, ResultAnswer, TraceResult,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a failed login waits before its 401 (as the original); the server waits
@@ -235,6 +236,8 @@ pub struct App {
     pub measure: Arc<super::measure::Board>,
     /// The IP-to-AS table (`-asn-db`), when there is one.
     pub owners: Arc<super::owners::Owners>,
+    /// The tags each slave of ours gave itself (`-tags`), as its last config request said.
+    pub reported_tags: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl App {
@@ -256,6 +259,7 @@ impl App {
             reloads: super::config::Reloads::default(),
             measure: Arc::default(),
             owners: Arc::default(),
+            reported_tags: Mutex::default(),
         }
     }
 }
@@ -889,8 +893,32 @@ fn config(app: &App, req: &Request) -> Response {
         app.store
             .slave_status(&creds.name, creds.spool_depth, creds.dropped_total);
     }
+    note_reported_tags(app, &creds.name, &creds.tags);
+    let doc = match config.targets_for(&creds.name, config.tags_of(&creds.name)) {
+        Ok(doc) => doc,
+        Err(e) => {
+            log::error!("cannot make the targets of {}: {e:#}", creds.name);
+            return Response::text(500, "Internal Server Error\n");
+        }
+    };
     log::debug!("config served to {} at {}", creds.name, req.remote);
-    Response::text(200, config.targets_raw.to_vec())
+    Response::text(200, doc.to_vec())
+}
+
+/// Keeps the tags a slave gave itself, the valid ones and at most 32, to show.
+fn note_reported_tags(app: &App, name: &str, tags: &[String]) {
+    let tags: Vec<String> = tags
+        .iter()
+        .filter(|t| super::config::Tag::parse(t).is_ok())
+        .take(32)
+        .cloned()
+        .collect();
+    let mut all = app.reported_tags.lock().unwrap_or_else(|p| p.into_inner());
+    if tags.is_empty() {
+        all.remove(name);
+    } else {
+        all.insert(name.to_owned(), tags);
+    }
 }
 
 /// Why a result was not stored.
@@ -1180,6 +1208,10 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             None => (String::new(), false),
         },
     };
+    // A known target the config does not give this slave: stored, and marked so.
+    let target_selected = measurement.is_some()
+        || !target_known
+        || config.selects(&target_uuid, &r.creds.name, config.tags_of(&r.creds.name));
     let terminal = if r.success {
         Terminal::Reached
     } else if let Some(u) = &r.unreachable {
@@ -1206,6 +1238,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         target_name: r.target.name.clone(),
         target_address: r.target.address.clone(),
         target_known,
+        target_selected,
         measured_at: when.timestamp_millis(),
         date_time: r.date_time.clone(),
         success: r.success,
@@ -1504,6 +1537,7 @@ mod tests {
                 targets,
                 targets_raw: Arc::from(&raw[..]),
                 verified: Arc::default(),
+                selections: Arc::default(),
             }),
             Arc::new(crate::master::store::sqlite::Sqlite::open_temp(2).unwrap()),
         )

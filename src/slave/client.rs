@@ -27,6 +27,8 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     creds: Creds,
+    /// The slave's own tags, sent with each config request.
+    tags: Vec<String>,
 }
 
 /// `http://host:port` for a `-master` value: a host name, an IP (v6 gets brackets), or a
@@ -111,7 +113,13 @@ impl Client {
             agent: ureq::Agent::new_with_config(config),
             base,
             creds,
+            tags: Vec::new(),
         }
+    }
+
+    /// The client with the slave's own tags (`-tags`), sent with each config request.
+    pub fn with_tags(self, tags: Vec<String>) -> Client {
+        Client { tags, ..self }
     }
 
     /// The master's base URL.
@@ -151,6 +159,7 @@ impl Client {
             agent: Some(crate::slave::report::agent()),
             spool_depth: Some(status.spool_depth),
             dropped_total: Some(status.dropped_total),
+            tags: self.tags.clone(),
         };
         let body = serde_json::to_vec(&request).unwrap_or_default();
         match self.post("/config/", body) {

@@ -57,6 +57,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// CA certificates to trust for HTTPS instead of the public roots.
     pub ca: Option<Vec<ureq::tls::Certificate<'static>>>,
+    /// The tags this slave gives itself (`-tags`), told to the master with each config request.
+    pub tags: Vec<String>,
 }
 
 impl Settings {
@@ -79,6 +81,7 @@ impl Settings {
             master_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             ca: None,
+            tags: Vec::new(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Settings {
             master_timeout: a.master_timeout,
             shutdown_timeout: a.shutdown_timeout,
             ca: a.ca.as_deref().map(client::load_ca).transpose()?,
+            tags: a.tags.iter().map(|t| t.0.clone()).collect(),
         })
     }
 }
@@ -229,12 +233,15 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
         spool.depth(),
         spool.dropped_total()
     );
-    let client = Arc::new(Client::new(
-        s.master.clone(),
-        s.creds.clone(),
-        s.ca.clone(),
-        s.master_timeout,
-    ));
+    let client = Arc::new(
+        Client::new(
+            s.master.clone(),
+            s.creds.clone(),
+            s.ca.clone(),
+            s.master_timeout,
+        )
+        .with_tags(s.tags.clone()),
+    );
     let stats = Arc::new(Stats::default());
     let doc: Doc = Arc::new(Mutex::new(cached_config(&spool)));
     spawn("config", {

@@ -37,6 +37,7 @@ pub fn result(id: u32, at: i64) -> NewResult {
         target_name: "Google".into(),
         target_address: "www.google.at".into(),
         target_known: true,
+        target_selected: true,
         measured_at: at,
         date_time: chrono::DateTime::from_timestamp_millis(at)
             .unwrap()

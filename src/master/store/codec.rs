@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 pub struct Route {
     /// The target was in the config when the result arrived.
     pub target_known: bool,
+    /// False when the config did not select the slave for the target.
+    pub target_selected: bool,
     /// Destination answered.
     pub success: bool,
     /// The slave's hop count.
@@ -67,6 +69,7 @@ impl Route {
     pub fn of(r: &NewResult) -> Route {
         Route {
             target_known: r.target_known,
+            target_selected: r.target_selected,
             success: r.success,
             hop_count: r.hop_count,
             has_flow: r.flow.is_some(),
@@ -118,7 +121,8 @@ impl Route {
             | u64::from(self.debug) << DEBUG_BIT
             | u64::from(self.measurement.is_some()) << MEASUREMENT_BIT
             | u64::from(self.multipath) << MULTIPATH_BIT
-            | u64::from(self.hops.iter().any(|h| h.mpls.is_some())) << MPLS_BIT;
+            | u64::from(self.hops.iter().any(|h| h.mpls.is_some())) << MPLS_BIT
+            | u64::from(!self.target_selected) << UNSELECTED_BIT;
         for (i, t) in texts.iter().enumerate() {
             if t.is_some() {
                 flags |= 1 << (3 + i);
@@ -264,6 +268,7 @@ impl Route {
         ] = texts;
         Some(Route {
             target_known: flags & 1 != 0,
+            target_selected: flags & (1 << UNSELECTED_BIT) == 0,
             success: flags & 2 != 0,
             hop_count,
             has_flow: flags & 4 != 0,
@@ -423,6 +428,9 @@ const MEASUREMENT_BIT: u32 = 11;
 const MULTIPATH_BIT: u32 = 12;
 /// The flag bit of hops with MPLS labels: a label list per hop follows the hops.
 const MPLS_BIT: u32 = 13;
+/// The flag bit of a result for a target its slave was not selected for (unset in routes
+/// stored before selectors, which every slave traced).
+const UNSELECTED_BIT: u32 = 14;
 
 /// A label stack entry as one number: label, TC, S and TTL as in the packet.
 fn label_code(l: &Label) -> u64 {
@@ -759,6 +767,7 @@ mod tests {
     fn route(replies: &[Option<usize>]) -> Route {
         Route {
             target_known: true,
+            target_selected: true,
             success: true,
             hop_count: 3,
             has_flow: true,

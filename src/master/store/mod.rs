@@ -64,6 +64,8 @@ pub struct NewResult {
     pub target_address: String,
     /// True when the target is in the current config.
     pub target_known: bool,
+    /// False when the config does not select the slave for this target (`Slaves`).
+    pub target_selected: bool,
     /// Measurement time, Unix ms.
     pub measured_at: i64,
     /// The slave's RFC 3339 text.
@@ -269,6 +271,8 @@ pub struct StoredResult {
     pub target_address: String,
     /// False when the target was not in the config when the result arrived.
     pub target_known: bool,
+    /// False when the config did not select the slave for the target (`Slaves`).
+    pub target_selected: bool,
     /// The slave's time of the measurement.
     pub date_time: String,
     /// The same as Unix ms.
@@ -323,6 +327,8 @@ struct StoredResultJson<'a> {
     target_name: &'a str,
     target_address: &'a str,
     target_known: bool,
+    #[serde(skip_serializing_if = "is_true")]
+    target_selected: bool,
     measured_at: String,
     measured_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,6 +354,10 @@ struct StoredResultJson<'a> {
     multipath: &'a Option<graph::Graph>,
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl Serialize for StoredResult {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         StoredResultJson {
@@ -357,6 +367,7 @@ impl Serialize for StoredResult {
             target_name: &self.target_name,
             target_address: &self.target_address,
             target_known: self.target_known,
+            target_selected: self.target_selected,
             measured_at: rfc3339_ms(self.measured_at),
             measured_at_ms: self.measured_at,
             ordered_at: self.ordered_at.map(rfc3339_ms),
@@ -394,6 +405,7 @@ impl StoredResult {
             target_name: r.target_name.clone(),
             target_address: r.target_address.clone(),
             target_known: r.target_known,
+            target_selected: r.target_selected,
             date_time: r.date_time.clone(),
             measured_at: r.measured_at,
             ordered_at: (ordered != r.measured_at).then_some(ordered),

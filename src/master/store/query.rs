@@ -217,6 +217,7 @@ pub(super) fn unpack_with(
         target_name: series.target_name.clone(),
         target_address: series.target_address.clone(),
         target_known: r.target_known,
+        target_selected: r.target_selected,
         date_time,
         measured_at: m.time.ms,
         ordered_at: (ordered != m.time.ms).then_some(ordered),

@@ -426,6 +426,7 @@ fn to_v4(tx: &Connection) -> anyhow::Result<u64> {
             measurement: None,
             multipath: false,
             target_known: row.get(3)?,
+            target_selected: true,
             success: row.get(7)?,
             hop_count: row.get(8)?,
             has_flow: row.get::<_, Option<i64>>(11)?.is_some(),

@@ -292,6 +292,7 @@ mod tests {
             target_name: "Google".into(),
             target_address: "www.google.at".into(),
             target_known: true,
+            target_selected: true,
             measured_at: at,
             date_time: chrono::DateTime::from_timestamp_millis(at)
                 .unwrap()

@@ -1,0 +1,241 @@
+//! A fleet: slaves with tags, targets that select their slaves by tag and by name, each
+//! slave served exactly its targets (our slave and an original Go slave's plain request
+//! alike), results arriving per selection, a result for a target a slave was not given
+//! stored and marked, and the API filtered by tag.
+
+mod util;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use util::*;
+
+const SLAVES: &str = r#"{"Slaves": [
+    {"Name": "eu1", "Password": "pw1", "Tags": ["eu", "fra1"]},
+    {"Name": "eu2", "Password": "pw2", "Tags": ["eu", "backbone"]},
+    {"Name": "us1", "Password": "pw3", "Tags": ["us", "backbone"]}
+]}"#;
+
+/// Target UUIDs by letter: A every slave, B tag eu, C tags eu and backbone, D us1 by name,
+/// E tag us or eu1 by name.
+fn uuid(letter: char) -> String {
+    format!("00000000-0000-4000-8000-00000000000{letter}")
+}
+
+fn targets() -> String {
+    let t = |letter: char, selector: Option<Value>| {
+        let mut v = json!({"Name": format!("T{letter}"), "Address": format!("192.0.2.{}", letter as u8 - b'A' + 1)});
+        if let Some(s) = selector {
+            v["Slaves"] = s;
+        }
+        (uuid(letter), v)
+    };
+    let all: serde_json::Map<String, Value> = [
+        t('A', None),
+        t('B', Some(json!({"Tags": ["eu"]}))),
+        t('C', Some(json!({"Tags": ["eu", "backbone"]}))),
+        t('D', Some(json!({"Names": ["us1"]}))),
+        t('E', Some(json!([{"Tags": ["us"]}, {"Names": ["eu1"]}]))),
+    ]
+    .into_iter()
+    .collect();
+    serde_json::to_string_pretty(&json!({
+        "ReportURL": "", "Targets": all, "Retries": 1, "MaxHops": 30, "TimeoutMs": 500
+    }))
+    .unwrap()
+}
+
+/// What each slave is to trace.
+fn expected() -> BTreeMap<&'static str, BTreeSet<String>> {
+    let set = |l: &str| l.chars().map(uuid).collect::<BTreeSet<_>>();
+    BTreeMap::from([
+        ("eu1", set("ABE")),
+        ("eu2", set("ABC")),
+        ("us1", set("ADE")),
+    ])
+}
+
+fn fleet_dir(name: &str) -> Scratch {
+    let dir = Scratch::new(name);
+    dir.write("dt-slaves.json", SLAVES);
+    dir.write("dt-targets.json", &targets());
+    dir
+}
+
+/// The targets document the master serves `name`, as an original Go slave asks for it.
+fn config_of(addr: SocketAddr, name: &str, password: &str) -> Value {
+    let a = post(
+        addr,
+        "/config/",
+        json!({"Name": name, "Password": password})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()
+}
+
+#[test]
+fn each_slave_is_served_and_traces_exactly_its_targets() {
+    let dir = fleet_dir("fleet-select");
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let want = expected();
+    for (name, password) in [("eu1", "pw1"), ("eu2", "pw2"), ("us1", "pw3")] {
+        let doc = config_of(addr, name, password);
+        let got: BTreeSet<String> = doc["Targets"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(got, want[name], "{name}: {doc:#}");
+        // A valid document for the original slave: its fields, and no selectors.
+        for key in ["ReportURL", "Retries", "MaxHops", "TimeoutMs"] {
+            assert!(doc.get(key).is_some(), "{name}: {key} missing: {doc:#}");
+        }
+        assert!(
+            doc["Targets"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|t| t.get("Slaves").is_none() && t["Name"].is_string()),
+            "{doc:#}"
+        );
+    }
+
+    // Our slaves, one per name, with fake results: each reports its own targets only.
+    let slaves: Vec<Proc> = [("eu1", "pw1"), ("eu2", "pw2"), ("us1", "pw3")]
+        .iter()
+        .map(|(name, password)| {
+            let d = dir.0.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let n = format!("-name={name}");
+            let p = format!("-passwd={password}");
+            let tags = format!("-tags={name}-self,lab");
+            slave(&d, addr, &[&n, &p, &tags])
+        })
+        .collect();
+    let reported = wait_for(Duration::from_secs(30), || {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in results(addr, "") {
+            by.entry(r["slave"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(r["target_id"].as_str().unwrap().to_owned());
+        }
+        let complete = want
+            .iter()
+            .all(|(name, targets)| by.get(*name).is_some_and(|got| got.is_superset(targets)));
+        complete.then_some(by)
+    })
+    .expect("every slave reports its targets");
+    for (name, targets) in &want {
+        assert_eq!(&reported[*name], targets, "{name}");
+    }
+    assert!(
+        results(addr, "")
+            .iter()
+            .all(|r| r.get("target_selected").is_none()),
+        "a result of a selected target is not marked"
+    );
+    drop(slaves);
+
+    // The slaves list shows the tags of the file, and apart from them those a slave gave
+    // itself.
+    let list = get(addr, "/api/v1/slaves").json();
+    let eu1 = list["slaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "eu1")
+        .unwrap();
+    assert_eq!(eu1["tags"], json!(["eu", "fra1"]), "{list:#}");
+    assert_eq!(eu1["reported_tags"], json!(["eu1-self", "lab"]), "{list:#}");
+
+    // A result for a target the slave was not given (eu1 and D): stored, and marked.
+    let stray = json!({
+        "Creds": {"Name": "eu1", "Password": "pw1"},
+        "ID": uuid::Uuid::new_v4().to_string(),
+        "DateTime": chrono::Utc::now().to_rfc3339(),
+        "Target": {"Name": "TD", "Address": "192.0.2.4"},
+        "TargetID": uuid('D'),
+        "Success": true, "HopCount": 1,
+        "Hops": [{"Success": true, "Address": [192, 0, 2, 4], "Host": "", "N": 56,
+                  "ElapsedTime": 1_000_000, "TTL": 1, "IP": "192.0.2.4"}],
+    });
+    let a = post(addr, "/api/v1/results", stray.to_string().as_bytes());
+    assert_eq!(a.status, 200, "{}", a.text());
+    let marked: Vec<Value> = results(addr, "slave=eu1")
+        .into_iter()
+        .filter(|r| r["target_id"] == uuid('D'))
+        .collect();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0]["target_selected"], false, "{:#}", marked[0]);
+    assert_eq!(marked[0]["target_known"], true);
+}
+
+/// A file without any selector is served to every slave byte for byte, as before.
+#[test]
+fn without_selectors_the_file_is_served_as_it_is() {
+    let dir = Scratch::new("fleet-plain");
+    dir.write("dt-slaves.json", SLAVES);
+    let text = targets_with(3);
+    dir.write("dt-targets.json", &text);
+    let master = Proc::master(&dir.0, &[]);
+    let a = post(
+        master.addr(),
+        "/config/",
+        br#"{"Name": "eu1", "Password": "pw1"}"#,
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, text.as_bytes());
+}
+
+/// Bad tags and selectors stop the master with the file, the place and the reason.
+#[test]
+fn bad_tags_and_selectors_are_refused_with_the_place() {
+    let cases = [
+        (
+            SLAVES.replace("\"fra1\"", "\"fra 1\""),
+            targets(),
+            "tag 'fra 1' may hold letters, digits",
+        ),
+        (
+            SLAVES.to_owned(),
+            targets().replace(
+                "\"Names\": [\n          \"us1\"",
+                "\"Name\": [\n          \"us1\"",
+            ),
+            "unknown field `Name`",
+        ),
+        (
+            SLAVES.to_owned(),
+            targets().replace(
+                "\"Slaves\": {\n        \"Tags\": [\n          \"eu\"\n        ]\n      }",
+                "\"Slaves\": {}",
+            ),
+            "selects no slave",
+        ),
+        (
+            SLAVES.to_owned(),
+            targets().replace(
+                "\"Slaves\": {\n        \"Tags\": [\n          \"eu\"\n        ]\n      }",
+                "\"Slaves\": \"eu\"",
+            ),
+            "Slaves: must be a selector object",
+        ),
+    ];
+    for (slaves, targets, why) in cases {
+        let dir = Scratch::new("fleet-bad");
+        dir.write("dt-slaves.json", &slaves);
+        dir.write("dt-targets.json", &targets);
+        assert!(
+            slaves != SLAVES || targets != self::targets(),
+            "the case changed nothing: {why}"
+        );
+        let (code, _, err) = run(&dir.0, std::path::Path::new(BIN), &["master"]);
+        assert_ne!(code, 0, "{why}");
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(err.contains("dt-"), "names the file: {err}");
+    }
+}
