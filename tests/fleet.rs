@@ -152,6 +152,60 @@ fn each_slave_is_served_and_traces_exactly_its_targets() {
     assert_eq!(eu1["tags"], json!(["eu", "fra1"]), "{list:#}");
     assert_eq!(eu1["reported_tags"], json!(["eu1-self", "lab"]), "{list:#}");
 
+    // Filtered by tag: the slaves with it in the file (a tag a slave gave itself does not
+    // count), and their series, results, paths, events, exports, metrics and dashboard.
+    let names = |v: &Value, list: &str, key: &str| -> BTreeSet<String> {
+        v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[key].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let backbone = get(addr, "/api/v1/slaves?tag=backbone").json();
+    assert_eq!(names(&backbone, "slaves", "name"), set(&["eu2", "us1"]));
+    let lab = get(addr, "/api/v1/slaves?tag=lab").json();
+    assert_eq!(names(&lab, "slaves", "name"), set(&[]), "{lab:#}");
+    let eu: BTreeSet<String> = results(addr, "tag=eu")
+        .iter()
+        .map(|r| r["slave"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(eu, set(&["eu1", "eu2"]));
+    let us = get(addr, "/api/v1/paths/current?tag=us").json();
+    assert_eq!(names(&us, "paths", "slave"), set(&["us1"]), "{us:#}");
+    assert_eq!(names(&us, "paths", "target_id").len(), 3, "{us:#}");
+    assert_eq!(get(addr, "/api/v1/events?tag=eu").status, 200);
+    let csv = get(addr, "/api/v1/export/results.csv?tag=us").text();
+    assert!(
+        csv.lines().count() > 1 && csv.lines().skip(1).all(|l| l.contains(",us1,")),
+        "{csv}"
+    );
+    let metrics = get(addr, "/metrics?tag=fra1").text();
+    let info: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("dt_path_info{"))
+        .collect();
+    assert_eq!(info.len(), 3, "{metrics}");
+    assert!(
+        info.iter().all(|l| l.contains("slave=\"eu1\"")),
+        "{info:#?}"
+    );
+    let page = get(addr, "/?tag=backbone").text();
+    assert!(
+        page.contains("data-s=\"eu2\"")
+            && page.contains("data-s=\"us1\"")
+            && !page.contains("data-s=\"eu1\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"/?tag=fra1\""),
+        "the tags link their views: {page}"
+    );
+    for path in ["/api/v1/results?tag=a%20b", "/metrics?tag=a,b", "/?tag=%2F"] {
+        assert_eq!(get(addr, path).status, 400, "{path}");
+    }
+
     // A result for a target the slave was not given (eu1 and D): stored, and marked.
     let stray = json!({
         "Creds": {"Name": "eu1", "Password": "pw1"},

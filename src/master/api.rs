@@ -178,7 +178,10 @@ pub fn result_query(
     max_limit: i64,
     default_limit: i64,
 ) -> Result<ResultQuery, ApiError> {
-    let p = Params::parse(query, &["slave", "target", "from", "to", "limit", "cursor"])?;
+    let p = Params::parse(
+        query,
+        &["slave", "tag", "target", "from", "to", "limit", "cursor"],
+    )?;
     check_names(app, p.text("slave"), p.text("target"))?;
     let before = match p.text("cursor") {
         None => None,
@@ -188,6 +191,7 @@ pub fn result_query(
     };
     Ok(ResultQuery {
         slave: p.text("slave").map(str::to_owned),
+        slaves: tag_slaves(app, &p)?,
         target: p.text("target").map(str::to_owned),
         from: p.time("from")?,
         to: p.time("to")?,
@@ -327,10 +331,13 @@ pub fn slave_views(app: &App) -> anyhow::Result<Vec<SlaveRecord>> {
 
 fn slaves(app: &App, req: &Request) -> Response {
     answer(|| {
-        let p = Params::parse(&req.query, &["offline_after"])?;
+        let p = Params::parse(&req.query, &["offline_after", "tag"])?;
         let offline_after = p.duration("offline_after", OFFLINE_AFTER)?;
         let now = now_ms();
-        let views = slave_views(app)?;
+        let mut views = slave_views(app)?;
+        if let Some(names) = tag_slaves(app, &p)? {
+            views.retain(|v| names.contains(&v.name));
+        }
         let config = app.config.get();
         let reported = app
             .reported_tags
@@ -418,7 +425,16 @@ fn targets(app: &App, req: &Request) -> Response {
     })
 }
 
-/// The slave, target (UUID or name) and flow filters of a query.
+/// The slaves of a query's `tag`, when it has one: those with that tag in the slaves file.
+pub fn tag_slaves(app: &App, p: &Params) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(tag) = p.text("tag") else {
+        return Ok(None);
+    };
+    let tag = super::config::Tag::parse(tag)?;
+    Ok(Some(app.config.get().tagged(&tag)))
+}
+
+/// The slave, tag, target (UUID or name) and flow filters of a query.
 fn series_filter(app: &App, p: &Params) -> Result<SeriesFilter, ApiError> {
     check_names(app, p.text("slave"), p.text("target"))?;
     let flow = match p.text("flow") {
@@ -427,6 +443,7 @@ fn series_filter(app: &App, p: &Params) -> Result<SeriesFilter, ApiError> {
     };
     Ok(SeriesFilter {
         slave: p.text("slave").map(str::to_owned),
+        slaves: tag_slaves(app, p)?,
         target: p.text("target").map(str::to_owned),
         flow,
     })
@@ -558,7 +575,7 @@ pub fn hop_stats(results: &[Vec<NewHop>], current: &[Option<String>]) -> Vec<Hop
 
 fn current_paths(app: &App, req: &Request) -> Response {
     answer(|| {
-        let p = Params::parse(&req.query, &["slave", "target", "flow", "window"])?;
+        let p = Params::parse(&req.query, &["slave", "tag", "target", "flow", "window"])?;
         let window = p.duration("window", Duration::from_secs(3600))?;
         let since = now_ms() - window.as_millis() as i64;
         let mut list = Vec::new();
@@ -594,7 +611,10 @@ fn current_paths(app: &App, req: &Request) -> Response {
 
 fn path_history(app: &App, req: &Request) -> Response {
     answer(|| {
-        let p = Params::parse(&req.query, &["slave", "target", "flow", "from", "to"])?;
+        let p = Params::parse(
+            &req.query,
+            &["slave", "tag", "target", "flow", "from", "to"],
+        )?;
         let from = p.time("from")?.unwrap_or(i64::MIN);
         let to = p.time("to")?.unwrap_or(i64::MAX);
         let mut list = Vec::new();
@@ -639,7 +659,7 @@ fn events(app: &App, req: &Request) -> Response {
         let p = Params::parse(
             &req.query,
             &[
-                "slave", "target", "flow", "kind", "from", "to", "limit", "cursor",
+                "slave", "tag", "target", "flow", "kind", "from", "to", "limit", "cursor",
             ],
         )?;
         if let Some(kind) = p.text("kind")

@@ -631,6 +631,16 @@ impl Config {
             .map_or(&[], |s| &s.tags)
     }
 
+    /// The names of the slaves with tag `tag`.
+    pub fn tagged(&self, tag: &Tag) -> Vec<String> {
+        self.slaves
+            .slaves
+            .iter()
+            .filter(|s| s.tags.contains(tag))
+            .map(|s| s.name.0.clone())
+            .collect()
+    }
+
     /// True when some target selects its slaves: then slaves get documents of their own.
     pub fn selective(&self) -> bool {
         self.targets.targets.values().any(|t| t.slaves.is_some())

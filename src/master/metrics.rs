@@ -162,7 +162,8 @@ impl Format {
 }
 
 /// The exposition text in `format`.
-pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
+pub fn render(app: &App, format: Format, only: Option<&[String]>) -> anyhow::Result<String> {
+    let shown = |slave: &str| only.is_none_or(|names| names.iter().any(|n| n == slave));
     let mut reg = Registry::default();
     let c: &Counters = &app.counters;
     counter(
@@ -252,6 +253,9 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
     let as_info = Family::<AsPathLabel, FGauge>::default();
     let owners = app.owners.enabled().then(|| app.owners.get());
     for s in app.store.series(&Default::default())? {
+        if !shown(&s.slave) {
+            continue;
+        }
         let l = SeriesLabel {
             slave: s.slave.clone(),
             target: s.target_name.clone(),
@@ -337,6 +341,9 @@ pub fn render(app: &App, format: Format) -> anyhow::Result<String> {
     let dropped = Family::<SlaveLabel, Counter>::default();
     let skew = Family::<SlaveLabel, FGauge>::default();
     for v in super::api::slave_views(app)? {
+        if !shown(&v.name) {
+            continue;
+        }
         let l = SlaveLabel {
             slave: v.name.clone(),
         };

@@ -392,7 +392,14 @@ fn route_now(app: &App, req: &Request) -> Response {
         ("GET", "/api/v1/results") => api_results(app, req),
         ("GET", "/metrics") => {
             let format = super::metrics::Format::negotiate(req.accept.as_deref());
-            match super::metrics::render(app, format) {
+            let only = match super::api::Params::parse(&req.query, &["tag"])
+                .map_err(super::api::ApiError::from)
+                .and_then(|p| super::api::tag_slaves(app, &p))
+            {
+                Ok(only) => only,
+                Err(e) => return e.response(),
+            };
+            match super::metrics::render(app, format, only.as_deref()) {
                 Ok(text) => {
                     let mut r = Response::new(200, format.content_type(), text);
                     r.headers.push(("Vary", "Accept".into()));

@@ -212,6 +212,8 @@ impl Ticket {
 pub struct ResultQuery {
     /// Slave name.
     pub slave: Option<String>,
+    /// One of these slaves (a tag's); an empty list matches none.
+    pub slaves: Option<Vec<String>>,
     /// Target UUID or name.
     pub target: Option<String>,
     /// Ordered at or after, Unix ms.
@@ -470,6 +472,8 @@ pub struct StoredTarget {
 pub struct SeriesFilter {
     /// Slave name.
     pub slave: Option<String>,
+    /// One of these slaves (a tag's, as the API resolves it); an empty list matches none.
+    pub slaves: Option<Vec<String>>,
     /// Target UUID or name.
     pub target: Option<String>,
     /// Flow number.

@@ -308,19 +308,29 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
+/// A filter's list of slaves as the JSON array `json_each` reads.
+fn names_json(f: &SeriesFilter) -> Option<String> {
+    f.slaves
+        .as_ref()
+        .map(|n| serde_json::to_string(n).unwrap_or_default())
+}
+
 /// The series ids a slave/target/flow filter names; `None` when nothing filters.
 fn series_ids(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Option<Vec<i64>>> {
-    if f.slave.is_none() && f.target.is_none() && f.flow.is_none() {
+    if f.slave.is_none() && f.slaves.is_none() && f.target.is_none() && f.flow.is_none() {
         return Ok(None);
     }
     let mut stmt = conn.prepare_cached(
         "SELECT se.id FROM series se JOIN slaves s ON s.id = se.slave_id
          JOIN targets t ON t.id = se.target_id
          WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
-           AND (?3 IS NULL OR se.flow = ?3)",
+           AND (?3 IS NULL OR se.flow = ?3)
+           AND (?4 IS NULL OR s.name IN (SELECT value FROM json_each(?4)))",
     )?;
     let ids = stmt
-        .query_map(params![f.slave, f.target, f.flow], |r| r.get(0))?
+        .query_map(params![f.slave, f.target, f.flow, names_json(f)], |r| {
+            r.get(0)
+        })?
         .collect::<Result<Vec<i64>, _>>()?;
     Ok(Some(ids))
 }
@@ -346,6 +356,7 @@ pub fn results(
 ) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
     let filter = SeriesFilter {
         slave: q.slave.clone(),
+        slaves: q.slaves.clone(),
         target: q.target.clone(),
         flow: None,
     };
@@ -420,6 +431,7 @@ pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<Serie
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE (?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR t.uuid = ?2 OR t.name = ?2)
            AND (?3 IS NULL OR se.flow = ?3)
+           AND (?4 IS NULL OR s.name IN (SELECT value FROM json_each(?4)))
            -- On-demand results form series of their own that no query of paths shows.
            AND t.uuid <> 'on-demand'
            AND (t.uuid = '' OR NOT EXISTS (
@@ -431,7 +443,7 @@ pub fn series(conn: &Connection, f: &SeriesFilter) -> rusqlite::Result<Vec<Serie
                     > (coalesce(se.last_measured, -1), se.id)))
          ORDER BY s.name, t.name, se.flow",
     )?;
-    stmt.query_map(params![f.slave, f.target, f.flow], |r| {
+    stmt.query_map(params![f.slave, f.target, f.flow, names_json(f)], |r| {
         let hash: Option<String> = r.get(6)?;
         let text: Option<String> = r.get(7)?;
         Ok(SeriesRow {
@@ -520,6 +532,7 @@ pub fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<EventVi
          WHERE e.id < ?1 AND (?2 IS NULL OR s.name = ?2) AND (?3 IS NULL OR t.uuid = ?3 OR t.name = ?3)
            AND (?4 IS NULL OR se.flow = ?4) AND (?5 IS NULL OR e.kind = ?5)
            AND e.at >= ?6 AND e.at <= ?7
+           AND (?9 IS NULL OR s.name IN (SELECT value FROM json_each(?9)))
          ORDER BY e.id DESC LIMIT ?8",
     )?;
     stmt.query_map(
@@ -531,7 +544,8 @@ pub fn events(conn: &Connection, q: &EventQuery) -> rusqlite::Result<Vec<EventVi
             q.kind,
             q.from.unwrap_or(i64::MIN),
             q.to.unwrap_or(i64::MAX),
-            q.limit
+            q.limit,
+            names_json(&q.series)
         ],
         |r| {
             let fp: (Option<String>, Option<String>) = (r.get(7)?, r.get(8)?);

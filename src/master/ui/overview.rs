@@ -17,14 +17,41 @@ pub const RECENT_CHANGE_MS: i64 = 3600 * 1000;
 const EVENTS: u32 = 30;
 
 pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
-    super::params(req, &[])?;
+    let p = super::params(req, &["tag"])?;
+    // `?tag=`: the slaves with that tag only (the matrix, the events).
+    let tag = p.text("tag").map(str::to_owned);
+    let only = match &tag {
+        Some(t) => Some(
+            app.config
+                .get()
+                .tagged(&crate::master::config::Tag::parse(t).map_err(PageError::Bad)?),
+        ),
+        None => None,
+    };
+    let shown = |slave: &str| {
+        only.as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == slave))
+    };
     let now = now_ms();
-    let slaves = slave_rows(app, now)?;
+    let mut slaves = slave_rows(app, now)?;
+    slaves.retain(|s| shown(&s.name));
     let targets = all_targets(app)?;
+    let config = app.config.get();
+    let mut tags: Vec<&str> = config
+        .slaves
+        .slaves
+        .iter()
+        .flat_map(|s| s.tags.iter().map(|t| t.0.as_str()))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
     // The newest series of each (slave, target): one cell, whichever flow it measured.
     let mut cells: HashMap<(&str, &str), &SeriesRow> = HashMap::new();
     let mut changed: HashMap<(&str, &str), bool> = HashMap::new();
-    let series = app.store.series(&SeriesFilter::default())?;
+    let series = app.store.series(&SeriesFilter {
+        slaves: only.clone(),
+        ..SeriesFilter::default()
+    })?;
     for s in &series {
         let key = (s.slave.as_str(), s.target_id.as_str());
         let recent =
@@ -39,6 +66,10 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     }
     let events = app.store.events(&EventQuery {
         limit: EVENTS,
+        series: SeriesFilter {
+            slaves: only.clone(),
+            ..SeriesFilter::default()
+        },
         ..EventQuery::default()
     })?;
     let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
@@ -46,6 +77,17 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     let body = html! {
         div.overview {
             section.matrix-wrap {
+                @if !tags.is_empty() {
+                    nav.tags {
+                        "Slaves: "
+                        @if tag.is_none() { b { "all" } } @else { a href="/" { "all" } }
+                        @for t in &tags {
+                            " · "
+                            @if tag.as_deref() == Some(*t) { b { (t) } }
+                            @else { a href=(format!("/?tag={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>())) { (t) } }
+                        }
+                    }
+                }
                 @if targets.is_empty() || slaves.is_empty() {
                     p.empty { "No slaves or no targets yet: add them to dt-slaves.json and dt-targets.json." }
                 }

@@ -43,6 +43,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     let since = now - window.as_millis() as i64;
     let all = app.store.series(&SeriesFilter {
         slave: Some(slave.to_owned()),
+        slaves: None,
         target: Some(target.to_owned()),
         flow,
     })?;
@@ -56,6 +57,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
         .store
         .series(&SeriesFilter {
             slave: Some(slave.to_owned()),
+            slaves: None,
             target: Some(target.to_owned()),
             flow: None,
         })?
@@ -91,6 +93,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     let events = app.store.events(&EventQuery {
         series: SeriesFilter {
             slave: Some(s.slave.clone()),
+            slaves: None,
             target: Some(s.target_id.clone()),
             flow: Some(s.flow),
         },

@@ -91,15 +91,16 @@ fn series_ident(
 }
 
 fn series_ids(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Option<Vec<i64>>> {
-    if f.slave.is_none() && f.target.is_none() && f.flow.is_none() {
+    if f.slave.is_none() && f.slaves.is_none() && f.target.is_none() && f.flow.is_none() {
         return Ok(None);
     }
     let rows = c.query(
         "SELECT se.id FROM series se JOIN slaves s ON s.id = se.slave_id
          JOIN targets t ON t.id = se.target_id
          WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
-           AND ($3::BIGINT IS NULL OR se.flow = $3)",
-        &[&f.slave, &f.target, &f.flow],
+           AND ($3::BIGINT IS NULL OR se.flow = $3)
+           AND ($4::TEXT[] IS NULL OR s.name = ANY($4))",
+        &[&f.slave, &f.target, &f.flow, &f.slaves],
     )?;
     Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
 }
@@ -112,6 +113,7 @@ pub fn results(
 ) -> anyhow::Result<(Vec<StoredResult>, Option<Cursor>)> {
     let filter = SeriesFilter {
         slave: q.slave.clone(),
+        slaves: q.slaves.clone(),
         target: q.target.clone(),
         flow: None,
     };
@@ -204,6 +206,7 @@ pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Ve
          LEFT JOIN paths p ON p.id = se.current_path
          WHERE ($1::TEXT IS NULL OR s.name = $1) AND ($2::TEXT IS NULL OR t.uuid = $2 OR t.name = $2)
            AND ($3::BIGINT IS NULL OR se.flow = $3)
+           AND ($4::TEXT[] IS NULL OR s.name = ANY($4))
            -- On-demand results form series of their own that no query of paths shows.
            AND t.uuid <> 'on-demand'
            AND (t.uuid = '' OR NOT EXISTS (
@@ -213,7 +216,7 @@ pub fn series(c: &mut impl GenericClient, f: &SeriesFilter) -> anyhow::Result<Ve
                   AND (coalesce(s2.last_measured, -1), s2.id)
                     > (coalesce(se.last_measured, -1), se.id)))
          ORDER BY s.name, t.name, se.flow",
-        &[&f.slave, &f.target, &f.flow],
+        &[&f.slave, &f.target, &f.flow, &f.slaves],
     )?;
     Ok(rows
         .iter()
@@ -291,6 +294,7 @@ pub fn events(c: &mut impl GenericClient, q: &EventQuery) -> anyhow::Result<Vec<
            AND ($3::TEXT IS NULL OR t.uuid = $3 OR t.name = $3)
            AND ($4::BIGINT IS NULL OR se.flow = $4) AND ($5::TEXT IS NULL OR e.kind = $5)
            AND e.at >= $6 AND e.at <= $7
+           AND ($9::TEXT[] IS NULL OR s.name = ANY($9))
          ORDER BY e.id DESC LIMIT $8",
         &[
             &q.before_id.unwrap_or(i64::MAX),
@@ -301,6 +305,7 @@ pub fn events(c: &mut impl GenericClient, q: &EventQuery) -> anyhow::Result<Vec<
             &q.from.unwrap_or(i64::MIN),
             &q.to.unwrap_or(i64::MAX),
             &i64::from(q.limit),
+            &q.series.slaves,
         ],
     )?;
     Ok(rows
