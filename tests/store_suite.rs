@@ -75,6 +75,7 @@ suite!(
     the_current_path_is_filled_in_by_later_answers,
     a_multipath_series_tells_lost_and_new_branches_and_no_rehash,
     an_as_path_change_is_told_and_a_change_inside_one_as_is_not,
+    a_list_of_slaves_filters_series_results_and_events,
 );
 
 fn a_secret_is_kept_once_and_the_first_one_wins(engine: Engine) {
@@ -1102,4 +1103,60 @@ fn an_as_path_change_is_told_and_a_change_inside_one_as_is_not(engine: Engine) {
             "{events:?}"
         );
     }
+}
+
+fn a_list_of_slaves_filters_series_results_and_events(engine: Engine) {
+    let store = open(engine, 1);
+    let mut batch = Vec::new();
+    for (n, slave) in ["eu1", "eu2", "us1"].iter().enumerate() {
+        for i in 0..3u32 {
+            let mut r = result(n as u32 * 10 + i, i64::from(i) * 1000);
+            r.slave = (*slave).into();
+            // The last result of each slave on another route: one path change each.
+            if i == 2 {
+                r = via(r, "10.0.7.1");
+            }
+            batch.push(r);
+        }
+    }
+    store.insert_batch(&batch).unwrap();
+    let only = |names: &[&str]| Some(names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let filter = |names: &[&str]| SeriesFilter {
+        slaves: only(names),
+        ..Default::default()
+    };
+    let slaves_of = |rows: Vec<String>| {
+        let mut v = rows;
+        v.sort();
+        v.dedup();
+        v
+    };
+    let series = store.series(&filter(&["eu1", "us1"])).unwrap();
+    assert_eq!(
+        slaves_of(series.into_iter().map(|s| s.slave).collect()),
+        ["eu1", "us1"]
+    );
+    let (results, _) = store
+        .results(&ResultQuery {
+            slaves: only(&["eu2"]),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.slave == "eu2"));
+    let events = store
+        .events(&EventQuery {
+            series: filter(&["eu1", "eu2"]),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        slaves_of(events.into_iter().map(|e| e.slave).collect()),
+        ["eu1", "eu2"]
+    );
+    // An empty list (a tag no slave has) matches nothing; none filters nothing.
+    assert!(store.series(&filter(&[])).unwrap().is_empty());
+    assert_eq!(store.series(&SeriesFilter::default()).unwrap().len(), 3);
 }
