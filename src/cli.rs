@@ -71,6 +71,40 @@ pub enum Command {
     /// Work on a master's database (copy an SQLite history into PostgreSQL).
     #[command(subcommand)]
     Db(DbCommand),
+    /// On the master: print a one-time token that enrols a new slave (slave -enroll TOKEN).
+    #[command(
+        name = "enroll-token",
+        long_about = "On the master's machine: print a one-time token that enrols a new slave         named NAME, and the command that runs that slave. The token's SHA-256 goes into the         managed file beside -config (dt-slaves.managed.json), which the master reads; the         operator's dt-slaves.json is never written. The new slave, run with -enroll TOKEN, makes         a random secret and keeps it in its spool folder; the master keeps only its Argon2 hash.         The token works once, until --expires. A NAME already in dt-slaves.json, enrolled, or         with an unused token is refused."
+    )]
+    EnrollToken(EnrollArgs),
+    /// On the master: take an enrolled slave out; it is refused from its next request on.
+    Revoke(RevokeArgs),
+}
+
+/// Flags of `enroll-token`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The new slave's name (letters and digits)
+    pub name: String,
+    /// Its tags, comma-separated (e.g. eu,fra1), which target selectors go by
+    #[arg(long, value_name = "list", value_delimiter = ',', value_parser = parse_tag)]
+    pub tags: Vec<crate::master::config::Tag>,
+    /// How long the token works
+    #[arg(long, value_name = "duration", default_value = "1h", value_parser = parse_duration)]
+    pub expires: Duration,
+    /// The master's slaves file (the managed file is beside it)
+    #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
+    pub config: PathBuf,
+}
+
+/// Flags of `revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The enrolled slave's name
+    pub name: String,
+    /// The master's slaves file (the managed file is beside it)
+    #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
+    pub config: PathBuf,
 }
 
 /// `dist-traceroute db ...`.
@@ -361,6 +395,16 @@ pub struct SlaveArgs {
     /// On SIGINT/SIGTERM: how long running traces may finish, then how long the spool is flushed
     #[arg(long = "shutdown-timeout", value_name = "duration", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Join the master with a one-time token from `dist-traceroute enroll-token` instead of
+    /// -name/-passwd: the slave makes its own secret and keeps it in its spool folder, so later
+    /// starts need neither the token nor a password (also from DT_ENROLL_TOKEN)
+    #[arg(
+        long,
+        value_name = "token",
+        env = "DT_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll: Option<String>,
     /// Tags this slave gives itself, comma-separated (e.g. eu,fra1): the master shows them;
     /// which targets the slave traces is decided by the tags of the master's dt-slaves.json
     #[arg(long, value_name = "list", value_delimiter = ',', value_parser = parse_tag)]

@@ -50,6 +50,39 @@ fn new_token() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `enroll-token`: the token on stdout, how to use it on stderr.
+fn enroll_token(a: &cli::EnrollArgs) -> anyhow::Result<()> {
+    use dist_traceroute::master::enrol;
+    let token = enrol::issue(&a.config, &a.name, a.tags.clone(), a.expires)?;
+    println!("{token}");
+    eprintln!(
+        "Token for slave '{}' (works once, for {}; its SHA-256 is in {}). On the new machine:\n  \
+         dist-traceroute slave -master MASTER -enroll {token}\n\
+         (or DT_ENROLL_TOKEN={token} dist-traceroute slave -master MASTER)",
+        a.name,
+        humantime::format_duration(a.expires),
+        enrol::managed_path(&a.config).display()
+    );
+    Ok(())
+}
+
+/// `revoke`: an enrolled slave out of the managed file.
+fn revoke(a: &cli::RevokeArgs) -> anyhow::Result<()> {
+    use dist_traceroute::master::enrol;
+    if !enrol::revoke(&a.config, &a.name)? {
+        anyhow::bail!(
+            "slave '{}' is not enrolled (in {}); a slave of dt-slaves.json is taken out by editing that file",
+            a.name,
+            enrol::managed_path(&a.config).display()
+        );
+    }
+    eprintln!(
+        "slave '{}' revoked: the master refuses it from its next request on",
+        a.name
+    );
+    Ok(())
+}
+
 /// `db copy`: an SQLite history into PostgreSQL, with progress on stderr.
 fn db_copy(a: &cli::DbCopyArgs) -> anyhow::Result<()> {
     use dist_traceroute::master::store::postgres::{connect, copy};
@@ -109,6 +142,8 @@ fn main() -> ExitCode {
         Command::NewToken => new_token(),
         Command::Loadgen(a) => loadgen::run(a),
         Command::Db(cli::DbCommand::Copy(a)) => db_copy(a),
+        Command::EnrollToken(a) => enroll_token(a),
+        Command::Revoke(a) => revoke(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,8 +293,11 @@ struct SlaveView {
     spool_depth: Option<i64>,
     dropped_total: i64,
     clock_skew_s: Option<f64>,
-    /// Its tags in the slaves file: what target selectors go by.
+    /// Its tags in the slaves file (or from its enrolment token): what target selectors go by.
     tags: Vec<String>,
+    /// Enrolled with a token (in the managed file), with when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enrolled_at: Option<String>,
     /// The tags it gave itself (`-tags`), shown only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     reported_tags: Vec<String>,
@@ -309,10 +312,17 @@ pub fn slave_views(app: &App) -> anyhow::Result<Vec<SlaveRecord>> {
         .into_iter()
         .map(|s| (s.name.clone(), s))
         .collect();
-    for s in &config.slaves.slaves {
-        out.entry(s.name.0.clone())
+    let enrolled = app.enrolled.get();
+    let allowed = config
+        .slaves
+        .slaves
+        .iter()
+        .map(|s| &s.name.0)
+        .chain(enrolled.slaves.iter().map(|s| &s.name.0));
+    for name in allowed {
+        out.entry(name.clone())
             .or_insert_with(|| SlaveRecord {
-                name: s.name.0.clone(),
+                name: name.clone(),
                 first_seen: None,
                 last_seen: None,
                 last_config: None,
@@ -335,10 +345,10 @@ fn slaves(app: &App, req: &Request) -> Response {
         let offline_after = p.duration("offline_after", OFFLINE_AFTER)?;
         let now = now_ms();
         let mut views = slave_views(app)?;
+        let enrolled = app.enrolled.get();
         if let Some(names) = tag_slaves(app, &p)? {
             views.retain(|v| names.contains(&v.name));
         }
-        let config = app.config.get();
         let reported = app
             .reported_tags
             .lock()
@@ -363,11 +373,8 @@ fn slaves(app: &App, req: &Request) -> Response {
                     spool_depth: v.spool_depth,
                     dropped_total: v.dropped_total,
                     clock_skew_s: v.clock_skew_ms.map(|ms| ms as f64 / 1000.0),
-                    tags: config
-                        .tags_of(&v.name)
-                        .iter()
-                        .map(|t| t.0.clone())
-                        .collect(),
+                    tags: app.tags_of(&v.name).iter().map(|t| t.0.clone()).collect(),
+                    enrolled_at: enrolled.slave(&v.name).map(|e| e.enrolled_at.clone()),
                     reported_tags: reported.get(&v.name).cloned().unwrap_or_default(),
                     name: v.name,
                 }
@@ -431,7 +438,7 @@ pub fn tag_slaves(app: &App, p: &Params) -> Result<Option<Vec<String>>, ApiError
         return Ok(None);
     };
     let tag = super::config::Tag::parse(tag)?;
-    Ok(Some(app.config.get().tagged(&tag)))
+    Ok(Some(app.tagged(&tag)))
 }
 
 /// The slave, tag, target (UUID or name) and flow filters of a query.

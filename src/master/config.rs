@@ -45,7 +45,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// An alphanumeric, non-empty string (the original's rule for names and passwords).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
 pub struct Alnum(pub String);
 
 impl<'de> Deserialize<'de> for Alnum {
@@ -107,6 +108,7 @@ struct RawSlave {
 
 /// A tag of slaves: 1 to 64 letters, digits, `-`, `_`, `.` or `:`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct Tag(pub String);
 
 impl Tag {
@@ -723,7 +725,12 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// Checks `password` against an Argon2 `hash`, remembering a pair that checked out (by a
 /// digest of name, hash and password) so the next request of the same login costs no slow hash.
-fn verify_cached(cache: &Mutex<HashSet<[u8; 32]>>, name: &str, hash: &str, password: &str) -> bool {
+pub(crate) fn verify_cached(
+    cache: &Mutex<HashSet<[u8; 32]>>,
+    name: &str,
+    hash: &str,
+    password: &str,
+) -> bool {
     use argon2::password_hash::PasswordVerifier;
     use sha2::Digest;
     let mut d = sha2::Sha256::new();
@@ -755,7 +762,7 @@ fn verify_cached(cache: &Mutex<HashSet<[u8; 32]>>, name: &str, hash: &str, passw
     good
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() != b.len()) as u8;
     for (i, x) in a.iter().enumerate() {
         diff |= x ^ b.get(i).copied().unwrap_or(!x);

@@ -6,6 +6,7 @@ pub mod alert;
 pub mod analysis;
 pub mod api;
 pub mod config;
+pub mod enrol;
 pub mod export;
 pub mod measure;
 pub mod metrics;
@@ -171,6 +172,20 @@ impl Master {
             Some(file) => owners::Owners::open(file).context("-asn-db")?,
             None => owners::Owners::default(),
         });
+        let enrolled = enrol::Live::open(&s.slaves_file)?;
+        // A name in both files: the operator's file wins, and says so.
+        let config_now = live.get();
+        for e in &enrolled.get().slaves {
+            if config_now.slaves.slaves.iter().any(|s| s.name == e.name) {
+                log::warn!(
+                    "slave '{}' is in {} and in {}: the entry of {} is used",
+                    e.name.0,
+                    s.slaves_file.display(),
+                    enrolled.file().display(),
+                    s.slaves_file.display()
+                );
+            }
+        }
         let listener = server::bind(s.listen)?;
         let name = master_name(listener.local_addr()?.port());
         publish_config(store.clone(), live.clone(), name.clone(), s.reload_interval)?;
@@ -182,6 +197,7 @@ impl Master {
             reloads,
             measure: Arc::new(measure::Board::new(s.measure.clone())),
             owners: owners.clone(),
+            enrolled: Arc::new(enrolled),
             ..routes::App::new(name, live, store)
         });
         if owners.enabled() {

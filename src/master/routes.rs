@@ -238,6 +238,8 @@ pub struct App {
     pub owners: Arc<super::owners::Owners>,
     /// The tags each slave of ours gave itself (`-tags`), as its last config request said.
     pub reported_tags: Mutex<HashMap<String, Vec<String>>>,
+    /// The enrolled slaves (the managed file beside `dt-slaves.json`).
+    pub enrolled: Arc<super::enrol::Live>,
 }
 
 impl App {
@@ -260,7 +262,49 @@ impl App {
             measure: Arc::default(),
             owners: Arc::default(),
             reported_tags: Mutex::default(),
+            enrolled: Arc::new(super::enrol::Live::none()),
         }
+    }
+
+    /// The tags of slave `name`: the slaves file's, or those it enrolled with.
+    pub fn tags_of(&self, name: &str) -> Vec<super::config::Tag> {
+        let config = self.config.get();
+        if config.slaves.slaves.iter().any(|s| s.name.0 == name) {
+            return config.tags_of(name).to_vec();
+        }
+        self.enrolled
+            .get()
+            .slave(name)
+            .map(|s| s.tags.clone())
+            .unwrap_or_default()
+    }
+
+    /// The slaves with tag `tag`, of the slaves file and enrolled.
+    pub fn tagged(&self, tag: &super::config::Tag) -> Vec<String> {
+        let mut names = self.config.get().tagged(tag);
+        for s in &self.enrolled.get().slaves {
+            if s.tags.contains(tag) && !names.contains(&s.name.0) {
+                names.push(s.name.0.clone());
+            }
+        }
+        names
+    }
+
+    /// Every tag a slave has, sorted.
+    pub fn all_tags(&self) -> Vec<String> {
+        let config = self.config.get();
+        let enrolled = self.enrolled.get();
+        let mut tags: Vec<String> = config
+            .slaves
+            .slaves
+            .iter()
+            .flat_map(|s| s.tags.iter())
+            .chain(enrolled.slaves.iter().flat_map(|s| s.tags.iter()))
+            .map(|t| t.0.clone())
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        tags
     }
 }
 
@@ -429,6 +473,7 @@ fn route_now(app: &App, req: &Request) -> Response {
             )
         }
         ("POST", "/login") => login(app, req),
+        ("POST", "/api/v1/enroll") => enroll(app, req),
         ("POST", "/api/v1/measurements") => match api_user(app, req) {
             Ok((user, role)) => super::measure::create(app, req, &user, role),
             Err(r) => r,
@@ -533,10 +578,14 @@ fn authenticate(
         req,
         Who::Slave(name),
         || {
-            app.config
-                .get()
-                .check_password(name, password)
-                .then_some(())
+            // The operator's file first; an enrolled entry of the same name is never used.
+            let config = app.config.get();
+            let ok = if config.slaves.slaves.iter().any(|s| s.name.0 == name) {
+                config.check_password(name, password)
+            } else {
+                app.enrolled.check(name, password)
+            };
+            ok.then_some(())
         },
         || {
             log::warn!(
@@ -901,7 +950,7 @@ fn config(app: &App, req: &Request) -> Response {
             .slave_status(&creds.name, creds.spool_depth, creds.dropped_total);
     }
     note_reported_tags(app, &creds.name, &creds.tags);
-    let doc = match config.targets_for(&creds.name, config.tags_of(&creds.name)) {
+    let doc = match config.targets_for(&creds.name, &app.tags_of(&creds.name)) {
         Ok(doc) => doc,
         Err(e) => {
             log::error!("cannot make the targets of {}: {e:#}", creds.name);
@@ -910,6 +959,69 @@ fn config(app: &App, req: &Request) -> Response {
     };
     log::debug!("config served to {} at {}", creds.name, req.remote);
     Response::text(200, doc.to_vec())
+}
+
+/// `POST /api/v1/enroll` with `{"Token": …, "Password": …}`: a new slave exchanges its
+/// one-time token for its place in the managed file, the secret it made kept as an Argon2
+/// hash. 200 `{"Name", "Tags"}`; 403 with the reason for a token used, expired, unknown or
+/// whose name was taken since; every refusal counts as a failed login of the address.
+fn enroll(app: &App, req: &Request) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase", deny_unknown_fields)]
+    struct EnrollRequest {
+        token: String,
+        password: String,
+    }
+    let body: EnrollRequest = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, format!("not an enrolment request: {e}")),
+    };
+    if body.token.len() > 128 {
+        return Response::error(400, "Token: too long to be one of this master's");
+    }
+    if !(32..=128).contains(&body.password.len())
+        || !body.password.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Response::error(400, "Password: 32 to 128 letters and digits");
+    }
+    let config = app.config.get();
+    let listed = |name: &str| config.slaves.slaves.iter().any(|s| s.name.0 == name);
+    let mut refusal = None;
+    let outcome = throttled(
+        app,
+        req,
+        Who::Token,
+        || match app.enrolled.enrol(&body.token, &body.password, listed) {
+            Ok(Ok(who)) => Some(Ok(who)),
+            Ok(Err(why)) => {
+                refusal = Some(why.to_string());
+                None
+            }
+            Err(e) => Some(Err(e)),
+        },
+        || {},
+    );
+    match outcome {
+        Ok(Ok((name, tags))) => {
+            log::info!("slave '{name}' enrolled from {}", req.remote);
+            Response::json(200, &serde_json::json!({"Name": name, "Tags": tags}))
+        }
+        Ok(Err(e)) => {
+            log::error!("enrolment failed: {e:#}");
+            Response::error(500, "enrolment failed")
+        }
+        Err(AuthFail::Throttled(wait)) => {
+            let mut r = Response::error(429, "too many refused enrolments from this address");
+            r.headers
+                .push(("Retry-After", (wait.as_secs() + 1).to_string()));
+            r
+        }
+        Err(AuthFail::Wrong) => {
+            let why = refusal.unwrap_or_else(|| "refused".into());
+            log::warn!("enrolment from {} refused: {why}", req.remote);
+            Response::error(403, why)
+        }
+    }
 }
 
 /// Keeps the tags a slave gave itself, the valid ones and at most 32, to show.
@@ -1215,10 +1327,6 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
             None => (String::new(), false),
         },
     };
-    // A known target the config does not give this slave: stored, and marked so.
-    let target_selected = measurement.is_some()
-        || !target_known
-        || config.selects(&target_uuid, &r.creds.name, config.tags_of(&r.creds.name));
     let terminal = if r.success {
         Terminal::Reached
     } else if let Some(u) = &r.unreachable {
@@ -1245,7 +1353,7 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
         target_name: r.target.name.clone(),
         target_address: r.target.address.clone(),
         target_known,
-        target_selected,
+        target_selected: true,
         measured_at: when.timestamp_millis(),
         date_time: r.date_time.clone(),
         success: r.success,
@@ -1276,6 +1384,13 @@ pub fn check_result(r: &TraceResult, config: &super::config::Config) -> Result<N
 /// with an AS table, its AS path.
 fn received(app: &App, req: &Request, new: &mut NewResult) {
     new.origin.seen_from = Some(req.remote.ip().to_canonical().to_string());
+    // A known target the config does not give this slave: stored, and marked so.
+    if new.target_known && new.origin.measurement.is_none() {
+        new.target_selected =
+            app.config
+                .get()
+                .selects(&new.target_uuid, &new.slave, &app.tags_of(&new.slave));
+    }
     if app.owners.enabled() {
         new.as_hops = Some(super::owners::as_hops(&app.owners.get(), &new.path.hops));
     }

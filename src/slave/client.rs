@@ -150,6 +150,42 @@ impl Client {
         &self.creds
     }
 
+    /// The client with other credentials (those an enrolment gave).
+    pub fn with_creds(self, creds: Creds) -> Client {
+        Client { creds, ..self }
+    }
+
+    /// `POST /api/v1/enroll`: the name and tags the master gave, its refusal (`Ok(Err)`, for
+    /// good), or why it could not be asked (`Err`: try again).
+    pub fn enroll(
+        &self,
+        token: &str,
+        secret: &str,
+    ) -> Result<Result<(String, Vec<String>), String>, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Enrolled {
+            name: String,
+            #[serde(default)]
+            tags: Vec<String>,
+        }
+        let body = serde_json::json!({"Token": token, "Password": secret}).to_string();
+        let (status, answer) = self.post("/api/v1/enroll", body.into_bytes())?;
+        let error = || {
+            serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&answer).chars().take(200).collect())
+        };
+        match status {
+            200 => serde_json::from_slice::<Enrolled>(&answer)
+                .map(|e| Ok((e.name, e.tags)))
+                .map_err(|e| format!("the master's answer is not an enrolment: {e}")),
+            400 | 403 | 404 => Ok(Err(format!("{status}: {}", error()))),
+            _ => Err(format!("the master answered {status}: {}", error())),
+        }
+    }
+
     /// `POST /config/`: the targets document. `status` adds the slave's version, spool depth
     /// and dropped total in fields an original master ignores.
     pub fn fetch_config(&self, status: Status) -> Outcome<(TargetsDoc, Vec<u8>)> {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod deliver;
+pub mod enrol;
 pub mod fake;
 pub mod jobs;
 pub mod report;
@@ -59,6 +60,9 @@ pub struct Settings {
     pub ca: Option<Vec<ureq::tls::Certificate<'static>>>,
     /// The tags this slave gives itself (`-tags`), told to the master with each config request.
     pub tags: Vec<String>,
+    /// A one-time token to enrol with before anything else (`-enroll`): the credentials are
+    /// then the ones the enrolment makes.
+    pub enroll: Option<String>,
 }
 
 impl Settings {
@@ -82,6 +86,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(10),
             ca: None,
             tags: Vec::new(),
+            enroll: None,
         }
     }
 
@@ -90,21 +95,50 @@ impl Settings {
         let Some(master) = a.master.as_deref().filter(|m| !m.is_empty()) else {
             bail!("-master is required: the hostname or IP of the master server");
         };
-        let Some(name) = a.name.as_deref().filter(|n| !n.is_empty()) else {
-            bail!("-name is required: this slave's name as listed in the master's dt-slaves.json");
+        let spool = a.spool.clone().unwrap_or_else(|| default_spool(&a.log));
+        let name = a.name.as_deref().filter(|n| !n.is_empty());
+        let token = a.enroll.as_deref().filter(|t| !t.is_empty());
+        // Credentials an enrolment saved come first: a restart with the same command line
+        // (its token used by now) goes on as the enrolled slave.
+        let (creds, enroll) = match (enrol::saved(&spool)?, name, token) {
+            (Some(saved), Some(name), _) if saved.name != name => bail!(
+                "{} holds the credentials of enrolled slave '{}', not of -name {name}",
+                enrol::file(&spool).display(),
+                saved.name
+            ),
+            (Some(saved), _, _) => (saved, None),
+            (None, Some(_), Some(_)) => {
+                bail!(
+                    "give -name and -passwd, or -enroll TOKEN (the token names the slave), not both"
+                )
+            }
+            (None, Some(name), None) => (
+                Creds {
+                    name: name.to_owned(),
+                    password: secret(a)?,
+                },
+                None,
+            ),
+            (None, None, Some(token)) => (
+                Creds {
+                    name: String::new(),
+                    password: String::new(),
+                },
+                Some(token.to_owned()),
+            ),
+            (None, None, None) => bail!(
+                "-name is required: this slave's name as listed in the master's dt-slaves.json (or -enroll TOKEN from `dist-traceroute enroll-token` on the master)"
+            ),
         };
-        let passwd = secret(a)?;
         Ok(Settings {
             master: client::base_url(master, a.master_port, a.tls),
-            creds: Creds {
-                name: name.to_owned(),
-                password: passwd,
-            },
+            creds,
+            enroll,
             fake: a.z_debug_results,
             interval: a.interval,
             config_interval: a.config_interval,
             concurrency: usize::from(a.concurrency),
-            spool: a.spool.clone().unwrap_or_else(|| default_spool(&a.log)),
+            spool,
             caps: Caps {
                 max_results: a.spool_max_results,
                 max_bytes: a.spool_max_mb.saturating_mul(1 << 20),
@@ -224,6 +258,16 @@ pub fn run_with(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.spool)
         .with_context(|| format!("cannot create the spool {}", s.spool.display()))?;
     let spool = Arc::new(Spool::open(&s.spool, s.caps)?);
+    let mut s = s;
+    if let Some(token) = s.enroll.take() {
+        let asker = Client::new(
+            s.master.clone(),
+            s.creds.clone(),
+            s.ca.clone(),
+            s.master_timeout,
+        );
+        s.creds = enrol::enrol(&asker, &token, &s.spool, s.retry_max, &stop)?;
+    }
     log::info!(
         "slave '{}' of master {}: every target every {}; spool {} holds {} results ({} dropped in all)",
         s.creds.name,

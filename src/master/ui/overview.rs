@@ -21,11 +21,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     // `?tag=`: the slaves with that tag only (the matrix, the events).
     let tag = p.text("tag").map(str::to_owned);
     let only = match &tag {
-        Some(t) => Some(
-            app.config
-                .get()
-                .tagged(&crate::master::config::Tag::parse(t).map_err(PageError::Bad)?),
-        ),
+        Some(t) => Some(app.tagged(&crate::master::config::Tag::parse(t).map_err(PageError::Bad)?)),
         None => None,
     };
     let shown = |slave: &str| {
@@ -36,15 +32,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
     let mut slaves = slave_rows(app, now)?;
     slaves.retain(|s| shown(&s.name));
     let targets = all_targets(app)?;
-    let config = app.config.get();
-    let mut tags: Vec<&str> = config
-        .slaves
-        .slaves
-        .iter()
-        .flat_map(|s| s.tags.iter().map(|t| t.0.as_str()))
-        .collect();
-    tags.sort_unstable();
-    tags.dedup();
+    let tags = app.all_tags();
     // The newest series of each (slave, target): one cell, whichever flow it measured.
     let mut cells: HashMap<(&str, &str), &SeriesRow> = HashMap::new();
     let mut changed: HashMap<(&str, &str), bool> = HashMap::new();
@@ -83,7 +71,7 @@ pub fn page(app: &App, req: &Request) -> Result<Page, PageError> {
                         @if tag.is_none() { b { "all" } } @else { a href="/" { "all" } }
                         @for t in &tags {
                             " · "
-                            @if tag.as_deref() == Some(*t) { b { (t) } }
+                            @if tag.as_deref() == Some(t.as_str()) { b { (t) } }
                             @else { a href=(format!("/?tag={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>())) { (t) } }
                         }
                     }
