@@ -484,8 +484,9 @@ pub struct MeasureArgs {
     /// The master: host, host:port or an http(s):// URL
     #[arg(long, value_name = "url", default_value = "127.0.0.1:8990")]
     pub master: String,
-    /// Which slaves: all, or names separated by commas
-    #[arg(long, value_name = "all|NAMES", default_value = "all")]
+    /// Which slaves: all, or slave names and tags separated by commas (tag:eu is always the
+    /// tag; a plain eu is the tag when no slave has that name)
+    #[arg(long, value_name = "all|NAMES|TAGS", default_value = "all")]
     pub from: String,
     /// At most this many of them
     #[arg(long, value_name = "n", value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -138,7 +138,7 @@ fn request_body(a: &MeasureArgs) -> anyhow::Result<Value> {
         .filter(|n| !n.is_empty())
         .collect();
     let slaves = match (names.as_slice(), a.limit) {
-        ([], _) => bail!("--from needs 'all' or slave names separated by commas"),
+        ([], _) => bail!("--from needs 'all' or slave names and tags separated by commas"),
         (["all"], None) => json!("all"),
         (["all"], Some(n)) => json!(n),
         (names, limit) => {

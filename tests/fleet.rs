@@ -293,3 +293,55 @@ fn bad_tags_and_selectors_are_refused_with_the_place() {
         assert!(err.contains("dt-"), "names the file: {err}");
     }
 }
+
+/// On-demand measurements pick slaves by tag: `tag:X`, or a plain `X` that is no slave's
+/// name; an unknown tag is refused.
+#[test]
+fn a_measurement_from_a_tag_asks_the_slaves_with_it() {
+    let dir = fleet_dir("fleet-measure");
+    dir.write(
+        "dt-users.json",
+        r#"{"Users": [{"Name": "olga", "Password": "Olga-op-1", "Role": "operator"}]}"#,
+    );
+    let master = Proc::master(&dir.0, &[]);
+    let addr = master.addr();
+    let auth = basic("olga", "Olga-op-1");
+    let ask = |slaves: Value| {
+        let body = json!({"target": "TA", "slaves": slaves}).to_string();
+        let head = format!(
+            "POST /api/v1/measurements HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        raw(addr, &bytes).expect("an answer")
+    };
+    let chosen = |a: &Answer| -> Vec<String> {
+        let mut v: Vec<String> = a.json()["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    for (slaves, want) in [
+        (json!(["tag:backbone"]), vec!["eu2", "us1"]),
+        (json!(["eu"]), vec!["eu1", "eu2"]),
+        (json!(["us1", "tag:eu", "eu1"]), vec!["eu1", "eu2", "us1"]),
+    ] {
+        let a = ask(slaves.clone());
+        assert_eq!(a.status, 202, "{slaves}: {}", a.text());
+        assert_eq!(chosen(&a), want, "{slaves}");
+    }
+    for (slaves, why) in [
+        (json!(["tag:nobody"]), "no slave has the tag 'nobody'"),
+        (json!(["nobody"]), "no slave named 'nobody'"),
+        (json!(["tag:a b"]), "tag 'a b'"),
+    ] {
+        let a = ask(slaves.clone());
+        assert_eq!(a.status, 400, "{slaves}: {}", a.text());
+        assert!(a.text().contains(why), "{slaves}: {}", a.text());
+    }
+}

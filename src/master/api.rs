@@ -127,6 +127,7 @@ pub fn check_names(app: &App, slave: Option<&str>, target: Option<&str>) -> Resu
     let config = app.config.get();
     if let Some(want) = slave {
         let known = config.slaves.slaves.iter().any(|s| s.name.0 == want)
+            || app.enrolled.get().slave(want).is_some()
             || app.store.slaves()?.iter().any(|s| s.name == want);
         if !known {
             let mut names: Vec<String> = slave_views(app)?.into_iter().map(|v| v.name).collect();

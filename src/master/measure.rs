@@ -668,15 +668,43 @@ fn start(
         Ok(list) => list.into_iter().map(|s| (s.name.clone(), s)).collect(),
         Err(e) => return Err(Response::error(503, format!("storage error: {e:#}"))),
     };
-    let configured: Vec<String> = config
+    let mut configured: Vec<String> = config
         .slaves
         .slaves
         .iter()
         .map(|s| s.name.0.clone())
         .collect();
+    for e in &app.enrolled.get().slaves {
+        if !configured.contains(&e.name.0) {
+            configured.push(e.name.0.clone());
+        }
+    }
     let chosen: Vec<String> = match ask.slaves.clone().unwrap_or(Selector::All) {
         Selector::All => configured.clone(),
-        Selector::Names(names) => {
+        Selector::Names(asked) => {
+            // `tag:eu`, or a plain `eu` that is no slave's name but some slaves' tag: those
+            // slaves.
+            let mut names = Vec::new();
+            for n in asked {
+                let tag = match n.strip_prefix("tag:") {
+                    Some(t) => Some(
+                        super::config::Tag::parse(t)
+                            .map_err(|e| Response::error(400, format!("slaves: {e}")))?,
+                    ),
+                    None if !configured.contains(&n) => super::config::Tag::parse(&n).ok(),
+                    None => None,
+                };
+                match tag.map(|t| (app.tagged(&t), t)) {
+                    Some((tagged, t)) if tagged.is_empty() && n.starts_with("tag:") => {
+                        return Err(Response::error(
+                            400,
+                            format!("slaves: no slave has the tag '{}'", t.0),
+                        ));
+                    }
+                    Some((tagged, _)) if !tagged.is_empty() => names.extend(tagged),
+                    _ => names.push(n),
+                }
+            }
             let unknown: Vec<&String> = names.iter().filter(|n| !configured.contains(n)).collect();
             if !unknown.is_empty() {
                 return Err(Response::error(
@@ -692,8 +720,8 @@ fn start(
                     ),
                 ));
             }
-            let mut names = names;
-            names.dedup();
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
             names
         }
         Selector::Some(n) => {
