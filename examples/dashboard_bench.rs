@@ -233,6 +233,7 @@ fn main() -> anyhow::Result<()> {
         targets_raw: Arc::from(&targets_raw[..]),
         verified: Arc::default(),
         selections: Arc::default(),
+        derived: Arc::default(),
     };
     let app = Arc::new(App::new("bench:8990".into(), Live::new(config), store));
 

@@ -139,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             targets_raw: Arc::from(&b"{}"[..]),
             verified: Arc::default(),
             selections: Arc::default(),
+            derived: Arc::default(),
         }),
         store,
     );

@@ -555,6 +555,8 @@ pub enum LoadMode {
     Batch,
     /// GET /healthz only: the HTTP layer's ceiling, nothing stored.
     Ceiling,
+    /// POST /config/ as each slave in turn: the targets documents, nothing stored.
+    Config,
 }
 
 /// Flags of `loadgen`.
@@ -564,10 +566,11 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "url", required_unless_present = "write_config")]
     pub master: Option<String>,
     /// What to send: legacy (POST /results/), api (POST /api/v1/results), batch (POST
-    /// /api/v1/results:batch) or ceiling (GET /healthz, stores nothing)
+    /// /api/v1/results:batch), ceiling (GET /healthz, stores nothing) or config (POST
+    /// /config/ as each slave in turn, stores nothing)
     #[arg(
         long,
-        value_name = "legacy|api|batch|ceiling",
+        value_name = "legacy|api|batch|ceiling|config",
         default_value = "legacy"
     )]
     pub mode: LoadMode,
@@ -620,6 +623,11 @@ pub struct LoadgenArgs {
     /// Write DIR/dt-slaves.json and DIR/dt-targets.json for --slaves and --targets, and exit
     #[arg(long = "write-config", value_name = "dir")]
     pub write_config: Option<PathBuf>,
+    /// With --write-config, give the slaves tags (region r0..r9; every seventh also
+    /// backbone) and two targets in three a Slaves selector: a region's slaves, or a region's
+    /// backbone slaves and one slave by name
+    #[arg(long, requires = "write_config")]
+    pub selectors: bool,
     /// With --write-config, also write DIR/asn.tsv: a made-up IP-to-AS table of this many
     /// ranges that owns the load routes' transit routers, for a master run with -asn-db
     #[arg(long = "asn-ranges", value_name = "n", requires = "write_config", value_parser = clap::value_parser!(u32).range(1..))]

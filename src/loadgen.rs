@@ -34,7 +34,7 @@ const NAMED: f64 = 0.25;
 /// Runs `loadgen`: writes the config, or loads the master and prints what it did.
 pub fn run(a: &LoadgenArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.write_config {
-        write_config(dir, a.slaves, a.targets)?;
+        write_config(dir, a.slaves, a.targets, a.selectors)?;
         if let Some(n) = a.asn_ranges {
             let file = dir.join("asn.tsv");
             std::fs::write(&file, dist_traceroute::asn::made_up_table(n, 7))
@@ -133,18 +133,36 @@ fn target(n: u32) -> Target {
 }
 
 /// Writes `dt-slaves.json` and `dt-targets.json` for the load slaves and targets.
-fn write_config(dir: &Path, slaves: u32, targets: u32) -> anyhow::Result<()> {
+fn write_config(dir: &Path, slaves: u32, targets: u32, selectors: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let slave_list: Vec<_> = (1..=slaves)
         .map(|n| {
             let c = creds(n);
-            serde_json::json!({ "Name": c.name, "Password": c.password })
+            let mut s = serde_json::json!({ "Name": c.name, "Password": c.password });
+            if selectors {
+                let mut tags = vec![format!("r{}", n % 10)];
+                if n % 7 == 0 {
+                    tags.push("backbone".into());
+                }
+                s["Tags"] = serde_json::json!(tags);
+            }
+            s
         })
         .collect();
     let target_map: serde_json::Map<String, serde_json::Value> = (1..=targets)
         .map(|n| {
             let t = target(n);
-            let spec = serde_json::json!({ "Name": t.name, "Address": t.addr.to_string() });
+            let mut spec = serde_json::json!({ "Name": t.name, "Address": t.addr.to_string() });
+            // A third for everyone, a third for a region, a third for a region's backbone
+            // slaves and one slave of the first twenty by name.
+            if selectors && n % 3 == 1 {
+                spec["Slaves"] = serde_json::json!({"Tags": [format!("r{}", n % 10)]});
+            } else if selectors && n % 3 == 2 {
+                spec["Slaves"] = serde_json::json!([
+                    {"Tags": [format!("r{}", n % 10), "backbone"]},
+                    {"Names": [format!("load{}", 1 + n % 20.min(slaves.max(1)))]},
+                ]);
+            }
             (t.id, spec)
         })
         .collect();
@@ -660,6 +678,22 @@ fn judge_batch(status: u16, body: &[u8], ids: &[uuid::Uuid]) -> Verdict {
 }
 
 /// `GET /`: any 200.
+/// Requests, not results, are what a mode counts.
+fn requests_only(mode: LoadMode) -> bool {
+    matches!(mode, LoadMode::Ceiling | LoadMode::Config)
+}
+
+/// A targets document: 200 and an object with `Targets` (looked for, not parsed: a document
+/// of 10,000 targets would cost loadgen more to parse than the master to send).
+fn judge_config(status: u16, body: &[u8]) -> Verdict {
+    let looks = body.first() == Some(&b'{') && body.windows(9).any(|w| w == b"\"Targets\"");
+    if status == 200 && looks {
+        Verdict::default()
+    } else {
+        Verdict::failed(FailKind::Status(status), 1, text_of(body))
+    }
+}
+
 fn judge_ceiling(status: u16, body: &[u8]) -> Verdict {
     if status == 200 {
         Verdict::default()
@@ -920,6 +954,7 @@ fn endpoint(mode: LoadMode) -> (&'static str, Judge) {
         LoadMode::Api => ("/api/v1/results", |s, b, _| judge_api(s, b)),
         LoadMode::Batch => ("/api/v1/results:batch", judge_batch),
         LoadMode::Ceiling => ("/healthz", |s, b, _| judge_ceiling(s, b)),
+        LoadMode::Config => ("/config/", |s, b, _| judge_config(s, b)),
     }
 }
 
@@ -945,6 +980,11 @@ fn connection(plan: &Plan, control: &Control, conn: u32) -> Counts {
         ids.clear();
         let body = match plan.mode {
             LoadMode::Ceiling => Vec::new(),
+            LoadMode::Config => {
+                let c = creds(slave);
+                serde_json::to_vec(&serde_json::json!({"Name": c.name, "Password": c.password}))
+                    .expect("a request encodes")
+            }
             LoadMode::Batch => {
                 let (body, built) = batch_body(
                     plan,
@@ -978,7 +1018,7 @@ fn connection(plan: &Plan, control: &Control, conn: u32) -> Counts {
             Ok((status, answer)) => judge(*status, answer, &ids),
             Err(e) => Verdict::failed(FailKind::Transport, 1, e.clone()),
         };
-        let (claimed, acked) = if plan.mode == LoadMode::Ceiling {
+        let (claimed, acked) = if requests_only(plan.mode) {
             (want, u64::from(verdict.request_ok()))
         } else {
             (ids.len() as u64, verdict.acked.len() as u64)
@@ -1105,6 +1145,7 @@ fn report(plan: &Plan, a: &LoadgenArgs, run: &RunResult) -> String {
             plan.batch_bytes >> 10
         ),
         LoadMode::Ceiling => "ceiling: GET /healthz, nothing stored".to_owned(),
+        LoadMode::Config => "config: POST /config/ as each slave in turn".to_owned(),
     };
     line(&mut out, "mode", what);
     let paths = if plan.distinct_paths {
@@ -1142,7 +1183,7 @@ fn report(plan: &Plan, a: &LoadgenArgs, run: &RunResult) -> String {
         )
     };
     line(&mut out, "requests", requests);
-    if plan.mode != LoadMode::Ceiling {
+    if !requests_only(plan.mode) {
         let dups = all.duplicates;
         line(
             &mut out,
@@ -1170,7 +1211,7 @@ fn report(plan: &Plan, a: &LoadgenArgs, run: &RunResult) -> String {
         )
     };
     line(&mut out, "elapsed", elapsed);
-    if plan.mode != LoadMode::Ceiling {
+    if !requests_only(plan.mode) {
         line(
             &mut out,
             "results/s",
@@ -1536,7 +1577,7 @@ mod tests {
     #[test]
     fn written_config_loads_in_the_master() {
         let dir = std::env::temp_dir().join(format!("dt-loadgen-{}", std::process::id()));
-        write_config(&dir, 5, 300).unwrap();
+        write_config(&dir, 5, 300, false).unwrap();
         use dist_traceroute::master::config::{parse_slaves, parse_targets};
         let slaves = dir.join("dt-slaves.json");
         let targets = dir.join("dt-targets.json");

@@ -543,6 +543,17 @@ pub struct Config {
     /// The targets documents of slaves whose selection is not every target, by what they
     /// hold and by slave: made at a slave's first request, kept until the config changes.
     pub selections: Arc<Mutex<Selections>>,
+    /// Lookups made once from the files.
+    pub derived: Arc<std::sync::OnceLock<Derived>>,
+}
+
+/// What a config's lookups need, made at its first use.
+#[derive(Debug)]
+pub struct Derived {
+    /// Slave name to its index in the slaves file.
+    names: HashMap<String, usize>,
+    /// Some target selects its slaves.
+    selective: bool,
 }
 
 /// The per-slave targets documents made so far.
@@ -562,18 +573,34 @@ impl Config {
     /// pair that checked out once is remembered (by a digest) so a slave's every request does
     /// not pay for the slow hash again.
     pub fn check_password(&self, name: &str, password: &str) -> bool {
-        let mut ok = false;
-        for s in &self.slaves.slaves {
-            let name_matches = constant_time_eq(s.name.0.as_bytes(), name.as_bytes());
-            match &s.secret {
-                Secret::Plain(p) => {
-                    ok |= name_matches & constant_time_eq(p.as_bytes(), password.as_bytes())
-                }
-                Secret::Hash(h) if name_matches => ok |= self.check_hash(name, h, password),
-                Secret::Hash(_) => {}
-            }
+        // Found by name (names are no secret: the API lists them); the secret compared in
+        // constant time.
+        let Some(s) = self.slave(name) else {
+            return false;
+        };
+        match &s.secret {
+            Secret::Plain(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+            Secret::Hash(h) => self.check_hash(name, h, password),
         }
-        ok
+    }
+
+    fn derived(&self) -> &Derived {
+        self.derived.get_or_init(|| Derived {
+            names: self
+                .slaves
+                .slaves
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.0.clone(), i))
+                .collect(),
+            selective: self.targets.targets.values().any(|t| t.slaves.is_some()),
+        })
+    }
+
+    /// The entry of slave `name` in the slaves file.
+    pub fn slave(&self, name: &str) -> Option<&SlaveConf> {
+        let i = *self.derived().names.get(name)?;
+        self.slaves.slaves.get(i)
     }
 
     fn check_hash(&self, name: &str, hash: &str, password: &str) -> bool {
@@ -626,11 +653,7 @@ impl Config {
 
     /// The tags of slave `name` in the slaves file (none for a slave not in it).
     pub fn tags_of(&self, name: &str) -> &[Tag] {
-        self.slaves
-            .slaves
-            .iter()
-            .find(|s| s.name.0 == name)
-            .map_or(&[], |s| &s.tags)
+        self.slave(name).map_or(&[], |s| &s.tags)
     }
 
     /// The names of the slaves with tag `tag`.
@@ -645,7 +668,7 @@ impl Config {
 
     /// True when some target selects its slaves: then slaves get documents of their own.
     pub fn selective(&self) -> bool {
-        self.targets.targets.values().any(|t| t.slaves.is_some())
+        self.derived().selective
     }
 
     /// True when the slave `name` with `tags` is to trace target `uuid` (every slave traces a
@@ -790,6 +813,7 @@ pub fn load(slaves: &Path, targets: &Path) -> Result<Config, ConfigError> {
         targets_raw: raw.into(),
         verified: Arc::default(),
         selections: Arc::default(),
+        derived: Arc::default(),
     })
 }
 
@@ -1635,6 +1659,7 @@ mod tests {
             targets_raw: Arc::from(&b""[..]),
             verified: Arc::default(),
             selections: Arc::default(),
+            derived: Arc::default(),
         };
         assert!(config.check_password("h", "s3cret"));
         assert!(config.check_password("h", "s3cret"), "cached");
@@ -1674,6 +1699,7 @@ mod tests {
             targets_raw: Arc::from(&b""[..]),
             verified: Arc::default(),
             selections: Arc::default(),
+            derived: Arc::default(),
         };
         assert!(config.check_password("a", "1"));
         assert!(config.check_password("b", "2"));

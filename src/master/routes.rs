@@ -269,7 +269,7 @@ impl App {
     /// The tags of slave `name`: the slaves file's, or those it enrolled with.
     pub fn tags_of(&self, name: &str) -> Vec<super::config::Tag> {
         let config = self.config.get();
-        if config.slaves.slaves.iter().any(|s| s.name.0 == name) {
+        if config.slave(name).is_some() {
             return config.tags_of(name).to_vec();
         }
         self.enrolled
@@ -580,7 +580,7 @@ fn authenticate(
         || {
             // The operator's file first; an enrolled entry of the same name is never used.
             let config = app.config.get();
-            let ok = if config.slaves.slaves.iter().any(|s| s.name.0 == name) {
+            let ok = if config.slave(name).is_some() {
                 config.check_password(name, password)
             } else {
                 app.enrolled.check(name, password)
@@ -985,7 +985,7 @@ fn enroll(app: &App, req: &Request) -> Response {
         return Response::error(400, "Password: 32 to 128 letters and digits");
     }
     let config = app.config.get();
-    let listed = |name: &str| config.slaves.slaves.iter().any(|s| s.name.0 == name);
+    let listed = |name: &str| config.slave(name).is_some();
     let mut refusal = None;
     let outcome = throttled(
         app,
@@ -1660,6 +1660,7 @@ mod tests {
                 targets_raw: Arc::from(&raw[..]),
                 verified: Arc::default(),
                 selections: Arc::default(),
+                derived: Arc::default(),
             }),
             Arc::new(crate::master::store::sqlite::Sqlite::open_temp(2).unwrap()),
         )
