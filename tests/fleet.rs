@@ -202,6 +202,11 @@ fn each_slave_is_served_and_traces_exactly_its_targets() {
         page.contains("href=\"/?tag=fra1\""),
         "the tags link their views: {page}"
     );
+    let list_page = get(addr, "/ui/slaves").text();
+    assert!(
+        list_page.contains(">backbone</a>") && list_page.contains("href=\"/?tag=us\""),
+        "the slaves page shows each slave's tags: {list_page}"
+    );
     for path in ["/api/v1/results?tag=a%20b", "/metrics?tag=a,b", "/?tag=%2F"] {
         assert_eq!(get(addr, path).status, 400, "{path}");
     }

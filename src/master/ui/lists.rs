@@ -147,12 +147,16 @@ pub fn slaves(app: &App) -> Result<Page, PageError> {
         .series(&crate::master::store::SeriesFilter::default())?;
     let body = html! {
         table.list #slaves {
-            thead { tr { th { "Name" } th { "State" } th { "Last seen" } th { "Address" } th { "Version" } th { "Results" } th { "Spool" } th { "Dropped" } th { "Clock skew" } th { "Series" } } }
+            thead { tr { th { "Name" } th { "Tags" } th { "State" } th { "Last seen" } th { "Address" } th { "Version" } th { "Results" } th { "Spool" } th { "Dropped" } th { "Clock skew" } th { "Series" } } }
             tbody {
                 @for s in &slaves {
                     @let r = &s.record;
                     tr {
                         td { (s.name) @if !r.configured { " (not in the config)" } }
+                        td { @for (i, t) in app.tags_of(&s.name).iter().enumerate() {
+                            @if i > 0 { ", " }
+                            a href=(format!("/?tag={}", form_urlencoded::byte_serialize(t.0.as_bytes()).collect::<String>())) { (t.0) }
+                        } }
                         td { span class={ "dot " (if s.online { "on" } else { "off" }) } {} (if s.online { "online" } else { "offline" }) }
                         td { (s.last_seen.map(|l| format!("{} ({} ago)", when(l), ago(l, now))).unwrap_or_else(|| "never".into())) }
                         td.mono { (r.remote_addr.as_deref().unwrap_or("")) }
