@@ -88,6 +88,18 @@ fn a_slave_enrols_once_stays_in_after_a_restart_and_is_revoked() {
         "the file keeps a digest only: {managed}"
     );
     assert!(managed.contains("sha256:"), "{managed}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path("dt-slaves.managed.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the managed file is the master's user's only"
+        );
+    }
 
     let master_flag = format!("-master=http://127.0.0.1:{}", addr.port());
     let enroll = format!("-enroll={token}");

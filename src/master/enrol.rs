@@ -91,7 +91,14 @@ impl Managed {
         text.push(b'\n');
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)
+            use std::os::unix::fs::OpenOptionsExt;
+            // Hashes and token digests: for the master's user only.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             f.write_all(&text)?;
             f.sync_all()?;
