@@ -12,6 +12,7 @@ use std::time::Duration;
 #[command(
     name = "dist-traceroute",
     version,
+    propagate_version = true,
     about = "Distributed traceroute: one master holds slaves and targets, config-less slaves trace and report",
     long_about = "Distributed traceroute and network-path monitor.\n\n\
         The master holds the allowed slaves (dt-slaves.json) and the targets (dt-targets.json), \
@@ -79,6 +80,24 @@ pub enum Command {
     EnrollToken(EnrollArgs),
     /// On the master: take an enrolled slave out; it is refused from its next request on.
     Revoke(RevokeArgs),
+    /// Check the master's config files and exit 0 when they are good, 1 with each problem's
+    /// file:line:column when not (for CI pipelines and package scripts).
+    #[command(name = "check-config")]
+    CheckConfig(CheckConfigArgs),
+}
+
+/// Flags of `check-config`: the files as `master` takes them.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Allowed slaves and their passwords
+    #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
+    pub config: PathBuf,
+    /// Targets file served to the slaves
+    #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
+    pub targets: PathBuf,
+    /// Users of the read API and the dashboard (checked when it is there)
+    #[arg(long, value_name = "filename", default_value = "./dt-users.json")]
+    pub users: PathBuf,
 }
 
 /// Flags of `enroll-token`.

@@ -66,6 +66,41 @@ fn enroll_token(a: &cli::EnrollArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `check-config`: every file read as the master reads it; each problem on a line of its own.
+fn check_config(a: &cli::CheckConfigArgs) -> ExitCode {
+    use dist_traceroute::master::{config, enrol};
+    let mut problems = Vec::new();
+    let mut summary = Vec::new();
+    match config::load(&a.config, &a.targets) {
+        Ok(c) => {
+            summary.push(format!("{} slaves", c.slaves.slaves.len()));
+            summary.push(format!("{} targets", c.targets.targets.len()));
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    match config::load_users(&a.users) {
+        Ok(Some(u)) => summary.push(format!("{} users", u.file.users.len())),
+        Ok(None) => summary.push(format!("no users file ({})", a.users.display())),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match enrol::Managed::read(&enrol::managed_path(&a.config)) {
+        Ok(m) if !m.slaves.is_empty() => {
+            summary.push(format!("{} enrolled slaves", m.slaves.len()))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    if problems.is_empty() {
+        println!("ok: {}", summary.join(", "));
+        ExitCode::SUCCESS
+    } else {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
 /// `revoke`: an enrolled slave out of the managed file.
 fn revoke(a: &cli::RevokeArgs) -> anyhow::Result<()> {
     use dist_traceroute::master::enrol;
@@ -144,6 +179,7 @@ fn main() -> ExitCode {
         Command::Db(cli::DbCommand::Copy(a)) => db_copy(a),
         Command::EnrollToken(a) => enroll_token(a),
         Command::Revoke(a) => revoke(a),
+        Command::CheckConfig(a) => return check_config(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -51,9 +51,70 @@ fn version_and_top_level_help() {
     assert!(out.starts_with("dist-traceroute "), "{out}");
     let (code, out, _) = run(&dir.0, Path::new(BIN), &["--help"]);
     assert_eq!(code, 0);
-    for sub in ["master", "slave", "trace", "demo"] {
+    for sub in [
+        "master",
+        "slave",
+        "trace",
+        "demo",
+        "check-config",
+        "enroll-token",
+    ] {
         assert!(out.contains(sub), "{out}");
     }
+    // Every subcommand, and the links, tell the version too.
+    for args in [
+        &["master", "--version"][..],
+        &["slave", "-version"],
+        &["check-config", "--version"],
+    ] {
+        let (code, out, err) = run(&dir.0, Path::new(BIN), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.starts_with("dist-traceroute"), "{args:?}: {out}");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{args:?}: {out}");
+    }
+    let slave = link(&dir, "dist-traceroute-slave");
+    let (code, out, _) = run(&dir.0, &slave, &["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+}
+
+/// `check-config` reads the files as the master does: 0 and a summary when they are good, 1
+/// and each problem with its file:line:column when not.
+#[test]
+fn check_config_exits_0_or_1_with_the_place() {
+    let dir = Scratch::with_seed_config("checkconfig");
+    let (code, out, err) = run(&dir.0, Path::new(BIN), &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("ok: 2 slaves, 2 targets, no users file"),
+        "{out}"
+    );
+    dir.write(
+        "dt-targets.json",
+        &TARGETS.replace("\"MaxHops\": 30", "\"MaxHops\": 300"),
+    );
+    dir.write("users.json", "{\"Users\": [{\"Name\": \"u\"}]}");
+    let (code, out, err) = run(
+        &dir.0,
+        Path::new(BIN),
+        &[
+            "check-config",
+            "-targets",
+            "./dt-targets.json",
+            "-users",
+            "users.json",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("./dt-targets.json:8:") && err.contains("MaxHops: 300"),
+        "{err}"
+    );
+    assert!(
+        err.contains("users.json:1:"),
+        "both problems are told: {err}"
+    );
+    assert!(out.is_empty(), "{out}");
 }
 
 #[test]
