@@ -75,7 +75,13 @@ pub enum Command {
     /// On the master: print a one-time token that enrols a new slave (slave -enroll TOKEN).
     #[command(
         name = "enroll-token",
-        long_about = "On the master's machine: print a one-time token that enrols a new slave         named NAME, and the command that runs that slave. The token's SHA-256 goes into the         managed file beside -config (dt-slaves.managed.json), which the master reads; the         operator's dt-slaves.json is never written. The new slave, run with -enroll TOKEN, makes         a random secret and keeps it in its spool folder; the master keeps only its Argon2 hash.         The token works once, until --expires. A NAME already in dt-slaves.json, enrolled, or         with an unused token is refused."
+        long_about = "On the master's machine: print a one-time token that enrols a new slave named \
+        NAME, and the command that runs that slave. The token's SHA-256 goes into the \
+        managed file beside -config (dt-slaves.managed.json), which the master reads; \
+        the operator's dt-slaves.json is never written. The new slave, run with -enroll \
+        TOKEN, makes a random secret and keeps it in its spool folder; the master keeps \
+        only its Argon2 hash. The token works once, until --expires. A NAME already in \
+        dt-slaves.json, enrolled, or with an unused token is refused."
     )]
     EnrollToken(EnrollArgs),
     /// On the master: take an enrolled slave out; it is refused from its next request on.
@@ -84,6 +90,60 @@ pub enum Command {
     /// file:line:column when not (for CI pipelines and package scripts).
     #[command(name = "check-config")]
     CheckConfig(CheckConfigArgs),
+    /// Write the man pages (dist-traceroute.1 and one per subcommand) into a folder.
+    Man(ManArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+}
+
+/// Flags of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The folder to write the pages into (made when missing)
+    pub dir: PathBuf,
+}
+
+/// Flags of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh or fish
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes `dist-traceroute.1` and `dist-traceroute-SUB.1` for each subcommand into `dir`,
+/// from the same definitions the parser uses.
+pub fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> anyhow::Result<()> {
+        let file = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.name(name.clone()))
+            .render(&mut out)
+            .with_context(|| format!("cannot render {name}.1"))?;
+        std::fs::write(&file, out).with_context(|| format!("cannot write {}", file.display()))?;
+        written.push(file);
+        Ok(())
+    };
+    page(cmd.clone(), "dist-traceroute".into())?;
+    for sub in cmd.get_subcommands() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        page(sub.clone(), format!("dist-traceroute-{}", sub.get_name()))?;
+    }
+    Ok(written)
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "dist-traceroute", &mut out);
+    out
 }
 
 /// Flags of `check-config`: the files as `master` takes them.

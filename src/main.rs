@@ -180,6 +180,17 @@ fn main() -> ExitCode {
         Command::EnrollToken(a) => enroll_token(a),
         Command::Revoke(a) => revoke(a),
         Command::CheckConfig(a) => return check_config(a),
+        Command::Man(a) => cli::write_man_pages(&a.dir).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+        }),
+        Command::Completions(a) => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&cli::completions(a.shell))
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

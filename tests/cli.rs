@@ -345,3 +345,71 @@ fn a_bad_as_table_stops_trace_before_any_probe() {
         "{err}"
     );
 }
+
+/// The man pages and completions come from the parser's own definitions: `man -l` renders
+/// every page with the flags the parser takes, and bash loads the completions.
+#[test]
+fn man_pages_render_and_completions_load() {
+    let dir = Scratch::new("manpages");
+    let (code, out, err) = run(&dir.0, Path::new(BIN), &["man", "pages"]);
+    assert_eq!(code, 0, "{err}");
+    let pages: Vec<&str> = out.lines().collect();
+    assert!(pages.len() >= 10, "{out}");
+    for (page, flag) in [
+        ("dist-traceroute.1", "master"),
+        ("dist-traceroute-master.1", "--asn-db"),
+        ("dist-traceroute-slave.1", "--enroll"),
+        ("dist-traceroute-enroll-token.1", "--expires"),
+        ("dist-traceroute-check-config.1", "--targets"),
+    ] {
+        let listed = format!("pages/{page}");
+        assert!(pages.contains(&listed.as_str()), "{page}: {out}");
+        let file = dir.path(&listed);
+        let shown = std::process::Command::new("man")
+            .arg("-l")
+            .arg(&file)
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .expect("man runs (scripts/test installs man-db)");
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.status.success(),
+            "{page}: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        assert!(
+            text.contains("NAME") && text.contains("SYNOPSIS"),
+            "{page}: {text}"
+        );
+        assert!(text.contains(flag), "{page} lacks {flag}: {text}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&dir.0, Path::new(BIN), &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains("enroll-token"), "{shell}: {out}");
+    }
+    let script = dir.path("dt.bash");
+    let (_, bash, _) = run(&dir.0, Path::new(BIN), &["completions", "bash"]);
+    std::fs::write(&script, bash).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p dist-traceroute",
+            script.display()
+        ))
+        .output()
+        .expect("bash runs");
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert!(
+        said.starts_with("complete ") && said.contains("-F _dist__traceroute dist-traceroute"),
+        "{said}"
+    );
+    let (code, _, err) = run(&dir.0, Path::new(BIN), &["completions", "tcsh"]);
+    assert_eq!(code, 2, "{err}");
+}
