@@ -3,6 +3,7 @@
 
 mod util;
 use std::path::Path;
+use std::time::Duration;
 use util::*;
 
 fn link(dir: &Scratch, name: &str) -> std::path::PathBuf {
@@ -412,4 +413,60 @@ fn man_pages_render_and_completions_load() {
     );
     let (code, _, err) = run(&dir.0, Path::new(BIN), &["completions", "tcsh"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// SIGHUP reopens the log file under its name, as logrotate needs; `-log -` logs to stderr
+/// only and writes no file.
+#[test]
+fn sighup_reopens_the_log_and_a_dash_logs_to_stderr_only() {
+    let dir = Scratch::with_seed_config("logrotate");
+    let master = Proc::master(&dir.0, &["-log", "m.log"]);
+    let addr = master.addr();
+    let rotated = dir.path("m.log.1");
+    std::fs::rename(dir.path("m.log"), &rotated).unwrap();
+    let pid = nix::unistd::Pid::from_raw(master.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let fresh = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path("m.log"))
+            .ok()
+            .filter(|t| t.contains("SIGHUP: log file reopened"))
+    })
+    .expect("a new log file after SIGHUP");
+    assert!(!fresh.contains("listening"), "only lines after the reopen: {fresh}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.is_empty() && !old.contains("SIGHUP"), "{old}");
+    assert_eq!(get(addr, "/healthz").status, 200, "the master lives on");
+    drop(master);
+
+    let quiet = Scratch::with_seed_config("logdash");
+    let mut p = std::process::Command::new(BIN)
+        .current_dir(&quiet.0)
+        .args(["master", "-listen", "127.0.0.1:0", "-log", "-"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = p.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = p.wait();
+    let text = reader.join().unwrap();
+    assert!(text.contains("targets"), "logged to stderr: {text}");
+    let files: Vec<String> = std::fs::read_dir(&quiet.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !files.iter().any(|f| f == "-" || f.ends_with(".log")),
+        "no log file: {files:?}"
+    );
 }

@@ -153,8 +153,12 @@ impl Settings {
     }
 }
 
-/// The spool next to the log: `./dt-slave.log` → `./dt-slave.spool`.
+/// The spool next to the log: `./dt-slave.log` → `./dt-slave.spool` (with `-log -`, logging
+/// to stderr only, `./dt-slave.spool`).
 pub fn default_spool(log: &std::path::Path) -> PathBuf {
+    if log == std::path::Path::new("-") {
+        return PathBuf::from("./dt-slave.spool");
+    }
     log.with_extension("spool")
 }
 
