@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("dt-targets.json"), TARGETS)?;
     let master = Master::start(&Settings {
         slaves_file: dir.join("dt-slaves.json"),
+        managed_file: dir.join("dt-slaves.managed.json"),
         targets_file: dir.join("dt-targets.json"),
         users_file: dir.join("dt-users.json"),
         public_read: false,

@@ -76,6 +76,7 @@ fn master(prefix: &str, slaves: usize) -> anyhow::Result<(SocketAddr, std::path:
     std::fs::write(dir.join("dt-users.json"), USERS)?;
     let master = Master::start(&Settings {
         slaves_file: dir.join("dt-slaves.json"),
+        managed_file: dir.join("dt-slaves.managed.json"),
         targets_file: dir.join("dt-targets.json"),
         users_file: dir.join("dt-users.json"),
         public_read: false,

@@ -155,6 +155,10 @@ pub struct CheckConfigArgs {
     /// Targets file served to the slaves
     #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
     pub targets: PathBuf,
+    /// The enrolled slaves' file, which the master writes (default: dt-slaves.managed.json
+    /// beside -config)
+    #[arg(long, value_name = "filename")]
+    pub managed: Option<PathBuf>,
     /// Users of the read API and the dashboard (checked when it is there)
     #[arg(long, value_name = "filename", default_value = "./dt-users.json")]
     pub users: PathBuf,
@@ -174,6 +178,9 @@ pub struct EnrollArgs {
     /// The master's slaves file (the managed file is beside it)
     #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
     pub config: PathBuf,
+    /// The master's -managed file, when it is not beside -config
+    #[arg(long, value_name = "filename")]
+    pub managed: Option<PathBuf>,
 }
 
 /// Flags of `revoke`.
@@ -184,6 +191,9 @@ pub struct RevokeArgs {
     /// The master's slaves file (the managed file is beside it)
     #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
     pub config: PathBuf,
+    /// The master's -managed file, when it is not beside -config
+    #[arg(long, value_name = "filename")]
+    pub managed: Option<PathBuf>,
 }
 
 /// `dist-traceroute db ...`.
@@ -250,6 +260,10 @@ pub struct MasterArgs {
     /// Targets file served to the slaves
     #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
     pub targets: PathBuf,
+    /// The enrolled slaves' file, which the master writes (default: dt-slaves.managed.json
+    /// beside -config; a packaged master keeps it in /var/lib/dist-traceroute)
+    #[arg(long, value_name = "filename")]
+    pub managed: Option<PathBuf>,
     /// Users who may read the API, exports and /metrics with HTTP Basic or a bearer token;
     /// without this file only clients on loopback may read
     #[arg(long, value_name = "filename", default_value = "./dt-users.json")]

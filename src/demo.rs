@@ -31,6 +31,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     }
     dist_traceroute::logging::init(&a.dir.join("dt-demo.log"), log::LevelFilter::Info)?;
     let master = Master::start(&Settings {
+        managed_file: dist_traceroute::master::enrol::managed_path(&slaves_file),
         slaves_file: slaves_file.clone(),
         targets_file: targets_file.clone(),
         users_file: users_file.clone(),

@@ -53,7 +53,11 @@ fn new_token() -> anyhow::Result<()> {
 /// `enroll-token`: the token on stdout, how to use it on stderr.
 fn enroll_token(a: &cli::EnrollArgs) -> anyhow::Result<()> {
     use dist_traceroute::master::enrol;
-    let token = enrol::issue(&a.config, &a.name, a.tags.clone(), a.expires)?;
+    let managed = a
+        .managed
+        .clone()
+        .unwrap_or_else(|| enrol::managed_path(&a.config));
+    let token = enrol::issue(&a.config, &managed, &a.name, a.tags.clone(), a.expires)?;
     println!("{token}");
     eprintln!(
         "Token for slave '{}' (works once, for {}; its SHA-256 is in {}). On the new machine:\n  \
@@ -61,7 +65,7 @@ fn enroll_token(a: &cli::EnrollArgs) -> anyhow::Result<()> {
          (or DT_ENROLL_TOKEN={token} dist-traceroute slave -master MASTER)",
         a.name,
         humantime::format_duration(a.expires),
-        enrol::managed_path(&a.config).display()
+        managed.display()
     );
     Ok(())
 }
@@ -83,7 +87,11 @@ fn check_config(a: &cli::CheckConfigArgs) -> ExitCode {
         Ok(None) => summary.push(format!("no users file ({})", a.users.display())),
         Err(e) => problems.push(e.to_string()),
     }
-    match enrol::Managed::read(&enrol::managed_path(&a.config)) {
+    let managed = a
+        .managed
+        .clone()
+        .unwrap_or_else(|| enrol::managed_path(&a.config));
+    match enrol::Managed::read(&managed) {
         Ok(m) if !m.slaves.is_empty() => {
             summary.push(format!("{} enrolled slaves", m.slaves.len()))
         }
@@ -104,11 +112,15 @@ fn check_config(a: &cli::CheckConfigArgs) -> ExitCode {
 /// `revoke`: an enrolled slave out of the managed file.
 fn revoke(a: &cli::RevokeArgs) -> anyhow::Result<()> {
     use dist_traceroute::master::enrol;
-    if !enrol::revoke(&a.config, &a.name)? {
+    let managed = a
+        .managed
+        .clone()
+        .unwrap_or_else(|| enrol::managed_path(&a.config));
+    if !enrol::revoke(&managed, &a.name)? {
         anyhow::bail!(
             "slave '{}' is not enrolled (in {}); a slave of dt-slaves.json is taken out by editing that file",
             a.name,
-            enrol::managed_path(&a.config).display()
+            managed.display()
         );
     }
     eprintln!(

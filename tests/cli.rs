@@ -432,7 +432,10 @@ fn sighup_reopens_the_log_and_a_dash_logs_to_stderr_only() {
             .filter(|t| t.contains("SIGHUP: log file reopened"))
     })
     .expect("a new log file after SIGHUP");
-    assert!(!fresh.contains("listening"), "only lines after the reopen: {fresh}");
+    assert!(
+        !fresh.contains("listening"),
+        "only lines after the reopen: {fresh}"
+    );
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(!old.is_empty() && !old.contains("SIGHUP"), "{old}");
     assert_eq!(get(addr, "/healthz").status, 200, "the master lives on");

@@ -230,9 +230,28 @@ fn a_slave_enrols_over_https() {
     dir.write("ca.pem", &ca.pem());
     dir.write("cert.pem", &cert.pem());
     dir.write("key.pem", &key.serialize_pem());
-    let master = Proc::master(&dir.0, &["-tls-cert=cert.pem", "-tls-key=key.pem"]);
+    // The managed file elsewhere than beside the slaves file, as a packaged master keeps it
+    // (its config folder is read-only to it).
+    std::fs::create_dir_all(dir.path("state")).unwrap();
+    let master = Proc::master(
+        &dir.0,
+        &[
+            "-tls-cert=cert.pem",
+            "-tls-key=key.pem",
+            "-managed=state/enrolled.json",
+        ],
+    );
     let port = master.addr().port();
-    let (code, token, err) = issue(&dir.0, &["tls1", "--tags", "secure"]);
+    let (code, token, err) = issue(
+        &dir.0,
+        &[
+            "tls1",
+            "--tags",
+            "secure",
+            "--managed",
+            "state/enrolled.json",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let master_flag = format!("-master=https://localhost:{port}");
     // The token from the environment this time, not the command line.
@@ -259,9 +278,10 @@ fn a_slave_enrols_over_https() {
     let _ = child.wait();
     let creds = creds.expect("enrolled over HTTPS");
     assert_eq!(creds["Name"], "tls1");
-    let managed = std::fs::read_to_string(dir.path("dt-slaves.managed.json")).unwrap();
+    let managed = std::fs::read_to_string(dir.path("state/enrolled.json")).unwrap();
     assert!(
         managed.contains("\"tls1\"") && managed.contains("\"Used\""),
         "{managed}"
     );
+    assert!(!dir.path("dt-slaves.managed.json").exists());
 }

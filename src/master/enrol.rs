@@ -142,10 +142,11 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Issues a token for slave `name` with `tags`, valid for `valid`: writes its digest to the
-/// managed file beside `slaves_file` and gives the token. A name the slaves file or the
+/// managed file `file` and gives the token. A name the slaves file or the
 /// managed file already has, or one with a token still unused, is refused.
 pub fn issue(
     slaves_file: &Path,
+    file: &Path,
     name: &str,
     tags: Vec<Tag>,
     valid: std::time::Duration,
@@ -164,8 +165,7 @@ pub fn issue(
     }
     let token = super::config::new_token()?;
     let digest = super::config::token_digest(&token);
-    let file = managed_path(slaves_file);
-    Managed::update(&file, |m| {
+    Managed::update(file, |m| {
         prune(m);
         if m.slave(&name.0).is_some() {
             bail!(
@@ -194,10 +194,10 @@ pub fn issue(
     Ok(token)
 }
 
-/// Takes slave `name` out of the managed file (and any token for it); false when it was in
-/// neither.
-pub fn revoke(slaves_file: &Path, name: &str) -> anyhow::Result<bool> {
-    Managed::update(&managed_path(slaves_file), |m| {
+/// Takes slave `name` out of the managed file `file` (and any token for it); false when it
+/// was in neither.
+pub fn revoke(file: &Path, name: &str) -> anyhow::Result<bool> {
+    Managed::update(file, |m| {
         let before = (m.slaves.len(), m.tokens.len());
         m.slaves.retain(|s| s.name.0 != name);
         m.tokens.retain(|t| t.name.0 != name || t.used.is_some());
@@ -256,9 +256,9 @@ fn stamp(file: &Path) -> Stamp {
 }
 
 impl Live {
-    /// The managed file beside `slaves_file`, read now (an error when it does not parse).
-    pub fn open(slaves_file: &Path) -> anyhow::Result<Live> {
-        let file = managed_path(slaves_file);
+    /// The managed file `file`, read now (an error when it does not parse).
+    pub fn open(file: &Path) -> anyhow::Result<Live> {
+        let file = file.to_owned();
         let at = stamp(&file);
         let m = Managed::read(&file)?;
         Ok(Live {

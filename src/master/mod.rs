@@ -33,6 +33,8 @@ use std::time::Duration;
 pub struct Settings {
     /// `dt-slaves.json`.
     pub slaves_file: PathBuf,
+    /// The managed file of enrolled slaves.
+    pub managed_file: PathBuf,
     /// `dt-targets.json`.
     pub targets_file: PathBuf,
     /// `dt-users.json`: who may read (a missing file means loopback reads only).
@@ -73,6 +75,10 @@ impl From<&MasterArgs> for Settings {
     fn from(a: &MasterArgs) -> Self {
         Settings {
             slaves_file: a.config.clone(),
+            managed_file: a
+                .managed
+                .clone()
+                .unwrap_or_else(|| enrol::managed_path(&a.config)),
             targets_file: a.targets.clone(),
             users_file: a.users.clone(),
             public_read: a.public_read,
@@ -172,7 +178,7 @@ impl Master {
             Some(file) => owners::Owners::open(file).context("-asn-db")?,
             None => owners::Owners::default(),
         });
-        let enrolled = enrol::Live::open(&s.slaves_file)?;
+        let enrolled = enrol::Live::open(&s.managed_file)?;
         // A name in both files: the operator's file wins, and says so.
         let config_now = live.get();
         for e in &enrolled.get().slaves {
