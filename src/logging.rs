@@ -74,10 +74,11 @@ pub fn init(file: &Path, level: log::LevelFilter) -> anyhow::Result<()> {
     if first.is_ok() && level >= log::LevelFilter::Error {
         ON_STDERR.store(true, Ordering::Relaxed);
     }
-    if first.is_ok()
-        && let Some(shared) = shared
-    {
-        let _ = LOG_FILE.set((file.to_owned(), shared));
+    if first.is_ok() {
+        if let Some(shared) = shared {
+            let _ = LOG_FILE.set((file.to_owned(), shared));
+        }
+        // Also without a file: SIGHUP (systemctl reload) must never stop the process.
         reopen_on_sighup()?;
     }
     Ok(())
@@ -107,6 +108,9 @@ fn reopen_on_sighup() -> anyhow::Result<()> {
         .spawn(move || {
             while set.wait().is_ok() {
                 match reopen() {
+                    Ok(()) if LOG_FILE.get().is_none() => {
+                        log::info!("SIGHUP: logging to stderr only, nothing to reopen")
+                    }
                     Ok(()) => log::info!("SIGHUP: log file reopened"),
                     Err(e) => log::error!("SIGHUP: {e:#}; logging on to the file before"),
                 }

@@ -457,13 +457,16 @@ fn sighup_reopens_the_log_and_a_dash_logs_to_stderr_only() {
         text
     });
     std::thread::sleep(Duration::from_millis(800));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(p.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    // SIGHUP with no file to reopen (systemctl reload) leaves the master running.
+    let pid = nix::unistd::Pid::from_raw(p.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.try_wait().unwrap().is_none(), "SIGHUP stopped the master");
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = p.wait();
     let text = reader.join().unwrap();
     assert!(text.contains("targets"), "logged to stderr: {text}");
+    assert!(text.contains("nothing to reopen"), "{text}");
     let files: Vec<String> = std::fs::read_dir(&quiet.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
