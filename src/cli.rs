@@ -146,22 +146,31 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
     out
 }
 
-/// Flags of `check-config`: the files as `master` takes them.
+/// The master's files, as `master` and `check-config` take them.
 #[derive(Debug, Args)]
-pub struct CheckConfigArgs {
-    /// Allowed slaves and their passwords
+pub struct ConfigFiles {
+    /// Allowed slaves file (seed: -config)
     #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
     pub config: PathBuf,
     /// Targets file served to the slaves
     #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
     pub targets: PathBuf,
     /// The enrolled slaves' file, which the master writes (default: dt-slaves.managed.json
-    /// beside -config)
+    /// beside -config; a packaged master keeps it in /var/lib/dist-traceroute)
     #[arg(long, value_name = "filename")]
     pub managed: Option<PathBuf>,
-    /// Users of the read API and the dashboard (checked when it is there)
+    /// Users who may read the API, exports and /metrics with HTTP Basic or a bearer token;
+    /// without this file only clients on loopback may read
     #[arg(long, value_name = "filename", default_value = "./dt-users.json")]
     pub users: PathBuf,
+}
+
+/// Flags of `check-config`: the files as `master` takes them.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The files.
+    #[command(flatten)]
+    pub files: ConfigFiles,
 }
 
 /// Flags of `enroll-token`.
@@ -254,20 +263,9 @@ impl LogLevel {
 /// Flags of `master`.
 #[derive(Debug, Args)]
 pub struct MasterArgs {
-    /// Allowed slaves file (seed: -config)
-    #[arg(long, value_name = "filename", default_value = "./dt-slaves.json")]
-    pub config: PathBuf,
-    /// Targets file served to the slaves
-    #[arg(long, value_name = "filename", default_value = "./dt-targets.json")]
-    pub targets: PathBuf,
-    /// The enrolled slaves' file, which the master writes (default: dt-slaves.managed.json
-    /// beside -config; a packaged master keeps it in /var/lib/dist-traceroute)
-    #[arg(long, value_name = "filename")]
-    pub managed: Option<PathBuf>,
-    /// Users who may read the API, exports and /metrics with HTTP Basic or a bearer token;
-    /// without this file only clients on loopback may read
-    #[arg(long, value_name = "filename", default_value = "./dt-users.json")]
-    pub users: PathBuf,
+    /// The config files.
+    #[command(flatten)]
+    pub files: ConfigFiles,
     /// Serve the API, exports and /metrics to anyone without a login (the slaves' addresses
     /// included)
     #[arg(long = "public-read")]
@@ -1091,8 +1089,8 @@ mod tests {
         let Command::Master(m) = parse(&["dist-traceroute-master"]).unwrap().command else {
             panic!("not master");
         };
-        assert_eq!(m.config, PathBuf::from("./dt-slaves.json"));
-        assert_eq!(m.targets, PathBuf::from("./dt-targets.json"));
+        assert_eq!(m.files.config, PathBuf::from("./dt-slaves.json"));
+        assert_eq!(m.files.targets, PathBuf::from("./dt-targets.json"));
         assert_eq!(m.log, PathBuf::from("./dt-master.log"));
         assert_eq!(m.loglevel, LogLevel::Info);
         assert_eq!(m.listen.port(), 8990);
@@ -1106,10 +1104,10 @@ mod tests {
             other => panic!("not master: {other:?}"),
         };
         let m = master(&["dist-traceroute-master"]);
-        assert_eq!(m.users, PathBuf::from("./dt-users.json"));
+        assert_eq!(m.files.users, PathBuf::from("./dt-users.json"));
         assert!(!m.public_read);
         let m = master(&["dt", "master", "-users=/etc/dt/u.json", "-public-read"]);
-        assert_eq!(m.users, PathBuf::from("/etc/dt/u.json"));
+        assert_eq!(m.files.users, PathBuf::from("/etc/dt/u.json"));
         assert!(m.public_read);
         assert!(!master(&["dt", "master", "-public-read=false"]).public_read);
         assert!(master(&["dt", "master", "--public-read=true"]).public_read);

@@ -75,22 +75,23 @@ fn check_config(a: &cli::CheckConfigArgs) -> ExitCode {
     use dist_traceroute::master::{config, enrol};
     let mut problems = Vec::new();
     let mut summary = Vec::new();
-    match config::load(&a.config, &a.targets) {
+    match config::load(&a.files.config, &a.files.targets) {
         Ok(c) => {
             summary.push(format!("{} slaves", c.slaves.slaves.len()));
             summary.push(format!("{} targets", c.targets.targets.len()));
         }
         Err(e) => problems.push(e.to_string()),
     }
-    match config::load_users(&a.users) {
+    match config::load_users(&a.files.users) {
         Ok(Some(u)) => summary.push(format!("{} users", u.file.users.len())),
-        Ok(None) => summary.push(format!("no users file ({})", a.users.display())),
+        Ok(None) => summary.push(format!("no users file ({})", a.files.users.display())),
         Err(e) => problems.push(e.to_string()),
     }
     let managed = a
+        .files
         .managed
         .clone()
-        .unwrap_or_else(|| enrol::managed_path(&a.config));
+        .unwrap_or_else(|| enrol::managed_path(&a.files.config));
     match enrol::Managed::read(&managed) {
         Ok(m) if !m.slaves.is_empty() => {
             summary.push(format!("{} enrolled slaves", m.slaves.len()))

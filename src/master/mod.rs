@@ -74,13 +74,14 @@ pub struct Settings {
 impl From<&MasterArgs> for Settings {
     fn from(a: &MasterArgs) -> Self {
         Settings {
-            slaves_file: a.config.clone(),
+            slaves_file: a.files.config.clone(),
             managed_file: a
+                .files
                 .managed
                 .clone()
-                .unwrap_or_else(|| enrol::managed_path(&a.config)),
-            targets_file: a.targets.clone(),
-            users_file: a.users.clone(),
+                .unwrap_or_else(|| enrol::managed_path(&a.files.config)),
+            targets_file: a.files.targets.clone(),
+            users_file: a.files.users.clone(),
             public_read: a.public_read,
             db: a.db.clone(),
             db_passwd_file: a.db_passwd_file.clone(),
