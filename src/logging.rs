@@ -106,6 +106,10 @@ fn reopen_on_sighup() -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("log-reopen".into())
         .spawn(move || {
+            // Every other signal is for the other threads: one that reached this thread
+            // unblocked (SIGTERM before the slave's own signal thread blocks it, say) would
+            // take its default action and end the process.
+            let _ = SigSet::all().thread_block();
             while set.wait().is_ok() {
                 match reopen() {
                     Ok(()) if LOG_FILE.get().is_none() => {
