@@ -163,7 +163,9 @@ impl Format {
 
 /// The exposition text in `format`.
 pub fn render(app: &App, format: Format, only: Option<&[String]>) -> anyhow::Result<String> {
-    let shown = |slave: &str| only.is_none_or(|names| names.iter().any(|n| n == slave));
+    let only: Option<std::collections::HashSet<&str>> =
+        only.map(|names| names.iter().map(String::as_str).collect());
+    let shown = |slave: &str| only.as_ref().is_none_or(|names| names.contains(slave));
     let mut reg = Registry::default();
     let c: &Counters = &app.counters;
     counter(
@@ -277,8 +279,7 @@ pub fn render(app: &App, format: Format, only: Option<&[String]>) -> anyhow::Res
         if let (Some(db), Some((_, text))) = (&owners, &s.current_path)
             && let Some(path) = super::path::Path::parse_canonical(text)
         {
-            let addrs: Vec<String> = path.hops.iter().flatten().map(|a| a.to_string()).collect();
-            let asns = super::owners::as_path(db, addrs.iter().map(String::as_str));
+            let asns = super::analysis::as_numbers(&super::owners::as_hops(db, &path.hops));
             if !asns.is_empty() {
                 let as_path = asns
                     .iter()

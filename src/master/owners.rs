@@ -81,31 +81,19 @@ pub fn owner_json(o: &Owner) -> Value {
     }
 }
 
-/// The AS path of a sequence of addresses: each AS once per run, special-use and unknown
-/// addresses left out.
-pub fn as_path<'a>(db: &AsnDb, addrs: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
-    let mut path: Vec<u32> = Vec::new();
-    for a in addrs {
-        let Ok(ip) = a.parse::<IpAddr>() else {
-            continue;
-        };
-        if let Some(Owner::As { asn, .. }) = db.lookup(ip)
-            && path.last() != Some(&asn)
-        {
-            path.push(asn);
-        }
-    }
-    path
-}
-
 /// The AS path of a path's hops for the change detection ([`AsHops`]): each AS once per
 /// run; silent hops and addresses not in the table between two different ASes leave a gap;
 /// special-use addresses, and whatever comes before the first AS or after the last, nothing.
 pub fn as_hops(db: &AsnDb, hops: &[Option<IpAddr>]) -> AsHops {
+    collapse(hops.iter().map(|h| h.and_then(|ip| db.lookup(ip))))
+}
+
+/// [`as_hops`] of the owners of the hops, in order (`None`: silent or not in the table).
+fn collapse(owners: impl IntoIterator<Item = Option<Owner>>) -> AsHops {
     let mut out: AsHops = Vec::new();
     let mut unknown = false;
-    for h in hops {
-        match h.and_then(|ip| db.lookup(ip)) {
+    for o in owners {
+        match o {
             Some(Owner::As { asn, .. }) => {
                 match out.last() {
                     Some(Some(last)) if *last == asn => {}
@@ -121,23 +109,26 @@ pub fn as_hops(db: &AsnDb, hops: &[Option<IpAddr>]) -> AsHops {
     out
 }
 
-/// Adds `owner` to each hop (under `hops[].address`) and `as_path` to an object of the API
-/// (a result, or a current path).
+/// Adds `owner` to each hop (under `hops[].address`) and `as_path` (the ASes in order, each
+/// once per run) to an object of the API (a result, or a current path); each hop is looked
+/// up once.
 pub fn enrich(v: &mut Value, db: &AsnDb) {
     let Some(hops) = v.get_mut("hops").and_then(Value::as_array_mut) else {
         return;
     };
-    let mut addrs = Vec::new();
+    let mut owners = Vec::with_capacity(hops.len());
     for h in hops.iter_mut() {
-        let Some(a) = h.get("address").and_then(Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        if let Some(o) = a.parse::<IpAddr>().ok().and_then(|ip| db.lookup(ip)) {
-            h["owner"] = owner_json(&o);
+        let owner = h
+            .get("address")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse::<IpAddr>().ok())
+            .and_then(|ip| db.lookup(ip));
+        if let Some(o) = &owner {
+            h["owner"] = owner_json(o);
         }
-        addrs.push(a);
+        owners.push(owner);
     }
-    v["as_path"] = json!(as_path(db, addrs.iter().map(String::as_str)));
+    v["as_path"] = json!(crate::master::analysis::as_numbers(&collapse(owners)));
 }
 
 #[cfg(test)]
